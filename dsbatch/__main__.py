@@ -1,0 +1,5 @@
+import sys
+
+from dsbatch._cli import main
+
+sys.exit(main())

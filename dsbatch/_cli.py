@@ -1,0 +1,65 @@
+"""The ``dsbatch`` command line: each subcommand's help is its function's docstring."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main"]
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    """Serve a local emulator of the Message Batches API until interrupted.
+
+    Point the SDK at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT and any API key.
+    --faults takes a comma-separated list, e.g. "create=429x2,lose_create=1,errored=0.1"
+    (see dsbatch.testing.Faults.parse for every kind).
+    """
+    from dsbatch._emulator import Faults, serve_forever
+
+    faults = Faults.parse(args.faults) if args.faults else None
+    serve_forever(host=args.host, port=args.port, delay=args.delay, faults=faults)
+    return 0
+
+
+def _add(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    doc = func.__doc__ or ""
+    parser = sub.add_parser(
+        name,
+        help=doc.strip().splitlines()[0],
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsbatch", description="Run datasets through the Anthropic Message Batches API."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    emulator = _add(sub, "emulator", cmd_emulator)
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    emulator.add_argument(
+        "--delay", type=float, default=0.0, help="seconds before a batch ends (default 0)"
+    )
+    emulator.add_argument("--faults", default="", help="faults to inject, e.g. create=429x2")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Every exception dsbatch raises on purpose.
+
+The tree::
+
+    DsbatchError                  anything dsbatch raises on purpose
+    ├── BatchAPIError             the Batches API failed us (carries batch_id, status_code)
+    ├── LedgerError               the cache directory is unusable or inconsistent (carries path)
+    ├── PromptError               a row could not become a request (carries row index, split)
+    │   └── RequestTooLargeError  one request is over the batch byte limit on its own
+    └── RowFailedError            on_error="raise" and some requests ended without an answer
+
+Bad arguments to a dsbatch function raise plain ``ValueError`` / ``TypeError``: that is misuse of
+the library, not something that went wrong with a job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BatchAPIError",
+    "DsbatchError",
+    "LedgerError",
+    "PromptError",
+    "RequestTooLargeError",
+    "RowFailedError",
+]
+
+
+class DsbatchError(Exception):
+    """Base class of every error dsbatch raises on purpose."""
+
+
+class BatchAPIError(DsbatchError):
+    """A call to the Message Batches API failed, or answered something we cannot use."""
+
+    def __init__(
+        self, message: str, *, batch_id: str | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
+        self.status_code = status_code
+
+
+class LedgerError(DsbatchError):
+    """The cache directory cannot be read or written, or holds something we cannot trust."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class PromptError(DsbatchError):
+    """A row could not be turned into a valid Messages request."""
+
+    def __init__(self, message: str, *, row: int | None = None, split: str | None = None) -> None:
+        where = _where(row, split)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.row = row
+        self.split = split
+
+
+class RequestTooLargeError(PromptError):
+    """A single request is larger than a whole batch may be."""
+
+
+class RowFailedError(DsbatchError):
+    """Some requests ended without an answer and ``on_error="raise"`` was asked for."""
+
+    def __init__(self, message: str, *, rows: Sequence[int] = (), custom_ids: Sequence[str] = ()):
+        super().__init__(message)
+        self.rows = list(rows)
+        self.custom_ids = list(custom_ids)
+
+
+def _where(row: int | None, split: str | None) -> str:
+    if row is None:
+        return ""
+    return f"row {row}" + (f" of split {split!r}" if split else "")
