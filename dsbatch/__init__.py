@@ -8,6 +8,8 @@ from dsbatch._errors import (
     RequestTooLargeError,
     RowFailedError,
 )
+from dsbatch._map import map
+from dsbatch._poll import PollSchedule
 
 __version__ = "0.1.0.dev0"
 
@@ -15,8 +17,10 @@ __all__ = [
     "BatchAPIError",
     "DsbatchError",
     "LedgerError",
+    "PollSchedule",
     "PromptError",
     "RequestTooLargeError",
     "RowFailedError",
     "__version__",
+    "map",
 ]

@@ -1,0 +1,315 @@
+"""The ledger: the only module that touches the cache directory.
+
+Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsbatch``)::
+
+    FORMAT                              the on-disk format number
+    requests/<batch_id>.parquet         every result ever downloaded, one row per custom_id
+    jobs/<fingerprint>/manifest.json    what the job is (model, rows, options, state)
+    jobs/<fingerprint>/requests.parquet custom_id -> canonical params, the exact bodies sent
+    jobs/<fingerprint>/batches/*.json   one record per batch: intent first, then its batch_id
+    jobs/<fingerprint>/downloads/       raw result bytes while they are being ingested
+    jobs/<fingerprint>/output/*.arrow   the finished new columns, one file per split
+    jobs/<fingerprint>/lock             held while a process works on the job
+
+Every write is atomic (temporary file + ``os.replace``), so a crash leaves either the old file or
+the new one. Results are shared by all jobs under one root: a request is never paid for twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from dsbatch._errors import LedgerError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "RESULT_SCHEMA",
+    "BatchRecord",
+    "JobLedger",
+    "Ledger",
+    "resolve_cache_dir",
+]
+
+FORMAT_VERSION = 1
+
+# One row per downloaded result. `raw` keeps the whole result line, so anything derived later
+# (a new parse function, structured columns) never needs the request to be paid again.
+RESULT_SCHEMA = pa.schema(
+    [
+        ("custom_id", pa.string()),
+        ("type", pa.string()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("stop_reason", pa.string()),
+        ("text", pa.string()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("cache_read_input_tokens", pa.int64()),
+        ("cache_creation_input_tokens", pa.int64()),
+        ("batch_id", pa.string()),
+        ("raw", pa.large_string()),
+    ]
+)
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache root: the argument, else ``DSBATCH_CACHE``, else ``$HF_HOME/dsbatch``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("DSBATCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from huggingface_hub.constants import HF_HOME
+
+    return Path(HF_HOME).expanduser() / "dsbatch"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def _write_table(path: Path, table: pa.Table, *, ipc: bool = False) -> None:
+    """Write a table atomically; ``ipc`` writes an Arrow file that can be memory-mapped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            if ipc:
+                with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                    writer.write_table(table)
+            else:
+                pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+
+
+@dataclass
+class BatchRecord:
+    """What the ledger knows of one batch: written before create, completed after."""
+
+    seq: int
+    request_count: int
+    intent_at: float
+    key_hash: str
+    custom_ids_file: str
+    batch_id: str | None = None
+    created_at: float | None = None
+    state: str = "intent"  # intent -> submitted -> ended -> ingested
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class JobLedger:
+    """The files of one job, under ``jobs/<fingerprint>/``."""
+
+    def __init__(self, ledger: Ledger, fingerprint: str) -> None:
+        self.ledger = ledger
+        self.fingerprint = fingerprint
+        self.dir = ledger.root / "jobs" / fingerprint
+
+    # -- manifest ---------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any] | None:
+        manifest = _read_json(self.dir / "manifest.json")
+        if manifest is not None and manifest.get("format") != FORMAT_VERSION:
+            raise LedgerError(
+                f"job {self.fingerprint} was written in cache format {manifest.get('format')}, "
+                f"this dsbatch reads format {FORMAT_VERSION}",
+                path=str(self.dir),
+            )
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        _write_json(self.dir / "manifest.json", {**manifest, "format": FORMAT_VERSION})
+
+    # -- requests ---------------------------------------------------------------------------
+    def has_requests(self) -> bool:
+        return (self.dir / "requests.parquet").exists()
+
+    def write_requests(self, custom_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
+        table = pa.table(
+            {
+                "custom_id": pa.array(custom_ids, pa.string()),
+                "params": pa.array(bodies, pa.binary()),
+            }
+        )
+        _write_table(self.dir / "requests.parquet", table)
+
+    # -- batch records ----------------------------------------------------------------------
+    def batch_records(self) -> list[BatchRecord]:
+        records = []
+        bdir = self.dir / "batches"
+        if bdir.is_dir():
+            for path in sorted(bdir.glob("*.json")):
+                data = _read_json(path)
+                try:
+                    records.append(BatchRecord(**data))
+                except TypeError as e:
+                    raise LedgerError(f"unreadable batch record {path}: {e}", path=str(path)) from e
+        return sorted(records, key=lambda r: r.seq)
+
+    def new_batch_record(
+        self, custom_ids: Sequence[str], *, key_hash: str, intent_at: float
+    ) -> BatchRecord:
+        existing = self.batch_records()
+        seq = existing[-1].seq + 1 if existing else 0
+        ids_file = f"{seq:06d}.ids"
+        _atomic_write(self.dir / "batches" / ids_file, "\n".join(custom_ids).encode())
+        record = BatchRecord(
+            seq=seq,
+            request_count=len(custom_ids),
+            intent_at=intent_at,
+            key_hash=key_hash,
+            custom_ids_file=ids_file,
+        )
+        self.save_batch_record(record)
+        return record
+
+    def save_batch_record(self, record: BatchRecord) -> None:
+        _write_json(self.dir / "batches" / f"{record.seq:06d}.json", record.to_json())
+
+    def batch_custom_ids(self, record: BatchRecord) -> list[str]:
+        path = self.dir / "batches" / record.custom_ids_file
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+        return text.split("\n") if text else []
+
+    # -- downloads and output ---------------------------------------------------------------
+    def download_path(self, batch_id: str) -> Path:
+        path = self.dir / "downloads" / f"{batch_id}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def output_path(self, split: str) -> Path:
+        return self.dir / "output" / f"{split}.arrow"
+
+    def write_output(self, split: str, table: pa.Table) -> None:
+        _write_table(self.output_path(split), table, ipc=True)
+
+    def read_output(self, split: str) -> pa.Table | None:
+        path = self.output_path(split)
+        if not path.exists():
+            return None
+        try:
+            return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(f"cannot read finished output {path}: {e}", path=str(path)) from e
+
+    @contextmanager
+    def locked(self, timeout: float = -1) -> Iterator[None]:
+        """Hold the job's lock: two processes never submit the same job at once."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.dir / "lock"), timeout=timeout)
+        try:
+            with lock:
+                yield
+        except Timeout as e:
+            raise LedgerError(
+                f"job {self.fingerprint} is being run by another process (lock {lock.lock_file})",
+                path=str(self.dir),
+            ) from e
+
+
+class Ledger:
+    """The cache root: shared results plus one directory per job."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.root = resolve_cache_dir(cache_dir)
+        try:
+            (self.root / "requests").mkdir(parents=True, exist_ok=True)
+            (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LedgerError(
+                f"cannot create the cache directory {self.root}: {e}", path=str(self.root)
+            ) from e
+        fmt = self.root / "FORMAT"
+        if fmt.exists():
+            found = fmt.read_text().strip()
+            if found != str(FORMAT_VERSION):
+                raise LedgerError(
+                    f"the cache at {self.root} is in format {found}; this dsbatch reads format "
+                    f"{FORMAT_VERSION}: use another cache_dir or a matching dsbatch version",
+                    path=str(self.root),
+                )
+        else:
+            _atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
+
+    def job(self, fingerprint: str) -> JobLedger:
+        return JobLedger(self, fingerprint)
+
+    def job_fingerprints(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "jobs").iterdir() if p.is_dir())
+
+    # -- shared results ---------------------------------------------------------------------
+    def write_results(self, batch_id: str, table: pa.Table) -> None:
+        # A batch downloaded twice (a crash between write and record) rewrites the same rows.
+        name = f"{batch_id}.parquet" if batch_id else f"local-{uuid.uuid4().hex}.parquet"
+        _write_table(self.root / "requests" / name, table.cast(RESULT_SCHEMA))
+
+    def results_for(self, custom_ids: pa.Array, *, batch_ids: Sequence[str] = ()) -> pa.Table:
+        """Every stored result for these custom_ids: all ``succeeded`` ones anywhere in the cache,
+        plus every result (any type) of the given batches."""
+        wanted_batches = set(batch_ids)
+        value_set = pa.array(custom_ids, pa.string())
+        parts = []
+        for path in sorted((self.root / "requests").glob("*.parquet")):
+            try:
+                table = pq.read_table(path, schema=RESULT_SCHEMA)
+            except (OSError, pa.ArrowInvalid) as e:
+                raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
+            mask = pc.is_in(table["custom_id"], value_set=value_set)
+            if path.stem not in wanted_batches:
+                mask = pc.and_(mask, pc.equal(table["type"], "succeeded"))
+            table = table.filter(mask)
+            if table.num_rows:
+                parts.append(table)
+        if not parts:
+            return RESULT_SCHEMA.empty_table()
+        return pa.concat_tables(parts)
