@@ -1,0 +1,51 @@
+"""Requests are cut into batches under both limits, with the exact body the API receives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dsbatch import RequestTooLargeError
+from dsbatch._plan import batch_body, chunk_requests
+
+
+def bodies_of(n, size=10):
+    return {f"dsb_{i:04d}": json.dumps({"p": "x" * size, "i": i}).encode() for i in range(n)}
+
+
+def test_the_body_is_the_json_the_api_expects_and_its_size_is_exact():
+    bodies = bodies_of(7)
+    plans = list(chunk_requests(list(bodies), bodies))
+    assert len(plans) == 1
+    body = batch_body(plans[0].custom_ids, bodies)
+    assert len(body) == plans[0].nbytes
+    decoded = json.loads(body)
+    assert [r["custom_id"] for r in decoded["requests"]] == list(bodies)
+    assert decoded["requests"][3]["params"] == {"p": "x" * 10, "i": 3}
+
+
+def test_batches_respect_the_request_count_limit():
+    bodies = bodies_of(25)
+    plans = list(chunk_requests(list(bodies), bodies, max_requests=10))
+    assert [len(p.custom_ids) for p in plans] == [10, 10, 5]
+    assert [c for p in plans for c in p.custom_ids] == list(bodies)
+
+
+def test_batches_respect_the_byte_limit_exactly():
+    bodies = bodies_of(50, size=100)
+    limit = 1000
+    plans = list(chunk_requests(list(bodies), bodies, max_bytes=limit))
+    assert len(plans) > 1
+    for plan in plans:
+        assert plan.nbytes == len(batch_body(plan.custom_ids, bodies)) <= limit
+    # No batch could have taken the next request too.
+    for plan, nxt in zip(plans, plans[1:]):
+        assert len(batch_body((*plan.custom_ids, nxt.custom_ids[0]), bodies)) > limit
+
+
+def test_a_request_over_the_byte_limit_alone_is_an_error_naming_its_row():
+    bodies = {"dsb_small": b'{"a":1}', "dsb_huge": b'{"a":"' + b"x" * 500 + b'"}'}
+    with pytest.raises(RequestTooLargeError, match="row 7 of split 'test'.*dsb_huge"):
+        list(chunk_requests(list(bodies), bodies, max_bytes=300,
+                            first_row={"dsb_huge": ("test", 7)}))

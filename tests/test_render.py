@@ -1,0 +1,110 @@
+"""Rows become requests; every mistake in a row is named before any network call."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datasets import Dataset
+
+from dsbatch import PromptError
+from dsbatch._render import CUSTOM_ID_PREFIX, Rendered, canonical_json, render_split
+
+DEFAULTS = {"model": "claude-haiku-4-5", "max_tokens": 64}
+
+
+def render(rows, prompt, *, defaults=DEFAULTS, with_indices=False):
+    rendered = Rendered()
+    render_split(rendered, "data", Dataset.from_list(rows), prompt, defaults=defaults,
+                 with_indices=with_indices, label=None)
+    return rendered
+
+
+def params_of(rendered, row):
+    return json.loads(rendered.bodies[rendered.row_custom_ids["data"][row]])
+
+
+def test_a_string_becomes_one_user_message_over_the_defaults():
+    rendered = render([{"t": "hello"}], lambda r: f"Say: {r['t']}")
+    assert params_of(rendered, 0) == {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Say: hello"}],
+    }
+
+
+def test_a_dict_is_merged_over_the_defaults_and_the_prompt_wins():
+    rendered = render(
+        [{"t": "x"}],
+        lambda r: {"max_tokens": 5, "temperature": 0,
+                   "messages": [{"role": "user", "content": r["t"]}]},
+    )
+    params = params_of(rendered, 0)
+    assert params["max_tokens"] == 5 and params["temperature"] == 0
+    assert params["model"] == "claude-haiku-4-5"
+
+
+def test_a_list_is_the_messages_and_none_skips_the_row():
+    convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+             {"role": "user", "content": "again"}]
+    rendered = render([{"k": 1}, {"k": 0}], lambda r: convo if r["k"] else None)
+    assert params_of(rendered, 0)["messages"] == convo
+    assert rendered.row_custom_ids["data"][1] is None
+
+
+def test_identical_requests_share_one_custom_id_and_body():
+    rendered = render([{"t": "a"}, {"t": "b"}, {"t": "a"}], lambda r: r["t"])
+    ids = rendered.row_custom_ids["data"]
+    assert ids[0] == ids[2] != ids[1]
+    assert len(rendered.bodies) == 2
+    assert all(i.startswith(CUSTOM_ID_PREFIX) and len(i) <= 64 for i in ids)
+
+
+def test_custom_id_ignores_key_order_but_not_values():
+    a = canonical_json({"b": 1, "a": [1, {"y": 2, "x": "é"}]})
+    b = canonical_json({"a": [1, {"x": "é", "y": 2}], "b": 1})
+    assert a == b and "é".encode() in a and b" " not in a
+    assert canonical_json({"a": 1}) != canonical_json({"a": 2})
+
+
+def test_with_indices_passes_the_row_index():
+    rendered = render([{"t": "a"}, {"t": "a"}], lambda r, i: f"{i}: {r['t']}", with_indices=True)
+    assert params_of(rendered, 1)["messages"][0]["content"] == "1: a"
+
+
+@pytest.mark.parametrize(
+    ("answer", "fragment"),
+    [
+        ({"messages": [{"role": "system", "content": "x"}]}, "use system=|pass system="),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "role 'bot'"),
+        ({"messages": []}, "no messages"),
+        ("   ", "empty content"),
+        ({"messages": [{"role": "user", "content": []}]}, "empty content list"),
+        ({"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        ({"stream": True, "messages": [{"role": "user", "content": "x"}]}, "stream"),
+        ({"temperature": float("nan"), "messages": [{"role": "user", "content": "x"}]}, "JSON"),
+        ({"metadata": {1, 2}, "messages": [{"role": "user", "content": "x"}]}, "JSON"),
+        (42, "must return a str"),
+    ],
+)
+def test_bad_requests_name_the_row(answer, fragment):
+    rows = [{"k": 0}, {"k": 0}, {"k": 1}]
+    with pytest.raises(PromptError) as info:
+        render(rows, lambda r: answer if r["k"] else "fine")
+    assert info.value.row == 2
+    assert str(info.value).startswith("row 2: ")
+    assert any(f in str(info.value) for f in fragment.split("|"))
+
+
+def test_a_missing_model_is_named():
+    with pytest.raises(PromptError, match="row 0: no model"):
+        render([{"t": "a"}], lambda r: r["t"], defaults={"max_tokens": 10})
+
+
+def test_a_prompt_that_raises_keeps_the_original_as_cause():
+    def prompt(row):
+        return row["missing"]
+
+    with pytest.raises(PromptError, match="row 0: the prompt function raised KeyError") as info:
+        render([{"t": "a"}], prompt)
+    assert isinstance(info.value.__cause__, KeyError)
