@@ -23,6 +23,17 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run a generated dataset of 1,200 short texts through the embedded local emulator.
+
+    Shows the new columns, the status counts, retries of transient failures and the cached
+    second run. Needs no API key and no network.
+    """
+    from dsbatch._demo import run_demo
+
+    return run_demo(rows=args.rows)
+
+
 def _add(
     sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int]
 ) -> argparse.ArgumentParser:
@@ -50,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--delay", type=float, default=0.0, help="seconds before a batch ends (default 0)"
     )
     emulator.add_argument("--faults", default="", help="faults to inject, e.g. create=429x2")
+
+    demo = _add(sub, "demo", cmd_demo)
+    demo.add_argument("--rows", type=int, default=1200, help="rows in the generated dataset")
     return parser
 
 
