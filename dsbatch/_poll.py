@@ -40,6 +40,13 @@ class PollSchedule:
             self.sleep(delay)
         return delay
 
+    def backoff(self, attempt: int) -> None:
+        """Sleep before retry number ``attempt`` (0-based) of a failed call: doubling from
+        ``initial``, capped at ``maximum``; a fixed ``poll_interval`` keeps it fixed."""
+        delay = min(self.initial * (2.0**attempt if self.factor > 1 else 1.0), self.maximum)
+        if delay > 0:
+            self.sleep(delay)
+
     def reset(self) -> None:
         """Start brisk again (something changed: a new batch went out)."""
         self._next = self.initial

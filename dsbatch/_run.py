@@ -92,7 +92,7 @@ class JobRun:
                         self.job,
                         plan,
                         self.rendered.bodies,
-                        sleep=self.options.schedule.sleep,
+                        schedule=self.options.schedule,
                     )
                     log.info(
                         "dsbatch: created %s (%d requests)", record.batch_id, record.request_count
@@ -140,7 +140,7 @@ class JobRun:
                     self.job,
                     record,
                     self.rendered.bodies,
-                    sleep=self.options.schedule.sleep,
+                    schedule=self.options.schedule,
                     resumed=True,
                 )
         waiting = [r for r in self.job.batch_records() if r.state in ("submitted", "ended")]

@@ -15,6 +15,7 @@ from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, RateLimit
 from dsbatch._errors import BatchAPIError
 from dsbatch._ledger import BatchRecord, JobLedger
 from dsbatch._plan import BatchPlan, batch_body
+from dsbatch._poll import PollSchedule
 
 __all__ = ["CREATE_ATTEMPTS", "reconcile", "send_batch", "submit_batch"]
 
@@ -32,12 +33,12 @@ def submit_batch(
     plan: BatchPlan,
     bodies: Mapping[str, bytes],
     *,
-    sleep: Callable[[float], object] = time.sleep,
+    schedule: PollSchedule,
     now: Callable[[], float] = time.time,
 ) -> BatchRecord:
     """Record the intent, then create the batch; returns the record with its batch id."""
     record = job.new_batch_record(plan.custom_ids, key_hash=backend.key_hash, intent_at=now())
-    return send_batch(backend, job, record, bodies, sleep=sleep)
+    return send_batch(backend, job, record, bodies, schedule=schedule)
 
 
 def send_batch(
@@ -46,7 +47,7 @@ def send_batch(
     record: BatchRecord,
     bodies: Mapping[str, bytes],
     *,
-    sleep: Callable[[float], object] = time.sleep,
+    schedule: PollSchedule,
     resumed: bool = False,
 ) -> BatchRecord:
     """Create the batch of a record that has no batch id yet.
@@ -66,12 +67,15 @@ def send_batch(
             info = backend.create(body)
         except RateLimited as e:
             last_error = str(e)
-            sleep(e.retry_after if e.retry_after is not None else 2.0**attempt)
+            if e.retry_after is not None:
+                schedule.sleep(e.retry_after)
+            else:
+                schedule.backoff(attempt)
             continue
         except CreateOutcomeUnknown as e:
             last_error = str(e)
             log.warning("dsbatch: the answer to a create was lost (%s); reconciling", e)
-            sleep(min(2.0**attempt, 30.0))
+            schedule.backoff(attempt)
             continue
         return _adopt(job, record, info)
     found = reconcile(backend, job, record)

@@ -10,24 +10,62 @@ from dsbatch import BatchAPIError
 from dsbatch._ingest import parse_results
 
 # Result lines in the exact shapes of ../shared/seeds (a peer project's real results).
-SUCCEEDED = {"custom_id": "first-prompt-in-my-batch", "result": {"type": "succeeded", "message": {
-    "id": "msg_014KfxurNm3n65CGkqUNTkCk", "type": "message", "role": "assistant",
-    "model": "claude-3-5-haiku-20241022",
-    "content": [{"type": "text", "text": "Here's a fun video game fact."}],
-    "stop_reason": "end_turn", "stop_sequence": None,
-    "usage": {"input_tokens": 20, "output_tokens": 64}}}}
-INVALID = {"custom_id": "2", "result": {"type": "errored", "error": {"error": {
-    "message": "max_tokens: Field required", "type": "invalid_request_error", "details": None},
-    "type": "error"}}}
-TOOL = {"custom_id": "t", "result": {"type": "succeeded", "message": {
-    "id": "msg_2", "type": "message", "role": "assistant", "model": "m",
-    "content": [{"type": "thinking", "thinking": "hm", "signature": "s"},
+SUCCEEDED = {
+    "custom_id": "first-prompt-in-my-batch",
+    "result": {
+        "type": "succeeded",
+        "message": {
+            "id": "msg_014KfxurNm3n65CGkqUNTkCk",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-3-5-haiku-20241022",
+            "content": [{"type": "text", "text": "Here's a fun video game fact."}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 20, "output_tokens": 64},
+        },
+    },
+}
+INVALID = {
+    "custom_id": "2",
+    "result": {
+        "type": "errored",
+        "error": {
+            "error": {
+                "message": "max_tokens: Field required",
+                "type": "invalid_request_error",
+                "details": None,
+            },
+            "type": "error",
+        },
+    },
+}
+TOOL = {
+    "custom_id": "t",
+    "result": {
+        "type": "succeeded",
+        "message": {
+            "id": "msg_2",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [
+                {"type": "thinking", "thinking": "hm", "signature": "s"},
                 {"type": "text", "text": "Part one. "},
                 {"type": "tool_use", "id": "tu", "name": "f", "input": {"a": [1, {"b": 2}]}},
-                {"type": "text", "text": "Part two."}],
-    "stop_reason": "tool_use", "stop_sequence": None,
-    "usage": {"input_tokens": 5, "output_tokens": 6, "cache_read_input_tokens": 3,
-              "cache_creation_input_tokens": 2}}}}
+                {"type": "text", "text": "Part two."},
+            ],
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 5,
+                "output_tokens": 6,
+                "cache_read_input_tokens": 3,
+                "cache_creation_input_tokens": 2,
+            },
+        },
+    },
+}
 EXPIRED = {"custom_id": "e", "result": {"type": "expired"}}
 CANCELED = {"custom_id": "c", "result": {"type": "canceled"}}
 
@@ -41,11 +79,21 @@ def test_every_result_type_becomes_a_row():
     rows = {r["custom_id"]: r for r in table.to_pylist()}
     ok = rows["first-prompt-in-my-batch"]
     assert (ok["type"], ok["text"], ok["stop_reason"]) == (
-        "succeeded", "Here's a fun video game fact.", "end_turn")
-    assert (ok["input_tokens"], ok["output_tokens"], ok["cache_read_input_tokens"]) == (20, 64, None)
+        "succeeded",
+        "Here's a fun video game fact.",
+        "end_turn",
+    )
+    assert (ok["input_tokens"], ok["output_tokens"], ok["cache_read_input_tokens"]) == (
+        20,
+        64,
+        None,
+    )
     bad = rows["2"]
     assert (bad["type"], bad["error_type"], bad["error_message"]) == (
-        "errored", "invalid_request_error", "max_tokens: Field required")
+        "errored",
+        "invalid_request_error",
+        "max_tokens: Field required",
+    )
     assert bad["text"] is None
     tool = rows["t"]
     assert tool["text"] == "Part one. Part two."
@@ -56,8 +104,7 @@ def test_every_result_type_becomes_a_row():
 
 
 def test_crlf_and_blank_lines_are_tolerated():
-    table = parse_results(b"\r\n" + jsonl(SUCCEEDED, EXPIRED, sep=b"\r\n") + b"\n\n",
-                          batch_id="b")
+    table = parse_results(b"\r\n" + jsonl(SUCCEEDED, EXPIRED, sep=b"\r\n") + b"\n\n", batch_id="b")
     assert table["custom_id"].to_pylist() == ["first-prompt-in-my-batch", "e"]
 
 

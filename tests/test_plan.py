@@ -47,5 +47,6 @@ def test_batches_respect_the_byte_limit_exactly():
 def test_a_request_over_the_byte_limit_alone_is_an_error_naming_its_row():
     bodies = {"dsb_small": b'{"a":1}', "dsb_huge": b'{"a":"' + b"x" * 500 + b'"}'}
     with pytest.raises(RequestTooLargeError, match="row 7 of split 'test'.*dsb_huge"):
-        list(chunk_requests(list(bodies), bodies, max_bytes=300,
-                            first_row={"dsb_huge": ("test", 7)}))
+        list(
+            chunk_requests(list(bodies), bodies, max_bytes=300, first_row={"dsb_huge": ("test", 7)})
+        )

@@ -15,8 +15,15 @@ DEFAULTS = {"model": "claude-haiku-4-5", "max_tokens": 64}
 
 def render(rows, prompt, *, defaults=DEFAULTS, with_indices=False):
     rendered = Rendered()
-    render_split(rendered, "data", Dataset.from_list(rows), prompt, defaults=defaults,
-                 with_indices=with_indices, label=None)
+    render_split(
+        rendered,
+        "data",
+        Dataset.from_list(rows),
+        prompt,
+        defaults=defaults,
+        with_indices=with_indices,
+        label=None,
+    )
     return rendered
 
 
@@ -36,8 +43,11 @@ def test_a_string_becomes_one_user_message_over_the_defaults():
 def test_a_dict_is_merged_over_the_defaults_and_the_prompt_wins():
     rendered = render(
         [{"t": "x"}],
-        lambda r: {"max_tokens": 5, "temperature": 0,
-                   "messages": [{"role": "user", "content": r["t"]}]},
+        lambda r: {
+            "max_tokens": 5,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": r["t"]}],
+        },
     )
     params = params_of(rendered, 0)
     assert params["max_tokens"] == 5 and params["temperature"] == 0
@@ -45,8 +55,11 @@ def test_a_dict_is_merged_over_the_defaults_and_the_prompt_wins():
 
 
 def test_a_list_is_the_messages_and_none_skips_the_row():
-    convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-             {"role": "user", "content": "again"}]
+    convo = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "again"},
+    ]
     rendered = render([{"k": 1}, {"k": 0}], lambda r: convo if r["k"] else None)
     assert params_of(rendered, 0)["messages"] == convo
     assert rendered.row_custom_ids["data"][1] is None

@@ -1,0 +1,396 @@
+"""dsbatch.map end to end against the local emulator, through the official SDK."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+import dsbatch
+from dsbatch import BatchAPIError, PromptError, RequestTooLargeError, RowFailedError
+from dsbatch.testing import Emulator, Faults, HttpFault
+
+MODEL = "claude-haiku-4-5"
+STATUS_FIELDS = {
+    "status",
+    "error",
+    "custom_id",
+    "stop_reason",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "attempts",
+}
+
+
+def echo(custom_id, params):
+    """Answer with the prompt itself, so each row's answer proves which request it came from."""
+    return "echo: " + params["messages"][-1]["content"]
+
+
+def prompt(row):
+    return row["text"]
+
+
+def texts(n, distinct=None, seed=0):
+    rng = random.Random(seed)
+    pool = [f"text number {i}" for i in range(distinct or n)]
+    return pool[:n] if distinct is None else [rng.choice(pool) for _ in range(n)]
+
+
+@pytest.fixture
+def emu():
+    with Emulator(delay=0, responder=echo) as emulator:
+        yield emulator
+
+
+def run(ds, emu, fn=prompt, **kwargs):
+    kwargs.setdefault("poll_interval", 0)
+    kwargs.setdefault("progress", False)
+    return dsbatch.map(ds, fn, model=MODEL, max_tokens=256, client=emu.client(), **kwargs)
+
+
+def test_answers_land_on_their_rows_in_order(emu):
+    ds = Dataset.from_dict({"text": texts(200), "n": list(range(200))})
+    out = run(ds, emu)
+    assert out.column_names == ["text", "n", "response", "dsbatch"]
+    assert out["response"] == [f"echo: {t}" for t in ds["text"]]
+    assert out["n"] == list(range(200))
+    status = out["dsbatch"][0]
+    assert set(status) == STATUS_FIELDS
+    assert status["status"] == "succeeded" and status["error"] is None
+    assert status["attempts"] == 1 and status["stop_reason"] == "end_turn"
+    assert status["input_tokens"] > 0 and status["output_tokens"] > 0
+    assert emu.calls["create"] == 1
+
+
+@pytest.mark.slow
+def test_duplicate_prompts_are_sent_once_and_fanned_out(emu):
+    rows = texts(10_000, distinct=7_000)
+    ds = Dataset.from_dict({"text": rows})
+    out = run(ds, emu)
+    distinct = set(rows)
+    assert len(emu.received) == len(distinct)
+    assert not emu.duplicate_custom_ids
+    assert out["response"] == [f"echo: {t}" for t in rows]
+    by_text = {}
+    for text, status in zip(rows, out["dsbatch"]):
+        assert by_text.setdefault(text, status["custom_id"]) == status["custom_id"]
+
+
+def test_a_rerun_makes_no_api_call_and_returns_the_same_dataset(emu):
+    ds = Dataset.from_dict({"text": texts(100)})
+    first = run(ds, emu)
+    emu.reset_stats()
+    second = run(ds, emu)
+    assert sum(emu.calls.values()) == 0
+    assert second["response"] == first["response"]
+    assert second["dsbatch"] == first["dsbatch"]
+
+
+def test_editing_ten_rows_sends_exactly_ten_requests(emu):
+    rows = texts(500)
+    run(Dataset.from_dict({"text": rows}), emu)
+    edited = list(rows)
+    for i in range(0, 100, 10):
+        edited[i] = f"edited {i}"
+    emu.reset_stats()
+    out = run(Dataset.from_dict({"text": edited}), emu)
+    assert len(emu.received) == 10
+    assert out["response"] == [f"echo: {t}" for t in edited]
+
+
+def test_changing_params_resends_everything_but_results_are_shared_across_jobs(emu):
+    ds = Dataset.from_dict({"text": texts(50)})
+    run(ds, emu)
+    emu.reset_stats()
+    run(ds, emu, params={"temperature": 0.5})
+    assert len(emu.received) == 50
+    # Another dataset sharing 30 of those requests pays only for the 20 new ones.
+    emu.reset_stats()
+    other = Dataset.from_dict({"text": texts(50)[:30] + [f"new {i}" for i in range(20)]})
+    run(other, emu, params={"temperature": 0.5})
+    assert len(emu.received) == 20
+
+
+def test_a_dataset_dict_is_one_job_and_comes_back_whole(emu):
+    dd = DatasetDict(
+        {
+            "train": Dataset.from_dict({"text": texts(120)}),
+            "test": Dataset.from_dict({"text": texts(40)[::-1] + ["only in test"]}),
+        }
+    )
+    out = run(dd, emu)
+    assert isinstance(out, DatasetDict) and set(out) == {"train", "test"}
+    assert out["train"]["response"] == [f"echo: {t}" for t in dd["train"]["text"]]
+    assert out["test"]["response"] == [f"echo: {t}" for t in dd["test"]["text"]]
+    assert emu.calls["create"] == 1
+    assert len(emu.received) == 121  # the 40 test texts repeat train texts
+
+
+def test_skipped_rows_are_kept_with_status_skipped(emu):
+    ds = Dataset.from_dict({"text": texts(10)})
+    out = run(ds, emu, fn=lambda r: None if r["text"].endswith("3") else r["text"])
+    status = out["dsbatch"][3]
+    assert status["status"] == "skipped" and status["custom_id"] is None
+    assert out["response"][3] is None
+    assert len(emu.received) == 9
+
+
+def test_with_indices_and_system_and_params_reach_the_request(emu):
+    ds = Dataset.from_dict({"text": ["a", "b"]})
+    run(
+        ds,
+        emu,
+        fn=lambda r, i: f"{i}:{r['text']}",
+        with_indices=True,
+        system="Be brief.",
+        params={"temperature": 0},
+    )
+    sent = {cid for _, cid in emu.received}
+    assert len(sent) == 2
+    out = run(
+        ds,
+        emu,
+        fn=lambda r, i: f"{i}:{r['text']}",
+        with_indices=True,
+        system="Be brief.",
+        params={"temperature": 0},
+    )
+    assert out["response"] == ["echo: 0:a", "echo: 1:b"]
+
+
+def test_batches_are_cut_by_request_count(emu):
+    ds = Dataset.from_dict({"text": texts(350)})
+    out = run(ds, emu, max_batch_requests=100)
+    assert emu.calls["create"] == 4
+    assert out["response"] == [f"echo: {t}" for t in ds["text"]]
+
+
+def test_bad_rows_fail_before_any_api_call(emu):
+    ds = Dataset.from_dict({"text": ["fine", "", "fine too"]})
+    with pytest.raises(PromptError, match="row 1: messages\\[0\\] has empty content"):
+        run(ds, emu)
+    with pytest.raises(RequestTooLargeError, match="row 0"):
+        run(Dataset.from_dict({"text": ["x" * 5000]}), emu, max_batch_bytes=1000)
+    assert sum(emu.calls.values()) == 0
+
+
+def test_transient_errors_are_retried_until_they_succeed():
+    with Emulator(delay=0, responder=echo, faults=Faults(errored=0.3, expired=0.1)) as emu:
+        ds = Dataset.from_dict({"text": texts(300)})
+        out = run(ds, emu, max_attempts=10)
+        statuses = {s["status"] for s in out["dsbatch"]}
+        assert statuses == {"succeeded"}
+        attempts = [s["attempts"] for s in out["dsbatch"]]
+        assert max(attempts) > 1
+        assert emu.calls["create"] == max(attempts)
+        assert out["response"] == [f"echo: {t}" for t in ds["text"]]
+
+
+def test_failures_after_max_attempts_follow_on_error():
+    faults = Faults(errored=0.5)
+    with Emulator(delay=0, responder=echo, faults=faults) as emu:
+        ds = Dataset.from_dict({"text": texts(100)})
+        kept = run(ds, emu, max_attempts=1)
+        failed = [i for i, s in enumerate(kept["dsbatch"]) if s["status"] != "succeeded"]
+        assert 20 < len(failed) < 80
+        for i in failed:
+            status = kept["dsbatch"][i]
+            assert status["status"] == "errored" and status["attempts"] == 1
+            assert status["error"].split(":")[0] in ("overloaded_error", "api_error")
+            assert kept["response"][i] is None
+
+        emu.reset_stats()
+        dropped = run(ds, emu, max_attempts=1, on_error="drop")
+        assert sum(emu.calls.values()) == 0
+        assert len(dropped) == 100 - len(failed)
+        assert {s["status"] for s in dropped["dsbatch"]} == {"succeeded"}
+
+        with pytest.raises(RowFailedError, match=f"{len(failed)} rows ended without") as info:
+            run(ds, emu, max_attempts=1, on_error="raise")
+        assert info.value.rows == failed
+        assert sum(emu.calls.values()) == 0
+
+        # Allowing more attempts later retries only the failures.
+        emu.reset_stats()
+        more = run(ds, emu, max_attempts=5)
+        assert len(emu.received) >= len(failed)
+        assert {cid for _, cid in emu.received} <= {kept["dsbatch"][i]["custom_id"] for i in failed}
+        assert sum(s["status"] == "succeeded" for s in more["dsbatch"]) > 100 - len(failed)
+
+
+def test_invalid_requests_are_not_retried():
+    def responder(custom_id, params):
+        if "bad" in params["messages"][0]["content"]:
+            return {
+                "type": "errored",
+                "error": {
+                    "type": "error",
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": "messages.0.content: too silly",
+                    },
+                },
+            }
+        return "fine"
+
+    with Emulator(delay=0, responder=responder) as emu:
+        ds = Dataset.from_dict({"text": ["good", "bad one", "good too"]})
+        out = run(ds, emu, max_attempts=3)
+        assert emu.calls["create"] == 1
+        status = out["dsbatch"][1]
+        assert status["status"] == "errored" and status["attempts"] == 1
+        assert status["error"] == "invalid_request_error: messages.0.content: too silly"
+        assert out["response"] == ["fine", None, "fine"]
+
+
+def test_a_lost_create_answer_never_pays_twice():
+    with Emulator(delay=0, responder=echo, faults=Faults(lose_create=1)) as emu:
+        ds = Dataset.from_dict({"text": texts(60)})
+        out = run(ds, emu)
+        assert emu.calls["create"] == 1 and emu.calls["list"] >= 1
+        assert len(emu.batches) == 1
+        assert not emu.duplicate_custom_ids
+        assert out["response"] == [f"echo: {t}" for t in ds["text"]]
+
+
+def test_rate_limits_and_server_errors_are_waited_out():
+    faults = Faults(
+        http=[
+            HttpFault("create", 429, times=2),
+            HttpFault("retrieve", 529, times=1),
+            HttpFault("results", 500, times=1),
+        ]
+    )
+    with Emulator(delay=0, responder=echo, faults=faults) as emu:
+        out = run(Dataset.from_dict({"text": texts(20)}), emu)
+        assert len(emu.batches) == 1
+        assert out["response"] == [f"echo: {t}" for t in texts(20)]
+
+
+def test_a_cut_download_is_fetched_again_without_a_new_batch():
+    with Emulator(delay=0, responder=echo, faults=Faults(cut_results=2)) as emu:
+        out = run(Dataset.from_dict({"text": texts(500)}), emu)
+        assert len(emu.batches) == 1
+        assert emu.calls["results"] == 3
+        assert out["response"] == [f"echo: {t}" for t in texts(500)]
+
+
+class Crash(Exception):
+    pass
+
+
+def crash(_seconds):
+    raise Crash("the process died while waiting")
+
+
+def test_a_job_interrupted_while_waiting_resumes_without_a_new_batch():
+    with Emulator(delay=3600, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": texts(80)})
+        with pytest.raises(Crash):
+            run(ds, emu, poll_interval=dsbatch.PollSchedule(sleep=crash))
+        assert emu.calls["create"] == 1
+        out = run(ds, emu, poll_interval=dsbatch.PollSchedule(sleep=emu.advance))
+        assert emu.calls["create"] == 1
+        assert out["response"] == [f"echo: {t}" for t in ds["text"]]
+
+
+def test_a_long_batch_is_polled_with_a_virtual_clock():
+    with Emulator(delay=20 * 3600, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": texts(30)})
+        slept = []
+
+        def sleep(seconds):
+            slept.append(seconds)
+            emu.advance(seconds)
+
+        schedule = dsbatch.PollSchedule(initial=60, factor=2, maximum=1800, sleep=sleep)
+        out = run(ds, emu, poll_interval=schedule)
+        assert {s["status"] for s in out["dsbatch"]} == {"succeeded"}
+        assert sum(slept) >= 20 * 3600
+        assert max(slept) == 1800 and len(slept) < 60
+
+
+def test_requests_unfinished_at_24_hours_expire_and_are_reported():
+    with Emulator(delay=48 * 3600, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": texts(20)})
+        out = run(
+            ds,
+            emu,
+            max_attempts=1,
+            poll_interval=dsbatch.PollSchedule(initial=3600, maximum=3600, sleep=emu.advance),
+        )
+        statuses = [s["status"] for s in out["dsbatch"]]
+        assert "expired" in statuses and "succeeded" in statuses
+        expired = out["dsbatch"][statuses.index("expired")]
+        assert "expired" in expired["error"] and out["response"][statuses.index("expired")] is None
+
+
+def test_batches_made_with_another_key_are_not_read():
+    with Emulator(delay=3600, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": texts(5)})
+        with pytest.raises(Crash):
+            dsbatch.map(
+                ds,
+                prompt,
+                model=MODEL,
+                client=emu.client(api_key="key-one"),
+                poll_interval=dsbatch.PollSchedule(sleep=crash),
+                progress=False,
+            )
+        with pytest.raises(BatchAPIError, match="another API key"):
+            dsbatch.map(
+                ds,
+                prompt,
+                model=MODEL,
+                client=emu.client(api_key="key-two"),
+                poll_interval=0,
+                progress=False,
+            )
+
+
+def test_the_client_comes_from_the_environment(emu, monkeypatch, tmp_path):
+    ds = Dataset.from_dict({"text": ["from env"]})
+    with pytest.raises(BatchAPIError, match="ANTHROPIC_API_KEY"):
+        dsbatch.map(ds, prompt, model=MODEL, progress=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-env")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", emu.base_url)
+    out = dsbatch.map(ds, prompt, model=MODEL, poll_interval=0, progress=False)
+    assert out["response"] == ["echo: from env"]
+    cache = os.environ["DSBATCH_CACHE"]
+    assert os.path.isdir(os.path.join(cache, "jobs")) and os.listdir(os.path.join(cache, "jobs"))
+    for root, _, files in os.walk(cache):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                assert b"sk-test-env" not in f.read()
+
+
+def test_an_answer_cut_at_max_tokens_says_so(emu):
+    long_text = "word " * 400
+    out = run(Dataset.from_dict({"text": [long_text]}), emu, params={"max_tokens": 10})
+    status = out["dsbatch"][0]
+    assert status["stop_reason"] == "max_tokens" and status["output_tokens"] <= 10
+    assert len(out["response"][0]) < len(long_text)
+
+
+def test_the_progress_bar_counts_requests(emu, capsys):
+    run(Dataset.from_dict({"text": texts(30)}), emu, progress=True)
+    err = capsys.readouterr().err
+    assert "dsbatch" in err and "30/30" in err and "succeeded=30" in err
+
+
+def test_bad_arguments_are_plain_value_and_type_errors(emu):
+    ds = Dataset.from_dict({"text": ["a"]})
+    with pytest.raises(ValueError, match="on_error"):
+        run(ds, emu, on_error="ignore")
+    with pytest.raises(ValueError, match="max_attempts"):
+        run(ds, emu, max_attempts=0)
+    with pytest.raises(TypeError, match="Dataset"):
+        run({"text": ["a"]}, emu)
+    with pytest.raises(TypeError, match="poll_interval"):
+        run(ds, emu, poll_interval="often")
+    assert sum(emu.calls.values()) == 0
