@@ -102,19 +102,32 @@ class Backend:
     """Batch calls over one ``anthropic.Anthropic`` client."""
 
     def __init__(self, client: anthropic.Anthropic | None = None) -> None:
-        if client is None:
+        # Built on first use: a job whose answers are all cached needs no key at all.
+        self._client = client
+        self._no_retry_client: anthropic.Anthropic | None = None
+
+    @property
+    def client(self) -> anthropic.Anthropic:
+        if self._client is None:
             if not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get(
                 "ANTHROPIC_AUTH_TOKEN"
             ):
                 raise BatchAPIError(
                     "no API key: set ANTHROPIC_API_KEY or pass client=anthropic.Anthropic(...)"
                 )
-            client = anthropic.Anthropic()
-        self.client = client
-        self.key_hash = key_hash(
-            getattr(client, "api_key", None) or getattr(client, "auth_token", None)
-        )
-        self._no_retry = client.with_options(max_retries=0)
+            self._client = anthropic.Anthropic()
+        return self._client
+
+    @property
+    def _no_retry(self) -> anthropic.Anthropic:
+        if self._no_retry_client is None:
+            self._no_retry_client = self.client.with_options(max_retries=0)
+        return self._no_retry_client
+
+    @property
+    def key_hash(self) -> str:
+        client = self.client
+        return key_hash(getattr(client, "api_key", None) or getattr(client, "auth_token", None))
 
     def create(self, body: bytes) -> BatchInfo:
         """Create one batch from a ready JSON body ``{"requests": [...]}``.

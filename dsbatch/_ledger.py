@@ -301,15 +301,16 @@ class Ledger:
         parts = []
         for path in sorted((self.root / "requests").glob("*.parquet")):
             try:
-                table = pq.read_table(path, schema=RESULT_SCHEMA)
+                # Look at the two small columns first: most files hold nothing for this job.
+                keys = pq.read_table(path, columns=["custom_id", "type"])
+                mask = pc.is_in(keys["custom_id"], value_set=value_set)
+                if path.stem not in wanted_batches:
+                    mask = pc.and_(mask, pc.equal(keys["type"], "succeeded"))
+                if not pc.any(mask).as_py():
+                    continue
+                parts.append(pq.read_table(path, schema=RESULT_SCHEMA).filter(mask))
             except (OSError, pa.ArrowInvalid) as e:
                 raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
-            mask = pc.is_in(table["custom_id"], value_set=value_set)
-            if path.stem not in wanted_batches:
-                mask = pc.and_(mask, pc.equal(table["type"], "succeeded"))
-            table = table.filter(mask)
-            if table.num_rows:
-                parts.append(table)
         if not parts:
             return RESULT_SCHEMA.empty_table()
         return pa.concat_tables(parts)

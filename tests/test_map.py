@@ -394,3 +394,19 @@ def test_bad_arguments_are_plain_value_and_type_errors(emu):
     with pytest.raises(TypeError, match="poll_interval"):
         run(ds, emu, poll_interval="often")
     assert sum(emu.calls.values()) == 0
+
+
+def test_a_new_job_answered_entirely_from_the_cache_needs_no_key(emu):
+    rows = texts(40)
+    run(Dataset.from_dict({"text": rows}), emu)
+    reordered = Dataset.from_dict({"text": rows[::-1]})
+    out = dsbatch.map(reordered, prompt, model=MODEL, max_tokens=256, progress=False)
+    assert out["response"] == [f"echo: {t}" for t in rows[::-1]]
+
+
+def test_empty_and_fully_skipped_datasets_need_no_batch(emu):
+    empty = run(Dataset.from_dict({"text": []}), emu)
+    assert len(empty) == 0 and "dsbatch" in empty.column_names
+    skipped = run(Dataset.from_dict({"text": ["a", "b"]}), emu, fn=lambda r: None)
+    assert [s["status"] for s in skipped["dsbatch"]] == ["skipped", "skipped"]
+    assert sum(emu.calls.values()) == 0
