@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -170,8 +169,8 @@ class Backend:
         except anthropic.APIError as e:
             raise _api_error("canceling", e, batch_id) from e
 
-    def download(self, batch: BatchInfo, dest: Path) -> None:
-        """Stream a batch's raw result bytes to ``dest``; raises if the download is cut short."""
+    def download(self, batch: BatchInfo) -> Iterator[bytes]:
+        """The raw bytes of a batch's results, streamed; raises if the download is cut short."""
         if not batch.results_url:
             raise BatchAPIError(
                 f"batch {batch.id} has no results_url (status {batch.processing_status})",
@@ -179,8 +178,8 @@ class Backend:
             )
         try:
             results = self.client.messages.batches.with_streaming_response.results(batch.id)
-            with results as response, dest.open("wb") as f:
-                _write_chunks(f, response.iter_bytes())
+            with results as response:
+                yield from response.iter_bytes()
         except anthropic.APIStatusError as e:
             raise _api_error("downloading results", e, batch.id) from e
         except Exception as e:
@@ -199,6 +198,3 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
-def _write_chunks(f: Any, chunks: Iterable[bytes]) -> None:
-    for chunk in chunks:
-        f.write(chunk)

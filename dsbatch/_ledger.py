@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,13 +77,14 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(HF_HOME).expanduser() / "dsbatch"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -222,10 +223,21 @@ class JobLedger:
         return text.split("\n") if text else []
 
     # -- downloads and output ---------------------------------------------------------------
-    def download_path(self, batch_id: str) -> Path:
+    def store_download(self, batch_id: str, chunks: Iterable[bytes]) -> bytes:
+        """Write a results download to disk as it streams in; returns its bytes once complete.
+
+        A download that fails midway leaves no file behind.
+        """
         path = self.dir / "downloads" / f"{batch_id}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        _atomic_write(path, chunks)
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+
+    def discard_download(self, batch_id: str) -> None:
+        """Forget a download once its results are stored for good."""
+        (self.dir / "downloads" / f"{batch_id}.jsonl").unlink(missing_ok=True)
 
     def output_path(self, split: str) -> Path:
         return self.dir / "output" / f"{split}.arrow"

@@ -175,17 +175,16 @@ class JobRun:
         record.state = "ingested"
         record.counts = dict(info.counts)
         self.job.save_batch_record(record)
-        self.job.download_path(info.id).unlink(missing_ok=True)
+        self.job.discard_download(info.id)
         if self._bar is not None:
             self._bar.update(record.request_count)
 
     def _download(self, info: BatchInfo, ours: list[str]) -> pa.Table:
-        path = self.job.download_path(info.id)
         error: BatchAPIError | None = None
         for _ in range(DOWNLOAD_ATTEMPTS):
             try:
-                self.backend.download(info, path)
-                table = parse_results(path.read_bytes(), batch_id=info.id)
+                data = self.job.store_download(info.id, self.backend.download(info))
+                table = parse_results(data, batch_id=info.id)
             except BatchAPIError as e:
                 error = e
                 log.warning("dsbatch: %s; downloading again", e)
