@@ -1,0 +1,153 @@
+"""A process that dies anywhere in a job is replaced by a new one that neither loses a row nor
+pays twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from datasets import Dataset
+
+import dsbatch
+from dsbatch._backend import Backend
+from dsbatch.testing import Emulator
+
+MODEL = "claude-haiku-4-5"
+TEXTS = [f"crash text {i}" for i in range(300)]
+
+
+def echo(custom_id, params):
+    return "echo: " + params["messages"][-1]["content"]
+
+
+def prompt(row):
+    return row["text"]
+
+
+def resume(emu, ds):
+    return dsbatch.map(
+        ds,
+        prompt,
+        model=MODEL,
+        client=emu.client(),
+        progress=False,
+        poll_interval=dsbatch.PollSchedule(initial=60, sleep=emu.advance),
+    )
+
+
+class Died(BaseException):
+    """Stands for the process dying: nothing after it runs."""
+
+
+def test_death_right_after_create_reached_the_api_is_reconciled(monkeypatch):
+    real_create = Backend.create
+
+    def create_then_die(self, body):
+        real_create(self, body)
+        raise Died()
+
+    with Emulator(delay=600, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": TEXTS})
+        monkeypatch.setattr(Backend, "create", create_then_die)
+        with pytest.raises(Died):
+            resume(emu, ds)
+        monkeypatch.setattr(Backend, "create", real_create)
+        assert len(emu.batches) == 1
+
+        out = resume(emu, ds)
+        assert len(emu.batches) == 1 and emu.calls["create"] == 1
+        assert not emu.duplicate_custom_ids
+        assert out["response"] == [f"echo: {t}" for t in TEXTS]
+
+
+def test_death_before_create_sends_the_batch_on_resume(monkeypatch):
+    def die(self, body):
+        raise Died()
+
+    with Emulator(delay=0, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": TEXTS})
+        monkeypatch.setattr(Backend, "create", die)
+        with pytest.raises(Died):
+            resume(emu, ds)
+        monkeypatch.undo()
+        assert len(emu.batches) == 0
+        out = resume(emu, ds)
+        assert len(emu.batches) == 1
+        assert out["response"] == [f"echo: {t}" for t in TEXTS]
+
+
+def test_death_while_ingesting_keeps_every_paid_result(monkeypatch):
+    from dsbatch import _run
+
+    real_parse = _run.parse_results
+    calls = []
+
+    def parse_then_die(data, *, batch_id):
+        calls.append(batch_id)
+        if len(calls) == 1:
+            raise Died()
+        return real_parse(data, batch_id=batch_id)
+
+    with Emulator(delay=0, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": TEXTS})
+        monkeypatch.setattr(_run, "parse_results", parse_then_die)
+        with pytest.raises(Died):
+            resume(emu, ds)
+        out = resume(emu, ds)
+        assert emu.calls["create"] == 1
+        assert out["response"] == [f"echo: {t}" for t in TEXTS]
+
+
+WORKER = textwrap.dedent("""
+    import logging, sys
+    import anthropic, dsbatch
+    from datasets import Dataset
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+    url, cache = sys.argv[1], sys.argv[2]
+    ds = Dataset.from_dict({"text": [f"crash text {i}" for i in range(300)]})
+    client = anthropic.Anthropic(base_url=url, api_key="worker-key")
+    dsbatch.map(ds, lambda r: r["text"], model="claude-haiku-4-5", client=client,
+                cache_dir=cache, poll_interval=3600, progress=False)
+    print("finished", flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_a_killed_process_is_resumed_by_the_next_one(tmp_path):
+    with Emulator(delay=3600, responder=echo, api_key="worker-key") as emu:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER, emu.base_url, str(tmp_path / "cache")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
+        )
+        try:
+            assert worker.stdout is not None
+            for line in worker.stdout:
+                if "created msgbatch_" in line:
+                    break
+            else:
+                pytest.fail(f"the worker never created a batch: {worker.stderr.read()}")
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=30)
+        assert worker.returncode == -signal.SIGKILL
+        assert len(emu.batches) == 1
+
+        ds = Dataset.from_dict({"text": TEXTS})
+        out = dsbatch.map(
+            ds,
+            prompt,
+            model=MODEL,
+            client=emu.client(),
+            progress=False,
+            cache_dir=tmp_path / "cache",
+            poll_interval=dsbatch.PollSchedule(initial=600, sleep=emu.advance),
+        )
+        assert emu.calls["create"] == 1
+        assert out["response"] == [f"echo: {t}" for t in TEXTS]
