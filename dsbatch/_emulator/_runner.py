@@ -1,0 +1,281 @@
+"""The emulator as a context manager for tests, and as a server for the command line."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from dsbatch._emulator._faults import Faults
+from dsbatch._emulator._responder import Responder, default_responder
+from dsbatch._emulator._server import EmulatorHTTPServer, ServerConfig
+from dsbatch._emulator._state import Clock, Store
+
+if TYPE_CHECKING:
+    import anthropic
+
+__all__ = ["Emulator", "serve_forever"]
+
+MAX_REQUESTS = 100_000
+MAX_BYTES = 256 * 1024 * 1024
+
+
+class Emulator:
+    """A local Message Batches API on a real loopback HTTP server, run in a background thread.
+
+    ::
+
+        with Emulator(delay=60) as emu:
+            client = emu.client()
+            batch = client.messages.batches.create(requests=[...])
+            emu.advance(60)                      # virtual time: nothing sleeps
+            client.messages.batches.results(batch.id)
+
+    ``delay`` is how many emulator seconds a batch takes; the emulator's clock only moves when
+    ``advance`` is called (``realtime=True`` makes it follow the wall clock as well, as the
+    command-line server does). ``responder(custom_id, params) -> str | dict`` replaces the
+    built-in answers (see ``default_responder``). ``api_key`` makes every other key a 401.
+    ``max_requests`` and ``max_bytes`` are the per-batch limits (100,000 requests, 256 MB).
+    ``seed`` fixes the batch ids (random by default, so two emulators never share an id).
+    """
+
+    def __init__(
+        self,
+        delay: float = 0.0,
+        faults: Faults | None = None,
+        responder: Responder | None = None,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        realtime: bool = False,
+        max_requests: int = MAX_REQUESTS,
+        max_bytes: int = MAX_BYTES,
+        seed: int | None = None,
+    ) -> None:
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, not {delay}")
+        self._api_key = api_key
+        self._address = (host, port)
+        self._clock = Clock(realtime=realtime)
+        self._store = Store(
+            clock=self._clock,
+            delay=delay,
+            responder=responder or default_responder,
+            faults=faults if faults is not None else Faults(),
+            seed=secrets.randbits(64) if seed is None else seed,
+        )
+        self._config = ServerConfig(api_key=api_key, max_requests=max_requests, max_bytes=max_bytes)
+        self._server: EmulatorHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Emulator:
+        """Bind the port and serve in a daemon thread (``with Emulator()`` does this)."""
+        if self._server is not None:
+            raise RuntimeError("this Emulator is already running")
+        server = EmulatorHTTPServer(self._address, self._store, self._config)
+        host, port = server.server_address[:2]
+        self._store.base_url = f"http://{host}:{port}"
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"dsbatch-emulator-{port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop open connections and close the socket."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- clients --------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``: no trailing slash, no ``/v1``."""
+        if not self._store.base_url:
+            raise RuntimeError("the Emulator is not started: use `with Emulator() as emu:`")
+        return self._store.base_url
+
+    def client(self, **kwargs: Any) -> anthropic.Anthropic:
+        """An ``anthropic.Anthropic`` pointed at the emulator; kwargs go to its constructor."""
+        import anthropic
+
+        kwargs.setdefault("api_key", self._api_key or "test-key")
+        return anthropic.Anthropic(base_url=self.base_url, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        """An ``anthropic.AsyncAnthropic`` pointed at the emulator."""
+        import anthropic
+
+        kwargs.setdefault("api_key", self._api_key or "test-key")
+        return anthropic.AsyncAnthropic(base_url=self.base_url, **kwargs)
+
+    # --- the clock ------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Emulator time in epoch seconds."""
+        return self._clock.now()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward; batches whose time has come end. Usable as ``sleep``."""
+        with self._store.lock:
+            self._clock.advance(seconds)
+            self._store.settle_all()
+
+    @property
+    def delay(self) -> float:
+        """Emulator seconds a batch created from now on takes to end."""
+        return self._store.delay
+
+    @delay.setter
+    def delay(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"delay must be >= 0 seconds, not {seconds}")
+        with self._store.lock:
+            self._store.delay = seconds
+
+    # --- faults and introspection ---------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        """The live Faults: change its fields between calls, or assign a new one."""
+        return self._store.faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        with self._store.lock:
+            self._store.faults = faults
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock guarding the emulator's state (hold it to change faults atomically)."""
+        return self._store.lock  # type: ignore[return-value]
+
+    @property
+    def calls(self) -> Counter[str]:
+        """HTTP calls received per endpoint, counted even when a fault answered them."""
+        return self._store.calls
+
+    @property
+    def received(self) -> list[tuple[str, str]]:
+        """(batch_id, custom_id) of every request of every accepted create, in order."""
+        return self._store.received
+
+    @property
+    def duplicate_custom_ids(self) -> set[str]:
+        """custom_ids received more than once across accepted creates."""
+        return self._store.duplicate_custom_ids
+
+    @property
+    def last_create_body(self) -> Any:
+        """The parsed JSON body of the last create call (even one that was refused)."""
+        return self._store.last_create_body
+
+    @property
+    def batches(self) -> Mapping[str, dict[str, Any]]:
+        """batch_id -> the batch as a MessageBatch dict (deleted batches are gone)."""
+        return _BatchesView(self._store)
+
+    def results_of(self, batch_id: str) -> list[dict[str, Any]]:
+        """The results lines of an ended batch, as dicts, in the order they are served."""
+        _, lines = self._store.results(batch_id)
+        return [{"custom_id": custom_id, "result": result} for custom_id, result in lines]
+
+    def reset_stats(self) -> None:
+        """Forget calls, received requests and duplicates (fault draws keep their history)."""
+        with self._store.lock:
+            self._store.calls.clear()
+            self._store.received.clear()
+            self._store.duplicate_custom_ids.clear()
+
+
+class _BatchesView(Mapping[str, dict[str, Any]]):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getitem__(self, batch_id: str) -> dict[str, Any]:
+        with self._store.lock:
+            batch = self._store.batches[batch_id]
+            self._store.settle(batch, observe_cancel=False)
+            return self._store.to_dict(batch)
+
+    def __iter__(self) -> Iterator[str]:
+        with self._store.lock:
+            return iter(list(self._store.batches))
+
+    def __len__(self) -> int:
+        return len(self._store.batches)
+
+
+def serve_forever(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    delay: float = 0.0,
+    faults: Faults | None = None,
+    *,
+    api_key: str | None = None,
+    responder: Responder | None = None,
+) -> None:
+    """Serve the emulator on a clock that follows real time, until SIGINT or SIGTERM.
+
+    Prints ``dsbatch emulator listening on http://HOST:PORT`` once listening.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread: rely on KeyboardInterrupt
+            break
+    emulator = Emulator(
+        delay=delay,
+        faults=faults,
+        responder=responder,
+        api_key=api_key,
+        host=host,
+        port=port,
+        realtime=True,
+    )
+    try:
+        with emulator:
+            print(f"dsbatch emulator listening on {emulator.base_url}", flush=True)
+            if faults is not None and faults.describe():
+                print(f"dsbatch emulator faults: {faults.describe()}", file=sys.stderr, flush=True)
+            while not stop.wait(0.2):
+                pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,328 @@
+"""The HTTP side: routing, auth, body limits, injected HTTP faults, and the results stream."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import socket
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from dsbatch._emulator._errors import ApiError, default_message, error_body, error_type_for
+from dsbatch._emulator._ids import prefixed_id
+from dsbatch._emulator._state import Store
+from dsbatch._emulator._validate import validate_create
+
+__all__ = ["EmulatorHTTPServer", "ServerConfig", "route"]
+
+_PREFIX = "/v1/messages/batches"
+_CHUNK = 256 * 1024
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    api_key: str | None
+    max_requests: int
+    max_bytes: int
+
+
+class _TooLarge(Exception):
+    def __init__(self, unread: int | None) -> None:
+        self.unread = unread  # bytes still in the socket, or None when unknown (chunked)
+
+
+def route(method: str, path: str) -> tuple[str, str | None] | None:
+    """(endpoint, batch_id) for a call of the Batches API, or None for any other route."""
+    if path == _PREFIX:
+        return {"POST": ("create", None), "GET": ("list", None)}.get(method)
+    if not path.startswith(_PREFIX + "/"):
+        return None
+    parts = path[len(_PREFIX) + 1 :].split("/")
+    if len(parts) == 1 and parts[0]:
+        endpoint = {"GET": "retrieve", "DELETE": "delete"}.get(method)
+    elif (
+        len(parts) == 2
+        and parts[0]
+        and (method, parts[1])
+        in (
+            ("POST", "cancel"),
+            ("GET", "results"),
+        )
+    ):
+        endpoint = parts[1]
+    else:
+        return None
+    return (endpoint, parts[0]) if endpoint else None
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP/1.1 server that can drop every open connection when it stops."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], store: Store, config: ServerConfig) -> None:
+        super().__init__(address, _Handler)
+        self.store = store
+        self.config = config
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Wake every handler blocked on an idle keep-alive connection, so its thread ends."""
+        with self._open_lock:
+            open_sockets = list(self._open)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "dsbatch-emulator"
+    disable_nagle_algorithm = True
+    server: EmulatorHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # quiet: tests start many emulators
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _handle(self, method: str) -> None:
+        self.request_id = prefixed_id("req_", id(self), threading.get_ident(), self.path)
+        store = self.server.store
+        split = urlsplit(self.path)
+        try:
+            found = route(method, split.path)
+            if found is None:
+                self._read_body(self.server.config.max_bytes)
+                raise ApiError(404, f"Not found: {method} {split.path}")
+            endpoint, batch_id = found
+            with store.lock:
+                store.calls[endpoint] += 1
+            body = self._read_body(self.server.config.max_bytes)
+            self._check_auth()
+            with store.lock:
+                fault = store.faults.take_http(endpoint)
+            if fault is not None:
+                error_type = error_type_for(fault.status)
+                message = f"{default_message(error_type)} (emulated fault)"
+                self._send_json(
+                    fault.status, error_body(error_type, message, self.request_id), fault.headers()
+                )
+                return
+            if endpoint == "create":
+                self._create(body)
+            elif endpoint == "list":
+                self._list(parse_qs(split.query))
+            elif endpoint == "results":
+                assert batch_id is not None
+                self._results(batch_id)
+            else:
+                assert batch_id is not None
+                self._by_id(endpoint, batch_id)
+        except _TooLarge as exc:
+            limit = self.server.config.max_bytes
+            self.close_connection = True
+            self._send_error(
+                ApiError(413, f"Request exceeds the maximum allowed number of bytes ({limit}).")
+            )
+            self._drain(exc.unread)
+        except ApiError as exc:
+            self._send_error(exc)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:  # a bug or a failing responder: answer it, and say so
+            traceback.print_exc(file=sys.stderr)
+            self._send_error(ApiError(500, f"emulator failure: {exc!r}"))
+
+    def _check_auth(self) -> None:
+        key = self.headers.get("x-api-key")
+        authorization = self.headers.get("authorization") or ""
+        if not key and authorization[:7].lower() == "bearer ":
+            key = authorization[7:].strip()
+        if not key:
+            raise ApiError(401, "x-api-key header is required")
+        expected = self.server.config.api_key
+        if expected is not None and key != expected:
+            raise ApiError(401, "invalid x-api-key")
+
+    def _read_body(self, limit: int) -> bytes:
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            return self._read_chunked(limit)
+        length = int(self.headers.get("content-length") or 0)
+        if length > limit:
+            raise _TooLarge(length)
+        return self.rfile.read(length) if length else b""
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts, total = [], 0
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            total += size
+            if total > limit:
+                raise _TooLarge(None)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    def _drain(self, unread: int | None) -> None:
+        """Read and drop an refused body, so the client can finish sending and see the 413."""
+        if unread is None:
+            return
+        self.connection.settimeout(10)
+        try:
+            while unread > 0:
+                got = self.rfile.read(min(unread, 1 << 20))
+                if not got:
+                    break
+                unread -= len(got)
+        except OSError:
+            pass
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = _encode(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", self.request_id)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, error: ApiError) -> None:
+        body = error_body(error.error_type, error.message, self.request_id)
+        self._send_json(error.status, body)
+
+    # --- endpoints ------------------------------------------------------------------------
+
+    def _create(self, body: bytes) -> None:
+        store, config = self.server.store, self.server.config
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
+        with store.lock:
+            store.last_create_body = payload
+        requests = validate_create(payload, max_requests=config.max_requests)
+        batch = store.create(requests)
+        with store.lock:
+            lost = store.faults.take_lose_create()
+            answer = store.to_dict(batch)
+        if lost:
+            self.close_connection = True  # the batch exists, its answer never arrives
+            return
+        self._send_json(200, answer)
+
+    def _list(self, query: dict[str, list[str]]) -> None:
+        raw_limit = query.get("limit", ["20"])[-1]
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise ApiError(
+                400, f"limit: Input should be a valid integer, not {raw_limit!r}"
+            ) from None
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, f"limit: Input should be between 1 and 1000, not {limit}")
+        before_id = query.get("before_id", [None])[-1]
+        after_id = query.get("after_id", [None])[-1]
+        if before_id is not None and after_id is not None:
+            raise ApiError(400, "before_id and after_id cannot both be given")
+        store = self.server.store
+        with store.lock:
+            batches, has_more = store.page(limit, before_id, after_id)
+            data = [store.to_dict(batch) for batch in batches]
+        self._send_json(
+            200,
+            {
+                "data": data,
+                "has_more": has_more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            },
+        )
+
+    def _by_id(self, endpoint: str, batch_id: str) -> None:
+        store = self.server.store
+        with store.lock:
+            if endpoint == "delete":
+                store.delete(batch_id)
+                answer = {"id": batch_id, "type": "message_batch_deleted"}
+            elif endpoint == "cancel":
+                answer = store.to_dict(store.cancel(batch_id))
+            else:
+                answer = store.to_dict(store.get(batch_id))
+        self._send_json(200, answer)
+
+    def _results(self, batch_id: str) -> None:
+        store = self.server.store
+        with store.lock:
+            count, lines = store.results(batch_id)
+            cut = store.faults.take_cut_results()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-jsonl")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("request-id", self.request_id)
+        self.end_headers()
+        stop = count // 2 if cut else count
+        buffer: list[bytes] = []
+        size = 0
+        for custom_id, result in itertools.islice(lines, stop):
+            line = (_encode({"custom_id": custom_id, "result": result}) + "\n").encode()
+            buffer.append(line)
+            size += len(line)
+            if size >= _CHUNK:
+                self._write_chunk(b"".join(buffer))
+                buffer, size = [], 0
+        if cut:
+            custom_id, result = next(lines)
+            line = _encode({"custom_id": custom_id, "result": result}).encode()
+            buffer.append(line[: len(line) // 2])
+            self._write_chunk(b"".join(buffer))
+            self.close_connection = True  # mid-line, without the last chunk: a broken download
+            return
+        if buffer:
+            self._write_chunk(b"".join(buffer))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))

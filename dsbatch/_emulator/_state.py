@@ -1,0 +1,315 @@
+"""Batches, the emulator's clock, and how a batch moves from created to ended.
+
+Nothing runs in the background: a batch's state is a function of the clock, brought up to date
+("settled") whenever it is looked at or the clock is advanced. Request i of n finishes at
+``created + delay * (i + 1) / n``; the batch ends when the last one does, when it is canceled,
+or at ``expires_at`` (created + 24 h), whichever comes first. Results are decided once, when
+the batch ends.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsbatch._emulator._errors import ApiError, default_message
+from dsbatch._emulator._faults import Faults
+from dsbatch._emulator._ids import prefixed_id, rfc3339, stable_hash
+from dsbatch._emulator._responder import (
+    Responder,
+    errored_result,
+    result_from_text,
+    spoil_answer,
+)
+from dsbatch._emulator._validate import param_problem, structured_kind
+
+__all__ = ["EXPIRY_SECONDS", "Batch", "Clock", "Store"]
+
+EXPIRY_SECONDS = 24 * 60 * 60
+_RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
+
+
+class Clock:
+    """Emulator time: the wall time at start plus ``advance``d seconds (plus real elapsed
+    time when ``realtime``)."""
+
+    def __init__(self, *, realtime: bool = False) -> None:
+        self.realtime = realtime
+        self._t0 = time.time()
+        self._m0 = time.monotonic()
+        self._offset = 0.0
+
+    def now(self) -> float:
+        elapsed = time.monotonic() - self._m0 if self.realtime else 0.0
+        return self._t0 + self._offset + elapsed
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"the emulator clock only moves forward, not by {seconds}")
+        self._offset += seconds
+
+
+@dataclass
+class Batch:
+    id: str
+    seq: int
+    created_at: float
+    delay: float
+    custom_ids: list[str]
+    params: list[dict[str, Any]]
+    attempts: list[int]
+    status: str = "in_progress"
+    cancel_initiated_at: float | None = None
+    ended_at: float | None = None
+    done_at_cancel: int = 0
+    # Once ended: per request, its answer text (a succeeded Message is built from it when the
+    # results are served, so a 100k batch does not hold 100k Messages) or its result object.
+    outcomes: list[str | dict[str, Any]] | None = None
+    order: list[int] | None = None  # the results file's (shuffled) order
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.custom_ids)
+
+    @property
+    def expires_at(self) -> float:
+        return self.created_at + EXPIRY_SECONDS
+
+    def finished_by(self, moment: float) -> int:
+        """How many of the batch's requests are done at ``moment``."""
+        if self.delay <= 0:
+            return self.size
+        done = math.floor((moment - self.created_at) * self.size / self.delay + 1e-9)
+        return min(self.size, max(0, done))
+
+
+class Store:
+    """Every batch of one emulator, and what it has received. Guarded by ``lock``."""
+
+    def __init__(
+        self, *, clock: Clock, delay: float, responder: Responder, faults: Faults, seed: int
+    ) -> None:
+        self.lock = threading.RLock()
+        self.clock = clock
+        self.delay = delay
+        self.responder = responder
+        self.faults = faults
+        self.seed = seed
+        self.base_url = ""
+        self.batches: dict[str, Batch] = {}
+        self.calls: Counter[str] = Counter()
+        self.received: list[tuple[str, str]] = []
+        self.duplicate_custom_ids: set[str] = set()
+        self.last_create_body: Any = None
+        self._times_seen: Counter[str] = Counter()
+        self._seq = 0
+
+    # --- the API's operations -------------------------------------------------------------
+
+    def create(self, requests: list[dict[str, Any]]) -> Batch:
+        with self.lock:
+            self._seq += 1
+            batch_id = prefixed_id("msgbatch_", self.seed, self._seq)
+            custom_ids = [item["custom_id"] for item in requests]
+            attempts = []
+            seen = self._times_seen
+            for custom_id in custom_ids:
+                before = seen[custom_id]
+                attempts.append(before)
+                seen[custom_id] = before + 1
+                if before:
+                    self.duplicate_custom_ids.add(custom_id)
+            self.received.extend((batch_id, custom_id) for custom_id in custom_ids)
+            batch = Batch(
+                id=batch_id,
+                seq=self._seq,
+                created_at=self.clock.now(),
+                delay=self.delay,
+                custom_ids=custom_ids,
+                params=[item["params"] for item in requests],
+                attempts=attempts,
+            )
+            self.batches[batch_id] = batch
+            return batch
+
+    def get(self, batch_id: str) -> Batch:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                raise ApiError(404, f"Message Batch {batch_id!r} not found")
+            self.settle(batch)
+            return batch
+
+    def page(
+        self, limit: int, before_id: str | None, after_id: str | None
+    ) -> tuple[list[Batch], bool]:
+        """One page of batches, newest first, and whether more lie in that direction."""
+        with self.lock:
+            newest_first = list(reversed(self.batches.values()))
+            for batch in newest_first:
+                self.settle(batch)
+            ids = [batch.id for batch in newest_first]
+            if before_id is not None:
+                end = self._cursor(ids, before_id, "before_id")
+                start = max(0, end - limit)
+                return newest_first[start:end], start > 0
+            start = 0 if after_id is None else self._cursor(ids, after_id, "after_id") + 1
+            return newest_first[start : start + limit], start + limit < len(newest_first)
+
+    @staticmethod
+    def _cursor(ids: list[str], cursor: str, name: str) -> int:
+        try:
+            return ids.index(cursor)
+        except ValueError:
+            raise ApiError(400, f"{name}: no Message Batch with id {cursor!r}") from None
+
+    def cancel(self, batch_id: str) -> Batch:
+        with self.lock:
+            batch = self.get(batch_id)
+            if batch.status == "in_progress":
+                now = self.clock.now()
+                batch.status = "canceling"
+                batch.cancel_initiated_at = now
+                batch.done_at_cancel = batch.finished_by(now)
+            return batch
+
+    def delete(self, batch_id: str) -> None:
+        with self.lock:
+            batch = self.get(batch_id)
+            if batch.status != "ended":
+                raise ApiError(
+                    400,
+                    f"Message Batch {batch_id} cannot be deleted while it is {batch.status}; "
+                    "cancel it and wait for it to end first",
+                )
+            del self.batches[batch_id]
+
+    def results(self, batch_id: str) -> tuple[int, Iterator[tuple[str, dict[str, Any]]]]:
+        """How many results an ended batch has, and an iterator of (custom_id, result) in the
+        results file's order, each built only when reached."""
+        with self.lock:
+            batch = self.get(batch_id)
+            if batch.outcomes is None or batch.order is None:
+                raise ApiError(
+                    400,
+                    f"Message Batch {batch_id} has not finished processing "
+                    f"(processing_status: {batch.status}); results are available once it ends",
+                )
+            return batch.size, _lines(batch, batch.outcomes, batch.order)
+
+    # --- time -----------------------------------------------------------------------------
+
+    def settle_all(self, *, observe_cancel: bool = True) -> None:
+        with self.lock:
+            for batch in list(self.batches.values()):
+                self.settle(batch, observe_cancel=observe_cancel)
+
+    def settle(self, batch: Batch, *, observe_cancel: bool = True) -> None:
+        """Bring ``batch`` up to the clock; a cancel takes effect when next looked at."""
+        now = self.clock.now()
+        if batch.status == "in_progress":
+            end = batch.created_at + batch.delay
+            if end <= batch.expires_at and now >= end:
+                self._finish(batch, end, batch.size, "expired")
+            elif end > batch.expires_at and now >= batch.expires_at:
+                moment = batch.expires_at
+                self._finish(batch, moment, batch.finished_by(moment), "expired")
+        elif batch.status == "canceling" and observe_cancel:
+            assert batch.cancel_initiated_at is not None
+            moment = max(now, batch.cancel_initiated_at)
+            self._finish(batch, moment, batch.done_at_cancel, "canceled")
+
+    def _finish(self, batch: Batch, ended_at: float, done: int, rest: str) -> None:
+        counts = dict.fromkeys(_RESULT_TYPES, 0)
+        outcomes: list[str | dict[str, Any]] = []
+        for index in range(batch.size):
+            outcome = self._outcome(batch, index) if index < done else {"type": rest}
+            if isinstance(outcome, str):
+                kind = "succeeded"
+            else:
+                kind = outcome.get("type")
+                if kind not in counts:
+                    outcome = errored_result(
+                        "api_error",
+                        f"emulator responder returned an invalid result object: {outcome!r:.200}",
+                        prefixed_id("req_", batch.id, batch.custom_ids[index]),
+                    )
+                    kind = "errored"
+            counts[kind] += 1
+            outcomes.append(outcome)
+        order = list(range(batch.size))
+        seed = stable_hash("order", batch.seq, batch.size, batch.custom_ids[0])
+        random.Random(seed).shuffle(order)
+        batch.outcomes, batch.order = outcomes, order
+        batch.counts = {"processing": 0, **counts}
+        batch.ended_at = ended_at
+        batch.status = "ended"
+
+    def _outcome(self, batch: Batch, index: int) -> str | dict[str, Any]:
+        """The request's answer text, or its whole result object when it did not succeed."""
+        custom_id = batch.custom_ids[index]
+        params = batch.params[index]
+        attempt = batch.attempts[index]
+        problem = param_problem(params)
+        fate = "invalid_request_error" if problem else self.faults.request_fate(custom_id, attempt)
+        if fate == "expired":
+            return {"type": "expired"}
+        if fate is not None:
+            if problem is None:
+                problem = default_message(fate) + " (emulated fault)"
+            return errored_result(fate, problem, prefixed_id("req_", batch.id, custom_id))
+        answer = self.responder(custom_id, params)
+        if isinstance(answer, dict):
+            return answer
+        if not isinstance(answer, str):
+            raise TypeError(f"a responder returns str or dict, not {type(answer).__name__}")
+        if structured_kind(params) is not None:
+            answer = spoil_answer(answer, self.faults.answer_shape(custom_id, attempt))
+        return answer
+
+    # --- the wire form --------------------------------------------------------------------
+
+    def to_dict(self, batch: Batch) -> dict[str, Any]:
+        """The batch as a MessageBatch object."""
+        ended = batch.status == "ended"
+        if ended:
+            counts = dict(batch.counts)
+        else:
+            counts = {"processing": batch.size, **dict.fromkeys(_RESULT_TYPES, 0)}
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": batch.status,
+            "request_counts": counts,
+            "ended_at": None if batch.ended_at is None else rfc3339(batch.ended_at),
+            "created_at": rfc3339(batch.created_at),
+            "expires_at": rfc3339(batch.expires_at),
+            "archived_at": None,
+            "cancel_initiated_at": (
+                None if batch.cancel_initiated_at is None else rfc3339(batch.cancel_initiated_at)
+            ),
+            "results_url": (
+                f"{self.base_url}/v1/messages/batches/{batch.id}/results" if ended else None
+            ),
+        }
+
+
+def _lines(
+    batch: Batch, outcomes: list[str | dict[str, Any]], order: list[int]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    for index in order:
+        custom_id = batch.custom_ids[index]
+        outcome = outcomes[index]
+        if isinstance(outcome, str):
+            message_id = prefixed_id("msg_", batch.id, custom_id)
+            params = batch.params[index]
+            yield custom_id, result_from_text(custom_id, params, outcome, message_id=message_id)
+        else:
+            yield custom_id, outcome

@@ -1,0 +1,15 @@
+"""Test helpers: a local Message Batches API to point the SDK (and dsbatch) at.
+
+::
+
+    from dsbatch.testing import Emulator, Faults, HttpFault
+
+    with Emulator(delay=3600, faults=Faults(errored=0.1)) as emu:
+        client = emu.client(max_retries=0)
+        ...
+        emu.advance(3600)  # an hour of emulator time, instantly
+"""
+
+from dsbatch._emulator import Emulator, Faults, HttpFault, default_responder
+
+__all__ = ["Emulator", "Faults", "HttpFault", "default_responder"]

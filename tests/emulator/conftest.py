@@ -1,0 +1,69 @@
+"""Fixtures for the emulator's tests: a fresh emulator, request builders, the OpenAPI spec."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsbatch.testing import Emulator
+
+SPEC_PATH = (
+    Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "anthropic-openapi.json"
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_anthropic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep a developer's real key, base URL or profile out of every test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ANTHROPIC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path / "anthropic-config"))
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    with Emulator() as emulator:
+        yield emulator
+
+
+class SpecValidators:
+    """jsonschema validators for the OpenAPI document's component schemas."""
+
+    def __init__(self, document: dict) -> None:
+        from jsonschema import Draft202012Validator, FormatChecker
+        from referencing import Registry, Resource
+        from referencing.jsonschema import DRAFT202012
+
+        uri = "urn:anthropic-openapi"
+        resource = Resource.from_contents(document, default_specification=DRAFT202012)
+        self._registry = Registry().with_resource(uri, resource)
+        self._uri = uri
+        self._cls = Draft202012Validator
+        self._format_checker = FormatChecker()
+        self._cache: dict[str, Any] = {}
+
+    def validate(self, name: str, instance: Any) -> None:
+        """Raise jsonschema.ValidationError unless ``instance`` is a valid ``name``."""
+        if name not in self._cache:
+            schema = {"$ref": f"{self._uri}#/components/schemas/{name}"}
+            self._cache[name] = self._cls(
+                schema, registry=self._registry, format_checker=self._format_checker
+            )
+        self._cache[name].validate(instance)
+
+
+@pytest.fixture(scope="session")
+def spec() -> SpecValidators:
+    if not SPEC_PATH.is_file():
+        pytest.skip(
+            "../shared/reference/anthropic-openapi.json not found: "
+            "the OpenAPI spec lives beside the project, not in it"
+        )
+    return SpecValidators(json.loads(SPEC_PATH.read_text()))
