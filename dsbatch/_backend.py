@@ -83,7 +83,7 @@ def key_hash(api_key: str | None) -> str:
 
 def _api_error(action: str, e: anthropic.APIError, batch_id: str | None = None) -> BatchAPIError:
     status = getattr(e, "status_code", None)
-    where = f" for batch {batch_id}" if batch_id else ""
+    where = f" {batch_id}" if batch_id else ""
     hint = ""
     if status == 401:
         hint = " (check ANTHROPIC_API_KEY or the client's api_key)"
@@ -153,7 +153,7 @@ class Backend:
         try:
             return BatchInfo.from_sdk(self.client.messages.batches.retrieve(batch_id))
         except anthropic.APIError as e:
-            raise _api_error("retrieving", e, batch_id) from e
+            raise _api_error("retrieving batch", e, batch_id) from e
 
     def recent(self, limit: int = 100) -> list[BatchInfo]:
         """The newest batches of this key's workspace, newest first."""
@@ -167,7 +167,7 @@ class Backend:
         try:
             return BatchInfo.from_sdk(self.client.messages.batches.cancel(batch_id))
         except anthropic.APIError as e:
-            raise _api_error("canceling", e, batch_id) from e
+            raise _api_error("canceling batch", e, batch_id) from e
 
     def download(self, batch: BatchInfo) -> Iterator[bytes]:
         """The raw bytes of a batch's results, streamed; raises if the download is cut short."""
@@ -181,7 +181,7 @@ class Backend:
             with results as response:
                 yield from response.iter_bytes()
         except anthropic.APIStatusError as e:
-            raise _api_error("downloading results", e, batch.id) from e
+            raise _api_error("downloading the results of batch", e, batch.id) from e
         except Exception as e:
             # httpx2 reports a cut body as its own protocol error: wrap whatever it raises.
             raise BatchAPIError(

@@ -139,7 +139,7 @@ class BatchRecord:
     custom_ids_file: str
     batch_id: str | None = None
     created_at: float | None = None
-    state: str = "intent"  # intent -> submitted -> ended -> ingested
+    state: str = "intent"  # intent -> submitted (has a batch_id) -> ingested (results stored)
     counts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

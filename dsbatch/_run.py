@@ -25,11 +25,13 @@ from dsbatch._poll import PollSchedule
 from dsbatch._render import Rendered
 from dsbatch._submit import send_batch, submit_batch
 
-__all__ = ["DOWNLOAD_ATTEMPTS", "JobRun", "RunOptions"]
+__all__ = ["DOWNLOAD_ATTEMPTS", "MAX_POLL_FAILURES", "JobRun", "Outcome", "RunOptions"]
 
 log = logging.getLogger("dsbatch")
 
 DOWNLOAD_ATTEMPTS = 3
+# Consecutive failed polls (5xx, 429, no connection) before the job gives up; it can resume.
+MAX_POLL_FAILURES = 10
 # Errors that mean the request itself must change: sending it again would fail again.
 _FINAL_ERRORS = ("invalid_request_error",)
 
@@ -69,6 +71,7 @@ class JobRun:
         self.options = options
         self.custom_ids = pa.array(list(rendered.bodies), pa.string())
         self._bar: Any = None
+        self._poll_failures = 0
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -143,21 +146,35 @@ class JobRun:
                     schedule=self.options.schedule,
                     resumed=True,
                 )
-        waiting = [r for r in self.job.batch_records() if r.state in ("submitted", "ended")]
+        waiting = [r for r in self.job.batch_records() if r.state == "submitted"]
         for record in waiting:
             self._check_key(record)
         while waiting:
             still = []
             for record in waiting:
-                assert record.batch_id is not None
-                info = self.backend.retrieve(record.batch_id)
-                if info.ended:
+                info = self._retrieve(record)
+                if info is not None and info.ended:
                     self._ingest(record, info)
                 else:
                     still.append(record)
             waiting = still
             if waiting:
                 self.options.schedule.wait()
+
+    def _retrieve(self, record: BatchRecord) -> BatchInfo | None:
+        """The batch now, or None after a passing failure (a long wait outlives an outage)."""
+        assert record.batch_id is not None
+        try:
+            info = self.backend.retrieve(record.batch_id)
+        except BatchAPIError as e:
+            transient = e.status_code is None or e.status_code == 429 or e.status_code >= 500
+            self._poll_failures += 1
+            if not transient or self._poll_failures >= MAX_POLL_FAILURES:
+                raise
+            log.warning("dsbatch: %s; polling again later", e)
+            return None
+        self._poll_failures = 0
+        return info
 
     def _check_key(self, record: BatchRecord) -> None:
         if record.key_hash and self.backend.key_hash and record.key_hash != self.backend.key_hash:

@@ -6,7 +6,10 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("DSBATCH_CACHE", str(tmp_path / "dsbatch-cache"))
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+def _isolated(tmp_path):
+    # A MonkeyPatch of its own: a test calling monkeypatch.undo() cannot reach the real cache.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSBATCH_CACHE", str(tmp_path / "dsbatch-cache"))
+        for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+            mp.delenv(name, raising=False)
+        yield

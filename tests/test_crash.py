@@ -65,6 +65,8 @@ def test_death_right_after_create_reached_the_api_is_reconciled(monkeypatch):
 
 
 def test_death_before_create_sends_the_batch_on_resume(monkeypatch):
+    real_create = Backend.create
+
     def die(self, body):
         raise Died()
 
@@ -73,7 +75,7 @@ def test_death_before_create_sends_the_batch_on_resume(monkeypatch):
         monkeypatch.setattr(Backend, "create", die)
         with pytest.raises(Died):
             resume(emu, ds)
-        monkeypatch.undo()
+        monkeypatch.setattr(Backend, "create", real_create)
         assert len(emu.batches) == 0
         out = resume(emu, ds)
         assert len(emu.batches) == 1

@@ -272,6 +272,33 @@ def test_rate_limits_and_server_errors_are_waited_out():
         assert out["response"] == [f"echo: {t}" for t in texts(20)]
 
 
+def test_an_outage_while_polling_is_waited_out_and_a_lasting_one_reported():
+    with Emulator(delay=600, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": texts(20)})
+        emu.faults.http.append(HttpFault("retrieve", 500, times=4))
+        out = dsbatch.map(
+            ds,
+            prompt,
+            model=MODEL,
+            client=emu.client(max_retries=0),
+            progress=False,
+            poll_interval=dsbatch.PollSchedule(initial=120, sleep=emu.advance),
+        )
+        assert out["response"] == [f"echo: {t}" for t in texts(20)]
+        assert emu.calls["create"] == 1
+
+        emu.faults.http.append(HttpFault("retrieve", 503, times=100))
+        with pytest.raises(BatchAPIError, match="retrieving batch msgbatch_\\w+ failed with HTTP 503"):
+            dsbatch.map(
+                ds,
+                lambda r: r["text"] + "!",
+                model=MODEL,
+                client=emu.client(max_retries=0),
+                progress=False,
+                poll_interval=dsbatch.PollSchedule(initial=120, sleep=emu.advance),
+            )
+
+
 def test_a_cut_download_is_fetched_again_without_a_new_batch():
     with Emulator(delay=0, responder=echo, faults=Faults(cut_results=2)) as emu:
         out = run(Dataset.from_dict({"text": texts(500)}), emu)
