@@ -3,6 +3,7 @@ function. Render, plan, then the job loop, then join; each stage lives in its ow
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +25,8 @@ from dsbatch._render import Rendered, render_split
 from dsbatch._run import JobRun, RunOptions
 
 __all__ = ["map"]
+
+log = logging.getLogger("dsbatch")
 
 _SINGLE = "data"  # the split key of a plain Dataset
 _ON_ERROR = ("keep", "drop", "raise")
@@ -153,7 +156,15 @@ def _run_job(
             "state": "running",
         }
     )
-    outcome = JobRun(Backend(client), ledger, job, rendered, options).run()
+    try:
+        outcome = JobRun(Backend(client), ledger, job, rendered, options).run()
+    except KeyboardInterrupt:
+        log.warning(
+            "dsbatch: interrupted; batches already created keep running and are paid for. "
+            "Run the same call again to pick job %s up where it stopped.",
+            job.fingerprint,
+        )
+        raise
     tables = {}
     for split, ids in rendered.row_custom_ids.items():
         tables[split] = output_table(
