@@ -72,6 +72,7 @@ class JobRun:
         self.custom_ids = pa.array(list(rendered.bodies), pa.string())
         self._bar: Any = None
         self._poll_failures = 0
+        self._tally: dict[str, int] = {"succeeded": 0, "errored": 0}
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -194,6 +195,9 @@ class JobRun:
         self.job.save_batch_record(record)
         self.job.discard_download(info.id)
         if self._bar is not None:
+            self._tally["succeeded"] += info.counts.get("succeeded", 0)
+            self._tally["errored"] += record.request_count - info.counts.get("succeeded", 0)
+            self._bar.set_postfix(self._tally, refresh=False)
             self._bar.update(record.request_count)
 
     def _download(self, info: BatchInfo, ours: list[str]) -> pa.Table:
@@ -220,18 +224,22 @@ class JobRun:
 
     # -- progress ---------------------------------------------------------------------------
     def _progress(self, outcome: Outcome, n_pending: int) -> None:
-        """Requests ended so far (a retried request counts once per attempt), plus what is
-        about to go out."""
+        """The bar counts requests ended (a retry counts again), out of what has been or is
+        about to be sent; ``errored`` includes failures that will be retried."""
         if not self.options.progress:
             return
         if self._bar is None:
             done = len(self.custom_ids) - n_pending
+            types = outcome.results["type"]
+            succeeded = pc.sum(pc.equal(types, "succeeded")).as_py() or 0
+            self._tally = {"succeeded": succeeded, "errored": done - succeeded}
             self._bar = tqdm(
-                total=done, initial=done, unit="req", desc="dsbatch", dynamic_ncols=True
+                total=done,
+                initial=done,
+                unit="req",
+                desc="dsbatch",
+                dynamic_ncols=True,
+                postfix=self._tally,
             )
         self._bar.total = self._bar.n + n_pending
-        types = outcome.results["type"]
-        succeeded = pc.sum(pc.equal(types, "succeeded")).as_py() or 0
-        # "errored": latest attempts that did not succeed, retries still to come included.
-        self._bar.set_postfix(succeeded=succeeded, errored=len(types) - succeeded)
         self._bar.refresh()
