@@ -18,6 +18,7 @@ the new one. Results are shared by all jobs under one root: a request is never p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -42,6 +43,8 @@ __all__ = [
     "Ledger",
     "resolve_cache_dir",
 ]
+
+log = logging.getLogger("dsbatch")
 
 FORMAT_VERSION = 1
 
@@ -260,8 +263,18 @@ class JobLedger:
         self.dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.dir / "lock"), timeout=timeout)
         try:
-            with lock:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.warning(
+                    "dsbatch: job %s is being run by another process; waiting for it",
+                    self.fingerprint,
+                )
+                lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         except Timeout as e:
             raise LedgerError(
                 f"job {self.fingerprint} is being run by another process (lock {lock.lock_file})",

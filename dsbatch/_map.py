@@ -71,6 +71,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     _check_arguments(
         dataset, prompt, output_column, max_attempts, on_error, max_batch_requests, max_batch_bytes
     )
+    _check_defaults(model, max_tokens, system, params)
     schedule = poll_schedule(poll_interval)
     splits = _splits(dataset)
     defaults: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
@@ -257,3 +258,16 @@ def _check_arguments(
         raise ValueError(f"max_batch_requests must be between 1 and {MAX_BATCH_REQUESTS:,}")
     if not 1 <= max_batch_bytes <= MAX_BATCH_BYTES:
         raise ValueError(f"max_batch_bytes must be between 1 and {MAX_BATCH_BYTES:,}")
+
+
+def _check_defaults(model: Any, max_tokens: Any, system: Any, params: Any) -> None:
+    if model is not None and (not isinstance(model, str) or not model):
+        raise TypeError(f"model must be a model name such as 'claude-haiku-4-5', not {model!r}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+    if system is not None and not isinstance(system, (str, list)):
+        raise TypeError(
+            f"system must be a str or a list of text blocks, not {type(system).__name__}"
+        )
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict of Messages params, not {type(params).__name__}")

@@ -288,7 +288,9 @@ def test_an_outage_while_polling_is_waited_out_and_a_lasting_one_reported():
         assert emu.calls["create"] == 1
 
         emu.faults.http.append(HttpFault("retrieve", 503, times=100))
-        with pytest.raises(BatchAPIError, match="retrieving batch msgbatch_\\w+ failed with HTTP 503"):
+        with pytest.raises(
+            BatchAPIError, match="retrieving batch msgbatch_\\w+ failed with HTTP 503"
+        ):
             dsbatch.map(
                 ds,
                 lambda r: r["text"] + "!",
@@ -410,6 +412,47 @@ def test_the_progress_bar_counts_requests(emu, capsys):
     assert "dsbatch" in err and "30/30" in err and "succeeded=30" in err
 
 
+def test_a_rerun_with_another_output_column_is_still_free(emu):
+    ds = Dataset.from_dict({"text": texts(10)})
+    run(ds, emu)
+    emu.reset_stats()
+    out = run(ds, emu, output_column="summary")
+    assert sum(emu.calls.values()) == 0
+    assert out.column_names == ["text", "summary", "dsbatch"]
+    assert out["summary"] == [f"echo: {t}" for t in texts(10)]
+
+
+def test_a_second_process_on_the_same_job_waits_and_then_reuses_the_answers(emu, caplog):
+    from dsbatch._ledger import Ledger
+    from dsbatch._plan import job_fingerprint
+    from dsbatch._render import Rendered, render_split
+
+    ds = Dataset.from_dict({"text": texts(10)})
+    rendered = Rendered()
+    render_split(
+        rendered,
+        "data",
+        ds,
+        prompt,
+        defaults={"model": MODEL, "max_tokens": 256},
+        with_indices=False,
+        label=None,
+    )
+    job = Ledger().job(job_fingerprint(rendered))
+    with job.locked():
+        import threading
+
+        result = {}
+        thread = threading.Thread(target=lambda: result.setdefault("out", run(ds, emu)))
+        thread.start()
+        thread.join(timeout=0.5)
+        assert thread.is_alive()  # waiting for the lock, nothing sent
+        assert emu.calls["create"] == 0
+    thread.join(timeout=30)
+    assert result["out"]["response"] == [f"echo: {t}" for t in texts(10)]
+    assert "being run by another process" in caplog.text
+
+
 def test_bad_arguments_are_plain_value_and_type_errors(emu):
     ds = Dataset.from_dict({"text": ["a"]})
     with pytest.raises(ValueError, match="on_error"):
@@ -420,6 +463,10 @@ def test_bad_arguments_are_plain_value_and_type_errors(emu):
         run({"text": ["a"]}, emu)
     with pytest.raises(TypeError, match="poll_interval"):
         run(ds, emu, poll_interval="often")
+    with pytest.raises(ValueError, match="max_tokens"):
+        dsbatch.map(ds, prompt, model=MODEL, max_tokens=0, client=emu.client())
+    with pytest.raises(TypeError, match="params"):
+        run(ds, emu, params=[("temperature", 0)])
     assert sum(emu.calls.values()) == 0
 
 
