@@ -11,6 +11,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.json as pj
 
 from dsbatch._errors import BatchAPIError
@@ -48,19 +49,17 @@ def parse_results(data: bytes, *, batch_id: str) -> pa.Table:
 
     Raises ``BatchAPIError`` naming the batch and line when a line is not a result.
     """
-    lines = [line for line in data.replace(b"\r\n", b"\n").split(b"\n") if line.strip()]
-    if not lines:
+    if not data.strip():
         return RESULT_SCHEMA.empty_table()
     try:
         parsed = pj.read_json(
-            io.BytesIO(b"\n".join(lines)),
-            read_options=pj.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 1 << 26))),
-            parse_options=_PARSE,
+            io.BytesIO(data), read_options=_read_options(data), parse_options=_PARSE
         )
+        raw = _raw_lines(data)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise _bad_line(lines, batch_id) from e
-    if parsed.num_rows != len(lines):
-        raise _bad_line(lines, batch_id)
+        raise _bad_line(data, batch_id) from e
+    if parsed.num_rows != len(raw):
+        raise _bad_line(data, batch_id)
 
     custom_id = parsed["custom_id"].combine_chunks()
     if custom_id.null_count:
@@ -86,7 +85,7 @@ def parse_results(data: bytes, *, batch_id: str) -> pa.Table:
             "cache_read_input_tokens": pc.struct_field(usage, "cache_read_input_tokens"),
             "cache_creation_input_tokens": pc.struct_field(usage, "cache_creation_input_tokens"),
             "batch_id": pa.array([batch_id] * n, pa.string()),
-            "raw": pa.array([line.decode("utf-8", "replace") for line in lines], pa.large_string()),
+            "raw": raw,
         },
         schema=RESULT_SCHEMA,
     )
@@ -109,7 +108,26 @@ def _joined_text(content: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _bad_line(lines: list[bytes], batch_id: str) -> BatchAPIError:
+def _read_options(data: bytes) -> pj.ReadOptions:
+    # Blocks must hold whole lines: one block as large as the data, up to 64 MB.
+    return pj.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 1 << 26)))
+
+
+def _raw_lines(data: bytes) -> pa.Array:
+    """Each non-blank line as a string, split in C++: the CSV reader with a delimiter that JSON
+    text never holds raw (control characters are always escaped in JSON) and no quoting."""
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=["raw"], block_size=1 << 24),
+        parse_options=pacsv.ParseOptions(delimiter="\x01", quote_char=False, escape_char=False),
+        convert_options=pacsv.ConvertOptions(column_types={"raw": pa.large_string()}),
+    )
+    raw = table["raw"].combine_chunks()
+    return raw.filter(pc.not_equal(pc.utf8_trim_whitespace(raw), ""))
+
+
+def _bad_line(data: bytes, batch_id: str) -> BatchAPIError:
+    lines = [line for line in data.split(b"\n") if line.strip()]
     for number, line in enumerate(lines, 1):
         try:
             obj = json.loads(line)
