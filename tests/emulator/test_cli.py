@@ -1,0 +1,110 @@
+"""``dsbatch emulator`` as another process would use it: start, serve the SDK, stop on a signal."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import anthropic
+import pytest
+
+from dsbatch._emulator import _state
+from dsbatch.testing import Emulator
+
+from .helpers import requests
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    """The environment of a child process that imports dsbatch from this checkout."""
+    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def _start(*args: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsbatch", "emulator", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+    )
+    assert process.stdout is not None
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()))  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout=30)
+    if not line or not line[0]:
+        process.kill()
+        raise AssertionError(f"the emulator did not start: {process.communicate()[1]}")
+    match = re.fullmatch(r"dsbatch emulator listening on (http://127\.0\.0\.1:\d+)\n", line[0])
+    assert match, line[0]
+    return process, match.group(1)
+
+
+@pytest.fixture
+def cli() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process, url = _start("--faults", "create=429x1")
+    try:
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_the_cli_serves_the_sdk_until_a_signal(
+    cli: tuple[subprocess.Popen[str], str], stop_signal: int
+) -> None:
+    process, url = cli
+    client = anthropic.Anthropic(base_url=url, api_key="any-key", max_retries=0)
+    with pytest.raises(anthropic.RateLimitError):  # --faults reached the server
+        client.messages.batches.create(requests=requests(3))
+    batch = client.messages.batches.create(requests=requests(3))
+    ended = client.messages.batches.retrieve(batch.id)
+    assert ended.processing_status == "ended" and ended.results_url.startswith(url)
+    assert sorted(r.custom_id for r in client.messages.batches.results(batch.id)) == [
+        "r0",
+        "r1",
+        "r2",
+    ]
+    process.send_signal(stop_signal)
+    assert process.wait(timeout=10) == 0
+
+
+def test_the_cli_refuses_a_bad_fault_spec() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dsbatch", "emulator", "--port", "0", "--faults", "create=oops"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=30,
+    )
+    assert done.returncode != 0 and "create=oops" in done.stderr
+
+
+def test_the_realtime_clock_of_the_cli_lets_delays_pass_on_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # serve_forever runs Emulator(realtime=True); fake the monotonic clock instead of waiting.
+    elapsed = [0.0]
+    fake_time = SimpleNamespace(time=time.time, monotonic=lambda: elapsed[0])
+    monkeypatch.setattr(_state, "time", fake_time)
+    with Emulator(delay=30, realtime=True) as emu:
+        client = emu.client()
+        batch = client.messages.batches.create(requests=requests(2))
+        assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
+        elapsed[0] += 30
+        assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
