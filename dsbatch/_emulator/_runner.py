@@ -81,7 +81,7 @@ class Emulator:
         if self._server is not None:
             raise RuntimeError("this Emulator is already running")
         server = EmulatorHTTPServer(self._address, self._store, self._config)
-        host, port = server.server_address[:2]
+        host, port = server.socket.getsockname()[:2]
         self._store.base_url = f"http://{host}:{port}"
         self._server = server
         self._thread = threading.Thread(
@@ -277,5 +277,5 @@ def serve_forever(
             while not stop.wait(0.2):
                 pass
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)

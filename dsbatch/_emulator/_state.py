@@ -231,6 +231,7 @@ class Store:
         outcomes: list[str | dict[str, Any]] = []
         for index in range(batch.size):
             outcome = self._outcome(batch, index) if index < done else {"type": rest}
+            kind: Any
             if isinstance(outcome, str):
                 kind = "succeeded"
             else:

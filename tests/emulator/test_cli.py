@@ -73,7 +73,7 @@ def test_the_cli_serves_the_sdk_until_a_signal(
         client.messages.batches.create(requests=requests(3))
     batch = client.messages.batches.create(requests=requests(3))
     ended = client.messages.batches.retrieve(batch.id)
-    assert ended.processing_status == "ended" and ended.results_url.startswith(url)
+    assert ended.processing_status == "ended" and str(ended.results_url).startswith(url)
     assert sorted(r.custom_id for r in client.messages.batches.results(batch.id)) == [
         "r0",
         "r1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 import anthropic
 import httpx2
@@ -12,7 +13,15 @@ from jsonschema import validate
 
 from dsbatch.testing import Emulator, Faults, HttpFault
 
-from .helpers import LABEL_SCHEMA, forced_tool_params, json_schema_params, request, requests
+from .helpers import (
+    LABEL_SCHEMA,
+    forced_tool_params,
+    json_schema_params,
+    request,
+    requests,
+    result_lines,
+    results_by_id,
+)
 
 # --- HTTP errors ---------------------------------------------------------------------------
 
@@ -158,13 +167,13 @@ def test_a_cut_download_fails_the_async_client_too() -> None:
 def _fates(emu: Emulator, batch_id: str) -> dict[str, str]:
     client = emu.client()
     out = {}
-    for line in client.messages.batches.results(batch_id):
+    for line in result_lines(client, batch_id):
         result = line.result
         out[line.custom_id] = result.error.error.type if result.type == "errored" else result.type
     return out
 
 
-def _run_batch(faults: Faults, reqs: list[dict]) -> tuple[dict[str, str], dict[str, int]]:
+def _run_batch(faults: Faults, reqs: list[Any]) -> tuple[dict[str, str], dict[str, int]]:
     with Emulator(faults=faults) as emu:
         client = emu.client()
         batch = client.messages.batches.create(requests=reqs)
@@ -210,9 +219,7 @@ def test_preamble_puts_prose_before_the_json_of_structured_answers() -> None:
         client = emu.client()
         batch = client.messages.batches.create(requests=reqs)
         client.messages.batches.retrieve(batch.id)
-        messages = {
-            r.custom_id: r.result.message for r in client.messages.batches.results(batch.id)
-        }
+        messages = {cid: result.message for cid, result in results_by_id(client, batch.id).items()}
     for custom_id in ("schema", "tool"):
         block = messages[custom_id].content[0]
         assert block.type == "text"  # a forced tool answered in text, not tool_use
@@ -231,7 +238,7 @@ def test_no_json_answers_structured_requests_in_prose_only() -> None:
         client = emu.client()
         batch = client.messages.batches.create(requests=reqs)
         client.messages.batches.retrieve(batch.id)
-        for line in client.messages.batches.results(batch.id):
+        for line in result_lines(client, batch.id):
             block = line.result.message.content[0]
             assert block.type == "text" and "{" not in block.text
             assert line.result.message.stop_reason == "end_turn"
@@ -248,7 +255,7 @@ def test_fractions_of_preamble_and_no_json_split_structured_answers() -> None:
         )
         client.messages.batches.retrieve(batch.id)
         shapes: Counter[str] = Counter()
-        for line in client.messages.batches.results(batch.id):
+        for line in result_lines(client, batch.id):
             text = line.result.message.content[0].text
             shapes["json" if text.startswith("{") else "preamble" if "{" in text else "prose"] += 1
     assert 120 <= shapes["preamble"] <= 180 and 75 <= shapes["prose"] <= 125

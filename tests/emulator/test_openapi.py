@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anthropic
@@ -23,7 +23,7 @@ def _check_batch(spec: SpecValidators, batch: dict[str, Any]) -> None:
     spec.validate("MessageBatch", batch)
     for field in ("created_at", "expires_at", "ended_at", "cancel_initiated_at", "archived_at"):
         if batch[field] is not None:
-            assert datetime.fromisoformat(batch[field]).utcoffset().total_seconds() == 0
+            assert datetime.fromisoformat(batch[field]).utcoffset() == timedelta(0)
 
 
 def test_the_create_body_the_sdk_sends_is_valid(spec: SpecValidators, emu: Emulator) -> None:

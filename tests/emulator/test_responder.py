@@ -14,14 +14,14 @@ from pydantic import BaseModel, Field
 from dsbatch._emulator._schema import generate_instance
 from dsbatch.testing import Emulator, default_responder
 
-from .helpers import LABEL_SCHEMA, forced_tool_params, json_schema_params, request
+from .helpers import LABEL_SCHEMA, forced_tool_params, json_schema_params, request, results_by_id
 
 
-def _messages(emu: Emulator, reqs: list[dict]) -> dict[str, Any]:
+def _messages(emu: Emulator, reqs: list[Any]) -> dict[str, Any]:
     client = emu.client()
     batch = client.messages.batches.create(requests=reqs)
     client.messages.batches.retrieve(batch.id)
-    return {r.custom_id: r.result.message for r in client.messages.batches.results(batch.id)}
+    return {cid: result.message for cid, result in results_by_id(client, batch.id).items()}
 
 
 # --- schemas the generator must satisfy --------------------------------------------------------
@@ -216,7 +216,7 @@ def test_a_user_responder_replaces_the_answers() -> None:
         )
         counts = client.messages.batches.retrieve(batch.id).request_counts
         assert (counts.succeeded, counts.expired, counts.errored) == (1, 1, 1)
-        results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+        results = results_by_id(client, batch.id)
         assert results["kept"].message.content[0].text.startswith("echo kept: Summary of:")
         assert results["raw"].error.error.message == "boom"
 

@@ -10,7 +10,7 @@ from anthropic import Omit
 
 from dsbatch.testing import Emulator
 
-from .helpers import request, requests
+from .helpers import request, requests, results_by_id
 
 
 def _message(error: anthropic.APIStatusError) -> str:
@@ -172,7 +172,7 @@ def test_bad_messages_are_accepted_and_end_errored_like_the_real_api(emu: Emulat
     client = emu.client()
     batch = client.messages.batches.create(requests=[request("fine"), bad_role, empty])
     assert client.messages.batches.retrieve(batch.id).request_counts.errored == 2
-    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    results = results_by_id(client, batch.id)
     assert results["fine"].type == "succeeded"
     for custom_id, field in (("bad_role", "messages.0.role"), ("empty", "messages.0")):
         error = results[custom_id].error.error
