@@ -169,6 +169,11 @@ class _Handler(BaseHTTPRequestHandler):
             traceback.print_exc(file=sys.stderr)
             self._send_error(ApiError(500, f"emulator failure: {exc!r}"))
 
+    def _base_url(self) -> str:
+        """The address the client used: results_url must work from where the client is."""
+        host = self.headers.get("host")
+        return f"http://{host}" if host else self.server.store.base_url
+
     def _check_auth(self) -> None:
         key = self.headers.get("x-api-key")
         authorization = self.headers.get("authorization") or ""
@@ -248,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
         batch = store.create(requests)
         with store.lock:
             lost = store.faults.take_lose_create()
-            answer = store.to_dict(batch)
+            answer = store.to_dict(batch, self._base_url())
         if lost:
             self.close_connection = True  # the batch exists, its answer never arrives
             return
@@ -271,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
         store = self.server.store
         with store.lock:
             batches, has_more = store.page(limit, before_id, after_id)
-            data = [store.to_dict(batch) for batch in batches]
+            data = [store.to_dict(batch, self._base_url()) for batch in batches]
         self._send_json(
             200,
             {
@@ -289,9 +294,9 @@ class _Handler(BaseHTTPRequestHandler):
                 store.delete(batch_id)
                 answer = {"id": batch_id, "type": "message_batch_deleted"}
             elif endpoint == "cancel":
-                answer = store.to_dict(store.cancel(batch_id))
+                answer = store.to_dict(store.cancel(batch_id), self._base_url())
             else:
-                answer = store.to_dict(store.get(batch_id))
+                answer = store.to_dict(store.get(batch_id), self._base_url())
         self._send_json(200, answer)
 
     def _results(self, batch_id: str) -> None:

@@ -277,8 +277,8 @@ class Store:
 
     # --- the wire form --------------------------------------------------------------------
 
-    def to_dict(self, batch: Batch) -> dict[str, Any]:
-        """The batch as a MessageBatch object."""
+    def to_dict(self, batch: Batch, base_url: str | None = None) -> dict[str, Any]:
+        """The batch as a MessageBatch object; ``results_url`` starts with ``base_url``."""
         ended = batch.status == "ended"
         if ended:
             counts = dict(batch.counts)
@@ -297,7 +297,9 @@ class Store:
                 None if batch.cancel_initiated_at is None else rfc3339(batch.cancel_initiated_at)
             ),
             "results_url": (
-                f"{self.base_url}/v1/messages/batches/{batch.id}/results" if ended else None
+                f"{base_url or self.base_url}/v1/messages/batches/{batch.id}/results"
+                if ended
+                else None
             ),
         }
 

@@ -241,3 +241,21 @@ def test_stop_closes_the_port() -> None:
     emu.stop()
     with pytest.raises(anthropic.APIConnectionError):
         client.messages.batches.list()
+
+
+def test_results_url_points_at_the_address_the_client_used(emu: Emulator) -> None:
+    port = emu.base_url.rsplit(":", 1)[1]
+    client = anthropic.Anthropic(base_url=f"http://localhost:{port}", api_key="k")
+    batch = client.messages.batches.create(requests=requests(1))
+    ended = client.messages.batches.retrieve(batch.id)
+    assert ended.results_url == f"http://localhost:{port}/v1/messages/batches/{batch.id}/results"
+    assert len(list(client.messages.batches.results(batch.id))) == 1
+
+
+def test_a_seed_fixes_the_batch_ids() -> None:
+    def first_ids(seed: int) -> list[str]:
+        with Emulator(seed=seed) as emu:
+            client = emu.client()
+            return [client.messages.batches.create(requests=requests(1)).id for _ in range(2)]
+
+    assert first_ids(7) == first_ids(7) != first_ids(8)
