@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -309,6 +310,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("request-id", self.request_id)
         self.end_headers()
+        try:
+            self._stream_lines(count, lines, cut)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception:  # headers are gone: the only honest answer left is a broken body
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+
+    def _stream_lines(
+        self, count: int, lines: Iterator[tuple[str, dict[str, Any]]], cut: bool
+    ) -> None:
         stop = count // 2 if cut else count
         buffer: list[bytes] = []
         size = 0
