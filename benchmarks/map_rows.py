@@ -21,10 +21,31 @@ from datasets import Dataset
 
 import dsbatch
 
-WORDS = (
-    "batch dataset model answer cache request result token label summary river bridge "
-    "council library harbour orchestra student teacher energy data open vote spring"
-).split()
+WORDS = [
+    "batch",
+    "dataset",
+    "model",
+    "answer",
+    "cache",
+    "request",
+    "result",
+    "token",
+    "label",
+    "summary",
+    "river",
+    "bridge",
+    "council",
+    "library",
+    "harbour",
+    "orchestra",
+    "student",
+    "teacher",
+    "energy",
+    "data",
+    "open",
+    "vote",
+    "spring",
+]
 
 
 def make_dataset(rows: int, duplicate_share: float, seed: int = 0) -> Dataset:
@@ -67,20 +88,37 @@ def main() -> None:
     try:
         client = anthropic.Anthropic(base_url=url, api_key="benchmark")
         with tempfile.TemporaryDirectory() as cache:
+
             def prompt(row):
                 return f"Summarize in one sentence:\n\n{row['text']}"
 
             start = time.perf_counter()
-            out = dsbatch.map(ds, prompt, model="claude-haiku-4-5", max_tokens=128,
-                              client=client, cache_dir=cache, poll_interval=0.05, progress=False)
+            out = dsbatch.map(
+                ds,
+                prompt,
+                model="claude-haiku-4-5",
+                max_tokens=128,
+                client=client,
+                cache_dir=cache,
+                poll_interval=0.05,
+                progress=False,
+            )
             first = time.perf_counter() - start
             peak_first = peak_rss_mb()
             ok = sum(s == "succeeded" for s in out["dsbatch"]["status"])
             distinct = len(set(out["dsbatch"]["custom_id"]))
 
             start = time.perf_counter()
-            dsbatch.map(ds, prompt, model="claude-haiku-4-5", max_tokens=128, client=client,
-                        cache_dir=cache, poll_interval=0.05, progress=False)
+            dsbatch.map(
+                ds,
+                prompt,
+                model="claude-haiku-4-5",
+                max_tokens=128,
+                client=client,
+                cache_dir=cache,
+                poll_interval=0.05,
+                progress=False,
+            )
             again = time.perf_counter() - start
     finally:
         proc.terminate()

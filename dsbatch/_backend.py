@@ -196,5 +196,3 @@ def _retry_after(headers: Any) -> float | None:
         except (TypeError, ValueError):
             continue
     return None
-
-

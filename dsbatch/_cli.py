@@ -18,7 +18,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     """
     from dsbatch._emulator import Faults, serve_forever
 
-    faults = Faults.parse(args.faults) if args.faults else None
+    try:
+        faults = Faults.parse(args.faults) if args.faults else None
+    except ValueError as e:
+        print(f"dsbatch emulator: --faults: {e}", file=sys.stderr)
+        return 2
     serve_forever(host=args.host, port=args.port, delay=args.delay, faults=faults)
     return 0
 

@@ -101,13 +101,20 @@ def output_table(
             _arr(rows["stop_reason"]),
             _arr(rows["input_tokens"]),
             _arr(rows["output_tokens"]),
-            _arr(rows["cache_read_input_tokens"]),
-            _arr(rows["cache_creation_input_tokens"]),
+            _zero_if_succeeded(rows["cache_read_input_tokens"], succeeded),
+            _zero_if_succeeded(rows["cache_creation_input_tokens"], succeeded),
             attempt_counts,
         ],
         fields=list(STATUS_TYPE),
     )
     return pa.table({output_column: _arr(response), "dsbatch": status_col})
+
+
+def _zero_if_succeeded(values: pa.ChunkedArray, succeeded: pa.Array) -> pa.Array:
+    # Results written before prompt caching existed omit the cache counts: for an answer,
+    # "not reported" means none were cached.
+    values = _arr(values)
+    return _arr(pc.if_else(succeeded, values.fill_null(0), values))
 
 
 def _arr(values: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -80,3 +80,16 @@ def test_a_success_anywhere_beats_a_later_failure_and_the_latest_failure_wins():
     assert by_id["x"]["type"] == "succeeded"
     assert by_id["y"]["type"] == "expired"
     assert final.num_rows == 2
+
+
+def test_unreported_cache_counts_of_an_answer_read_as_zero():
+    ok = {**result("a"), "cache_read_input_tokens": None, "cache_creation_input_tokens": None}
+    failed = {
+        **result("b", "expired"),
+        "cache_read_input_tokens": None,
+        "cache_creation_input_tokens": None,
+    }
+    out = output_table(["a", "b"], table([ok, failed]), {}, output_column="r")
+    a, b = out["dsbatch"].to_pylist()
+    assert (a["cache_read_input_tokens"], a["cache_creation_input_tokens"]) == (0, 0)
+    assert (b["cache_read_input_tokens"], b["cache_creation_input_tokens"]) == (None, None)
