@@ -6,7 +6,6 @@ one pydantic object per line); each result's whole line is kept as ``raw`` along
 
 from __future__ import annotations
 
-import io
 import json
 
 import pyarrow as pa
@@ -44,22 +43,25 @@ _LINE_SCHEMA = pa.schema(
 _PARSE = pj.ParseOptions(explicit_schema=_LINE_SCHEMA, unexpected_field_behavior="ignore")
 
 
-def parse_results(data: bytes, *, batch_id: str) -> pa.Table:
-    """Parse a results download into ``RESULT_SCHEMA`` rows.
+def parse_results(data: bytes | pa.Buffer, *, batch_id: str) -> pa.Table:
+    """Parse a results download (bytes, or a memory-mapped buffer) into ``RESULT_SCHEMA`` rows.
 
     Raises ``BatchAPIError`` naming the batch and line when a line is not a result.
     """
-    if not data.strip():
+    buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    if buf.size == 0:
         return RESULT_SCHEMA.empty_table()
     try:
         parsed = pj.read_json(
-            io.BytesIO(data), read_options=_read_options(data), parse_options=_PARSE
+            pa.BufferReader(buf), read_options=_read_options(buf.size), parse_options=_PARSE
         )
-        raw = _raw_lines(data)
+        if parsed.num_rows == 0:
+            return RESULT_SCHEMA.empty_table()
+        raw = _raw_lines(buf)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise _bad_line(data, batch_id) from e
+        raise _bad_line(buf.to_pybytes(), batch_id) from e
     if parsed.num_rows != len(raw):
-        raise _bad_line(data, batch_id)
+        raise _bad_line(buf.to_pybytes(), batch_id)
 
     custom_id = parsed["custom_id"].combine_chunks()
     if custom_id.null_count:
@@ -108,16 +110,16 @@ def _joined_text(content: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _read_options(data: bytes) -> pj.ReadOptions:
+def _read_options(size: int) -> pj.ReadOptions:
     # Blocks must hold whole lines: one block as large as the data, up to 64 MB.
-    return pj.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 1 << 26)))
+    return pj.ReadOptions(block_size=max(1 << 20, min(size + 1, 1 << 26)))
 
 
-def _raw_lines(data: bytes) -> pa.Array:
+def _raw_lines(buf: pa.Buffer) -> pa.Array:
     """Each non-blank line as a string, split in C++: the CSV reader with a delimiter that JSON
     text never holds raw (control characters are always escaped in JSON) and no quoting."""
     table = pacsv.read_csv(
-        io.BytesIO(data),
+        pa.BufferReader(buf),
         read_options=pacsv.ReadOptions(column_names=["raw"], block_size=1 << 24),
         parse_options=pacsv.ParseOptions(delimiter="\x01", quote_char=False, escape_char=False),
         convert_options=pacsv.ConvertOptions(column_types={"raw": pa.large_string()}),

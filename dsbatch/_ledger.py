@@ -226,15 +226,19 @@ class JobLedger:
         return text.split("\n") if text else []
 
     # -- downloads and output ---------------------------------------------------------------
-    def store_download(self, batch_id: str, chunks: Iterable[bytes]) -> bytes:
-        """Write a results download to disk as it streams in; returns its bytes once complete.
+    def store_download(self, batch_id: str, chunks: Iterable[bytes]) -> pa.Buffer:
+        """Write a results download to disk as it streams in; once complete, returns it
+        memory-mapped (a large download is never held in memory twice).
 
         A download that fails midway leaves no file behind.
         """
         path = self.dir / "downloads" / f"{batch_id}.jsonl"
         _atomic_write(path, chunks)
         try:
-            return path.read_bytes()
+            if path.stat().st_size == 0:
+                return pa.py_buffer(b"")
+            with pa.memory_map(str(path)) as source:
+                return source.read_buffer()
         except OSError as e:
             raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
 
