@@ -19,7 +19,14 @@ from anthropic.types.messages import MessageBatch
 
 from dsbatch._errors import BatchAPIError
 
-__all__ = ["Backend", "BatchInfo", "CreateOutcomeUnknown", "RateLimited", "key_hash"]
+__all__ = [
+    "Backend",
+    "BatchInfo",
+    "CreateOutcomeUnknown",
+    "RateLimited",
+    "is_transient",
+    "key_hash",
+]
 
 _COUNT_FIELDS = ("processing", "succeeded", "errored", "canceled", "expired")
 
@@ -74,6 +81,12 @@ def _ts(value: dt.datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
+def is_transient(error: BatchAPIError) -> bool:
+    """A failure worth waiting out: no connection, rate limited, or the server's fault."""
+    status = error.status_code
+    return status is None or status == 429 or status >= 500
+
+
 def key_hash(api_key: str | None) -> str:
     """A short, one-way hash of the API key: enough to tell keys apart, useless to an attacker."""
     if not api_key:
@@ -101,6 +114,10 @@ class Backend:
     """Batch calls over one ``anthropic.Anthropic`` client."""
 
     def __init__(self, client: anthropic.Anthropic | None = None) -> None:
+        if client is not None and not isinstance(client, anthropic.Anthropic):
+            kind = type(client).__name__
+            hint = " (dsbatch needs the synchronous client)" if "Async" in kind else ""
+            raise TypeError(f"client must be an anthropic.Anthropic, not {kind}{hint}")
         # Built on first use: a job whose answers are all cached needs no key at all.
         self._client = client
         self._no_retry_client: anthropic.Anthropic | None = None

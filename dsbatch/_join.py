@@ -122,13 +122,32 @@ def _arr(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def attach_columns(dataset: Dataset, new: pa.Table, *, fingerprint: str) -> Dataset:
-    """The dataset with the new columns appended (replacing columns of the same name)."""
+    """The dataset with the new columns appended (replacing columns of the same name), in the
+    dataset's own format (numpy, torch, ...)."""
+    fmt = dataset.format
     clash = [name for name in new.column_names if name in dataset.column_names]
-    if clash:
-        dataset = dataset.remove_columns(clash)
-    if dataset._indices is not None:
-        dataset = dataset.flatten_indices()
-    table = concat_tables([dataset._data, InMemoryTable(new)], axis=1)
-    info = dataset.info.copy()
-    info.features.update(Features.from_arrow_schema(new.schema))
-    return Dataset(table, info=info, split=dataset.split, fingerprint=fingerprint)
+    if len(clash) == len(dataset.column_names):
+        # Nothing of the input is left: the new columns are the whole dataset.
+        info = dataset.info.copy()
+        info.features = Features.from_arrow_schema(new.schema)
+        out = Dataset(InMemoryTable(new), info=info, split=dataset.split, fingerprint=fingerprint)
+    else:
+        if clash:
+            dataset = dataset.remove_columns(clash)
+        if dataset._indices is not None:
+            dataset = dataset.flatten_indices()
+        table = concat_tables([dataset._data, InMemoryTable(new)], axis=1)
+        info = dataset.info.copy()
+        info.features.update(Features.from_arrow_schema(new.schema))
+        out = Dataset(table, info=info, split=dataset.split, fingerprint=fingerprint)
+    if fmt["type"] is None and fmt["columns"] is None:
+        return out
+    columns = fmt["columns"]
+    if columns is not None:
+        columns = [c for c in columns if c not in new.column_names] + new.column_names
+    return out.with_format(
+        fmt["type"],
+        columns=columns,
+        output_all_columns=fmt["output_all_columns"],
+        **fmt["format_kwargs"],
+    )

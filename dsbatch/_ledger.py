@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 from filelock import FileLock, Timeout
 
 from dsbatch._errors import LedgerError
@@ -80,13 +81,13 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(HF_HOME).expanduser() / "dsbatch"
 
 
-def _atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
+def _atomic_write(path: Path, data: bytes | pa.Buffer | Iterable[bytes]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                for chunk in [data] if isinstance(data, bytes) else data:
+                for chunk in [data] if isinstance(data, (bytes, pa.Buffer)) else data:
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
@@ -111,18 +112,14 @@ def _write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
-def _write_table(path: Path, table: pa.Table, *, ipc: bool = False) -> None:
-    """Write a table atomically; ``ipc`` writes an Arrow file that can be memory-mapped."""
+def _write_table(path: Path, table: pa.Table) -> None:
+    """Write a table atomically as Parquet."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            if ipc:
-                with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                    writer.write_table(table)
-            else:
-                pq.write_table(table, tmp)
+            pq.write_table(table, tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -142,8 +139,12 @@ class BatchRecord:
     custom_ids_file: str
     batch_id: str | None = None
     created_at: float | None = None
-    state: str = "intent"  # intent -> submitted (has a batch_id) -> ingested (results stored)
+    # intent -> submitted (has a batch_id) -> ingested (results stored); or lost (the batch is
+    # gone before its results were read: its requests are planned again).
+    state: str = "intent"
     counts: dict[str, int] = field(default_factory=dict)
+    # Batches a reconcile adopted that turned out to hold another job's requests.
+    rejected: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +160,10 @@ class JobLedger:
 
     # -- manifest ---------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:
-        manifest = _read_json(self.dir / "manifest.json")
+        path = self.dir / "manifest.json"
+        manifest = _read_json(path)
+        if manifest is not None and not isinstance(manifest, dict):
+            raise LedgerError(f"{path} is not a job manifest", path=str(path))
         if manifest is not None and manifest.get("format") != FORMAT_VERSION:
             raise LedgerError(
                 f"job {self.fingerprint} was written in cache format {manifest.get('format')}, "
@@ -193,7 +197,7 @@ class JobLedger:
                 data = _read_json(path)
                 try:
                     records.append(BatchRecord(**data))
-                except TypeError as e:
+                except TypeError as e:  # not a dict, or fields missing or unknown
                     raise LedgerError(f"unreadable batch record {path}: {e}", path=str(path)) from e
         return sorted(records, key=lambda r: r.seq)
 
@@ -249,8 +253,15 @@ class JobLedger:
     def output_path(self, split: str) -> Path:
         return self.dir / "output" / f"{split}.arrow"
 
-    def write_output(self, split: str, table: pa.Table) -> None:
-        _write_table(self.output_path(split), table, ipc=True)
+    def write_output(self, split: str, table: pa.Table) -> str:
+        """Store a split's finished columns as a memory-mappable Arrow file; returns a digest
+        of its bytes, which changes whenever the answers do."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        data = sink.getvalue()
+        _atomic_write(self.output_path(split), data)
+        return xxhash.xxh3_64_hexdigest(memoryview(data))
 
     def read_output(self, split: str) -> pa.Table | None:
         path = self.output_path(split)
@@ -315,6 +326,15 @@ class Ledger:
 
     def job_fingerprints(self) -> list[str]:
         return sorted(p.name for p in (self.root / "jobs").iterdir() if p.is_dir())
+
+    def claimed_batch_ids(self) -> set[str]:
+        """Every batch id a job in this cache has recorded as its own."""
+        return {
+            r.batch_id
+            for fingerprint in self.job_fingerprints()
+            for r in self.job(fingerprint).batch_records()
+            if r.batch_id
+        }
 
     # -- shared results ---------------------------------------------------------------------
     def write_results(self, batch_id: str, table: pa.Table) -> None:

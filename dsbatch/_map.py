@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anthropic
@@ -96,12 +97,12 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     ledger = Ledger(cache_dir)
     job = ledger.job(fingerprint)
 
-    tables = _cached_output(job, splits, output_column, max_attempts)
-    if tables is None:
+    finished = _cached_output(job, splits, output_column, max_attempts)
+    if finished is None:
         with job.locked():
-            tables = _cached_output(job, splits, output_column, max_attempts)
-            if tables is None:
-                tables = _run_job(
+            finished = _cached_output(job, splits, output_column, max_attempts)
+            if finished is None:
+                finished = _run_job(
                     job,
                     ledger,
                     rendered,
@@ -118,9 +119,12 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
 
     out = {}
     for split, ds in splits.items():
-        table = _apply_on_error(tables[split], on_error, split, output_column)
+        label = None if isinstance(dataset, Dataset) else split
+        table = _apply_on_error(finished.tables[split], on_error, label)
+        # The answers' digest, not just the job's: a rerun that changed answers (more attempts)
+        # must not share a fingerprint, or datasets' own cache would serve stale rows.
         new_fp = xxhash.xxh3_64_hexdigest(
-            f"{ds._fingerprint}|{fingerprint}|{output_column}|{on_error}".encode()
+            f"{ds._fingerprint}|{finished.digests[split]}|{output_column}|{on_error}".encode()
         )
         attached = attach_columns(ds, table, fingerprint=new_fp)
         if on_error == "drop":
@@ -136,6 +140,14 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     return out[_SINGLE]
 
 
+@dataclass
+class Finished:
+    """A job's new columns per split, and a digest of each (it changes when answers do)."""
+
+    tables: dict[str, pa.Table]
+    digests: dict[str, str]
+
+
 def _run_job(
     job: JobLedger,
     ledger: Ledger,
@@ -143,7 +155,7 @@ def _run_job(
     client: anthropic.Anthropic | None,
     output_column: str,
     options: RunOptions,
-) -> dict[str, pa.Table]:
+) -> Finished:
     manifest = job.read_manifest() or {}
     if not job.has_requests():
         job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
@@ -166,12 +178,11 @@ def _run_job(
             job.fingerprint,
         )
         raise
-    tables = {}
+    finished = Finished({}, {})
     for split, ids in rendered.row_custom_ids.items():
-        tables[split] = output_table(
-            ids, outcome.results, outcome.attempts, output_column=output_column
-        )
-        job.write_output(split, tables[split])
+        table = output_table(ids, outcome.results, outcome.attempts, output_column=output_column)
+        finished.tables[split] = table
+        finished.digests[split] = job.write_output(split, table)
     job.write_manifest(
         {
             **(job.read_manifest() or {}),
@@ -179,14 +190,15 @@ def _run_job(
             "finished_at": time.time(),
             "max_attempts": options.max_attempts,
             "output_column": output_column,
+            "outputs": finished.digests,
         }
     )
-    return tables
+    return finished
 
 
 def _cached_output(
     job: JobLedger, splits: Mapping[str, Dataset], output_column: str, max_attempts: int
-) -> dict[str, pa.Table] | None:
+) -> Finished | None:
     """The finished columns of an earlier identical call, if nothing could have changed them."""
     manifest = job.read_manifest()
     if not manifest or manifest.get("state") != "finished":
@@ -194,18 +206,20 @@ def _cached_output(
     # More attempts allowed now than then: the failures deserve another try.
     if manifest.get("max_attempts", 0) < max_attempts:
         return None
-    tables = {}
+    digests = manifest.get("outputs") or {}
+    finished = Finished({}, {})
     for split in splits:
         table = job.read_output(split)
-        if table is None:
+        if table is None or split not in digests:
             return None
         if manifest.get("output_column") != output_column:
             table = table.rename_columns([output_column, "dsbatch"])
-        tables[split] = table
-    return tables
+        finished.tables[split] = table
+        finished.digests[split] = digests[split]
+    return finished
 
 
-def _apply_on_error(table: pa.Table, on_error: str, split: str, output_column: str) -> pa.Table:
+def _apply_on_error(table: pa.Table, on_error: str, split: str | None) -> pa.Table:
     if on_error != "raise":
         return table
     status = pc.struct_field(table["dsbatch"], "status")
@@ -215,7 +229,7 @@ def _apply_on_error(table: pa.Table, on_error: str, split: str, output_column: s
         return table
     sample = table.take(rows[:5])["dsbatch"].to_pylist()
     details = "; ".join(f"row {r}: {s['status']}: {s['error']}" for r, s in zip(rows, sample))
-    where = "" if split == _SINGLE else f" in split {split!r}"
+    where = "" if split is None else f" in split {split!r}"
     raise RowFailedError(
         f"{len(rows)} rows{where} ended without an answer ({details}"
         f"{'; ...' if len(rows) > 5 else ''}). Their results are cached: on_error='keep' "

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, RateLimited
+from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, RateLimited, is_transient
 from dsbatch._errors import BatchAPIError
 from dsbatch._ledger import BatchRecord, JobLedger
 from dsbatch._plan import BatchPlan, batch_body
@@ -56,16 +56,26 @@ def send_batch(
     before dying, so look for it first.
     """
     body = batch_body(job.batch_custom_ids(record), bodies)
+    # Whether a create may have landed without our hearing of it: only then is `list` asked.
+    maybe_created = resumed
     last_error = ""
     for attempt in range(CREATE_ATTEMPTS):
-        if attempt or resumed:
-            # A retry only ever follows a failed or unknown create: check whether it landed.
-            found = reconcile(backend, job, record)
+        if maybe_created:
+            try:
+                found = reconcile(backend, job, record)
+            except BatchAPIError as e:
+                if not is_transient(e):
+                    raise
+                last_error = str(e)
+                schedule.backoff(attempt)
+                continue
             if found is not None:
                 return _adopt(job, record, found)
+            maybe_created = False
         try:
             info = backend.create(body)
         except RateLimited as e:
+            # Refused: nothing was created.
             last_error = str(e)
             if e.retry_after is not None:
                 schedule.sleep(e.retry_after)
@@ -74,13 +84,15 @@ def send_batch(
             continue
         except CreateOutcomeUnknown as e:
             last_error = str(e)
+            maybe_created = True
             log.warning("dsbatch: the answer to a create was lost (%s); reconciling", e)
             schedule.backoff(attempt)
             continue
         return _adopt(job, record, info)
-    found = reconcile(backend, job, record)
-    if found is not None:
-        return _adopt(job, record, found)
+    if maybe_created:
+        found = reconcile(backend, job, record)
+        if found is not None:
+            return _adopt(job, record, found)
     raise BatchAPIError(
         f"could not create batch #{record.seq} of job {job.fingerprint} "
         f"({record.request_count} requests) after {CREATE_ATTEMPTS} attempts: {last_error}. "
@@ -92,13 +104,14 @@ def reconcile(backend: Backend, job: JobLedger, record: BatchRecord) -> BatchInf
     """The batch this record's create made, if the API has one; None if nothing was created.
 
     Batches carry no metadata, so a batch is ours when it was created after our intent, holds
-    exactly our number of requests, and no other record of this job already claims it.
+    exactly our number of requests, and no record of any job in the cache claims it (nor did
+    this record already find it to hold someone else's requests).
     """
-    claimed = {r.batch_id for r in job.batch_records() if r.batch_id}
+    taken = job.ledger.claimed_batch_ids() | set(record.rejected)
     candidates = [
         b
         for b in backend.recent(limit=_LIST_LIMIT)
-        if b.id not in claimed
+        if b.id not in taken
         and b.created_at >= record.intent_at - _SKEW_SECONDS
         and b.size == record.request_count
     ]
