@@ -484,3 +484,17 @@ def test_empty_and_fully_skipped_datasets_need_no_batch(emu):
     skipped = run(Dataset.from_dict({"text": ["a", "b"]}), emu, fn=lambda r: None)
     assert [s["status"] for s in skipped["dsbatch"]] == ["skipped", "skipped"]
     assert sum(emu.calls.values()) == 0
+
+
+def test_a_batch_adopted_by_mistake_is_given_back_and_ours_found(emu, tmp_path, caplog):
+    # Another user of the same workspace (another cache) has a batch of the same size, just
+    # made; our create's answer is lost, so reconciling first finds theirs.
+    theirs = Dataset.from_dict({"text": [f"theirs {i}" for i in range(20)]})
+    run(theirs, emu, cache_dir=tmp_path / "their-cache")
+    emu.advance(10)  # theirs is ten seconds older than ours: the closest to our intent
+    ours = Dataset.from_dict({"text": [f"ours {i}" for i in range(20)]})
+    emu.faults.lose_create = 1
+    out = run(ours, emu)
+    assert out["response"] == [f"echo: ours {i}" for i in range(20)]
+    assert len(emu.batches) == 2 and not emu.duplicate_custom_ids
+    assert "someone else's" in caplog.text
