@@ -342,10 +342,14 @@ class Ledger:
         name = f"{batch_id}.parquet" if batch_id else f"local-{uuid.uuid4().hex}.parquet"
         _write_table(self.root / "requests" / name, table.cast(RESULT_SCHEMA))
 
-    def results_for(self, custom_ids: pa.Array, *, batch_ids: Sequence[str] = ()) -> pa.Table:
+    def results_for(
+        self, custom_ids: pa.Array, *, batch_ids: Sequence[str] = (), raw: bool = False
+    ) -> pa.Table:
         """Every stored result for these custom_ids: all ``succeeded`` ones anywhere in the cache,
-        plus every result (any type) of the given batches."""
+        plus every result (any type) of the given batches. ``raw=False`` leaves the (large) raw
+        result lines on disk, as an empty column."""
         wanted_batches = set(batch_ids)
+        columns = [n for n in RESULT_SCHEMA.names if raw or n != "raw"]
         value_set = pa.array(custom_ids, pa.string())
         parts = []
         for path in sorted((self.root / "requests").glob("*.parquet")):
@@ -357,7 +361,12 @@ class Ledger:
                     mask = pc.and_(mask, pc.equal(keys["type"], "succeeded"))
                 if not pc.any(mask).as_py():
                     continue
-                parts.append(pq.read_table(path, schema=RESULT_SCHEMA).filter(mask))
+                table = pq.read_table(path, columns=columns, schema=RESULT_SCHEMA).filter(mask)
+                if not raw:
+                    table = table.append_column(
+                        "raw", pa.nulls(table.num_rows, RESULT_SCHEMA.field("raw").type)
+                    )
+                parts.append(table)
             except (OSError, pa.ArrowInvalid) as e:
                 raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
         if not parts:
