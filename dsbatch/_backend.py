@@ -8,7 +8,6 @@ second, billed batch. The caller reconciles with ``recent`` instead.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -125,13 +124,18 @@ class Backend:
     @property
     def client(self) -> anthropic.Anthropic:
         if self._client is None:
-            if not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get(
-                "ANTHROPIC_AUTH_TOKEN"
-            ):
-                raise BatchAPIError(
-                    "no API key: set ANTHROPIC_API_KEY or pass client=anthropic.Anthropic(...)"
-                )
-            self._client = anthropic.Anthropic()
+            # The SDK finds credentials in the environment or in an Anthropic profile.
+            missing = BatchAPIError(
+                "no Anthropic credentials: set ANTHROPIC_API_KEY (or configure an Anthropic "
+                "profile), or pass client=anthropic.Anthropic(...)"
+            )
+            try:
+                client = anthropic.Anthropic()
+            except anthropic.AnthropicError as e:
+                raise missing from e
+            if not any(getattr(client, a, None) for a in ("api_key", "auth_token", "credentials")):
+                raise missing
+            self._client = client
         return self._client
 
     @property

@@ -84,18 +84,22 @@ def run_demo(rows: int = 1200) -> int:
     faults = Faults(errored=0.03, expired=0.01)
     with Emulator(delay=0, faults=faults) as emu, tempfile.TemporaryDirectory() as cache:
         client = emu.client()
+
+        def run() -> Dataset:
+            return dsbatch.map(
+                ds,
+                _prompt,
+                model="claude-haiku-4-5",
+                max_tokens=64,
+                client=client,
+                cache_dir=cache,
+                poll_interval=0,
+                progress=False,
+            )
+
         print(f"dsbatch demo: {len(ds)} rows through a local emulator at {emu.base_url}")
         start = time.perf_counter()
-        out = dsbatch.map(
-            ds,
-            _prompt,
-            model="claude-haiku-4-5",
-            max_tokens=64,
-            client=client,
-            cache_dir=cache,
-            poll_interval=0,
-            progress=False,
-        )
+        out = run()
         first = time.perf_counter() - start
         sent = len(emu.received)
         distinct = len({cid for cid in out["dsbatch"]["custom_id"] if cid})
@@ -103,16 +107,7 @@ def run_demo(rows: int = 1200) -> int:
 
         calls_before = sum(emu.calls.values())
         start = time.perf_counter()
-        again = dsbatch.map(
-            ds,
-            _prompt,
-            model="claude-haiku-4-5",
-            max_tokens=64,
-            client=client,
-            cache_dir=cache,
-            poll_interval=0,
-            progress=False,
-        )
+        again = run()
         second = time.perf_counter() - start
         calls_again = sum(emu.calls.values()) - calls_before
 

@@ -114,18 +114,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _write_table(path: Path, table: pa.Table) -> None:
     """Write a table atomically as Parquet."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _atomic_write(path, sink.getvalue())
 
 
 @dataclass

@@ -91,7 +91,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
             prompt,
             defaults=defaults,
             with_indices=with_indices,
-            label=None if split == _SINGLE and isinstance(dataset, Dataset) else split,
+            label=None if isinstance(dataset, Dataset) else split,
         )
     fingerprint = job_fingerprint(rendered)
     ledger = Ledger(cache_dir)

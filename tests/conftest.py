@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from support import echo
+
+from dsbatch.testing import Emulator
 
 
 @pytest.fixture(autouse=True)
@@ -10,6 +15,17 @@ def _isolated(tmp_path):
     # A MonkeyPatch of its own: a test calling monkeypatch.undo() cannot reach the real cache.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSBATCH_CACHE", str(tmp_path / "dsbatch-cache"))
-        for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
-            mp.delenv(name, raising=False)
+        # No key, base URL or profile of the developer's; the SDK also reads profiles from
+        # its config directory, so point that at an empty one.
+        for name in list(os.environ):
+            if name.startswith("ANTHROPIC_"):
+                mp.delenv(name)
+        mp.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path / "anthropic-config"))
         yield
+
+
+@pytest.fixture
+def emu():
+    """An emulator that answers each request with its own prompt (see ``support.echo``)."""
+    with Emulator(delay=0, responder=echo) as emulator:
+        yield emulator

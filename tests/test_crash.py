@@ -11,21 +11,13 @@ import textwrap
 
 import pytest
 from datasets import Dataset
+from support import MODEL, echo, prompt
 
 import dsbatch
 from dsbatch._backend import Backend
 from dsbatch.testing import Emulator
 
-MODEL = "claude-haiku-4-5"
 TEXTS = [f"crash text {i}" for i in range(300)]
-
-
-def echo(custom_id, params):
-    return "echo: " + params["messages"][-1]["content"]
-
-
-def prompt(row):
-    return row["text"]
 
 
 def resume(emu, ds):

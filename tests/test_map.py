@@ -7,12 +7,12 @@ import random
 
 import pytest
 from datasets import Dataset, DatasetDict
+from support import MODEL, echo, prompt, run
 
 import dsbatch
 from dsbatch import BatchAPIError, PromptError, RequestTooLargeError, RowFailedError
 from dsbatch.testing import Emulator, Faults, HttpFault
 
-MODEL = "claude-haiku-4-5"
 STATUS_FIELDS = {
     "status",
     "error",
@@ -26,31 +26,10 @@ STATUS_FIELDS = {
 }
 
 
-def echo(custom_id, params):
-    """Answer with the prompt itself, so each row's answer proves which request it came from."""
-    return "echo: " + params["messages"][-1]["content"]
-
-
-def prompt(row):
-    return row["text"]
-
-
 def texts(n, distinct=None, seed=0):
     rng = random.Random(seed)
     pool = [f"text number {i}" for i in range(distinct or n)]
     return pool[:n] if distinct is None else [rng.choice(pool) for _ in range(n)]
-
-
-@pytest.fixture
-def emu():
-    with Emulator(delay=0, responder=echo) as emulator:
-        yield emulator
-
-
-def run(ds, emu, fn=prompt, **kwargs):
-    kwargs.setdefault("poll_interval", 0)
-    kwargs.setdefault("progress", False)
-    return dsbatch.map(ds, fn, model=MODEL, max_tokens=256, client=emu.client(), **kwargs)
 
 
 def test_answers_land_on_their_rows_in_order(emu):

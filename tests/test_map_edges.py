@@ -9,27 +9,11 @@ from pathlib import Path
 
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
+from support import MODEL, echo, prompt, run
 
 import dsbatch
 from dsbatch import BatchAPIError, LedgerError, PromptError, RequestTooLargeError, RowFailedError
 from dsbatch.testing import Emulator, Faults, HttpFault
-
-MODEL = "claude-haiku-4-5"
-
-
-def text_of(content):
-    if isinstance(content, str):
-        return content
-    return "|".join(block["text"] for block in content if block.get("type") == "text")
-
-
-def echo(custom_id, params):
-    """Answer with the prompt itself, so each row's answer proves which request it came from."""
-    return "echo: " + text_of(params["messages"][-1]["content"])
-
-
-def prompt(row):
-    return row["text"]
 
 
 def texts(n, prefix="text"):
@@ -42,18 +26,6 @@ def answers(values):
 
 def cache_root() -> Path:
     return Path(os.environ["DSBATCH_CACHE"])
-
-
-@pytest.fixture
-def emu():
-    with Emulator(delay=0, responder=echo) as emulator:
-        yield emulator
-
-
-def run(ds, emu, fn=prompt, **kwargs):
-    kwargs.setdefault("poll_interval", 0)
-    kwargs.setdefault("progress", False)
-    return dsbatch.map(ds, fn, model=MODEL, max_tokens=256, client=emu.client(), **kwargs)
 
 
 class Stop(BaseException):

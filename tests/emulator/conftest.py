@@ -16,17 +16,6 @@ SPEC_PATH = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_anthropic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep a developer's real key, base URL or profile out of every test."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("ANTHROPIC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path / "anthropic-config"))
-
-
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
     with Emulator() as emulator:
