@@ -23,8 +23,16 @@ def prompt(row):
     return row["text"]
 
 
-def run(ds, emu, fn=prompt, **kwargs):
-    """dsbatch.map against ``emu``, polling without waiting and without a progress bar."""
-    kwargs.setdefault("poll_interval", 0)
+def run(ds, emu, fn=prompt, *, wait=None, retries=None, **kwargs):
+    """dsbatch.map against ``emu`` without a progress bar.
+
+    Polls at once, or every ``wait`` seconds of the emulator's virtual clock; ``retries`` sets
+    the SDK client's own retries (``0`` shows every fault to dsbatch).
+    """
+    kwargs.setdefault(
+        "poll_interval",
+        0 if wait is None else dsbatch.PollSchedule(initial=wait, sleep=emu.advance),
+    )
     kwargs.setdefault("progress", False)
-    return dsbatch.map(ds, fn, model=MODEL, max_tokens=256, client=emu.client(), **kwargs)
+    client = emu.client() if retries is None else emu.client(max_retries=retries)
+    return dsbatch.map(ds, fn, model=MODEL, max_tokens=256, client=client, **kwargs)

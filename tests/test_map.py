@@ -121,16 +121,6 @@ def test_skipped_rows_are_kept_with_status_skipped(emu):
 
 def test_with_indices_and_system_and_params_reach_the_request(emu):
     ds = Dataset.from_dict({"text": ["a", "b"]})
-    run(
-        ds,
-        emu,
-        fn=lambda r, i: f"{i}:{r['text']}",
-        with_indices=True,
-        system="Be brief.",
-        params={"temperature": 0},
-    )
-    sent = {cid for _, cid in emu.received}
-    assert len(sent) == 2
     out = run(
         ds,
         emu,
@@ -140,6 +130,10 @@ def test_with_indices_and_system_and_params_reach_the_request(emu):
         params={"temperature": 0},
     )
     assert out["response"] == ["echo: 0:a", "echo: 1:b"]
+    sent = [r["params"] for r in emu.last_create_body["requests"]]
+    assert [(p["system"], p["temperature"], p["max_tokens"]) for p in sent] == [
+        ("Be brief.", 0, 256)
+    ] * 2
 
 
 def test_batches_are_cut_by_request_count(emu):
@@ -255,14 +249,7 @@ def test_an_outage_while_polling_is_waited_out_and_a_lasting_one_reported():
     with Emulator(delay=600, responder=echo) as emu:
         ds = Dataset.from_dict({"text": texts(20)})
         emu.faults.http.append(HttpFault("retrieve", 500, times=4))
-        out = dsbatch.map(
-            ds,
-            prompt,
-            model=MODEL,
-            client=emu.client(max_retries=0),
-            progress=False,
-            poll_interval=dsbatch.PollSchedule(initial=120, sleep=emu.advance),
-        )
+        out = run(ds, emu, retries=0, wait=120)
         assert out["response"] == [f"echo: {t}" for t in texts(20)]
         assert emu.calls["create"] == 1
 

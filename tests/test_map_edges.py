@@ -454,14 +454,7 @@ def test_a_results_outage_is_waited_out_like_a_polling_outage():
     with Emulator(delay=60, responder=echo) as emu:
         emu.faults.http.append(HttpFault("results", 503, times=4))
         ds = Dataset.from_dict({"text": texts(10)})
-        out = dsbatch.map(
-            ds,
-            prompt,
-            model=MODEL,
-            client=emu.client(max_retries=0),
-            progress=False,
-            poll_interval=dsbatch.PollSchedule(initial=60, sleep=emu.advance),
-        )
+        out = run(ds, emu, retries=0, wait=60)
         assert list(out["response"]) == answers(texts(10))
 
 
