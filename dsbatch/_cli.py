@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 
@@ -13,8 +14,20 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     """Serve a local emulator of the Message Batches API until interrupted.
 
     Point the SDK at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT and any API key.
-    --faults takes a comma-separated list, e.g. "create=429x2,lose_create=1,errored=0.1"
-    (see dsbatch.testing.Faults.parse for every kind).
+    Batches end --delay seconds after they are created (real time).
+
+    --faults takes a comma-separated list of:
+      ENDPOINT=STATUSxN[@S]  the next N calls of ENDPOINT (create, retrieve, list, cancel,
+                             delete, results, or * for any) answer STATUS (429, 500, 529, ...),
+                             with retry-after S seconds
+      lose_create=N          the next N creates make the batch but the answer is lost
+      cut_results=N          the next N results downloads stop midway
+      errored=F              a fraction F of requests end errored (overloaded_error, api_error)
+      invalid=F              ... errored with invalid_request_error (stays so on retry)
+      expired=F              ... expired
+      preamble=F             structured answers get prose before their JSON
+      no_json=F              structured answers come back as prose with no JSON
+    e.g. --faults "create=429x2,lose_create=1,errored=0.1,expired=0.02"
     """
     from dsbatch._emulator import Faults, serve_forever
 
@@ -41,10 +54,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add(
     sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int]
 ) -> argparse.ArgumentParser:
-    doc = func.__doc__ or ""
+    doc = inspect.cleandoc(func.__doc__ or "")
     parser = sub.add_parser(
         name,
-        help=doc.strip().splitlines()[0],
+        help=doc.splitlines()[0],
         description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
