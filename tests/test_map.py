@@ -27,9 +27,14 @@ STATUS_FIELDS = {
 
 
 def texts(n, distinct=None, seed=0):
-    rng = random.Random(seed)
+    """``n`` texts; with ``distinct``, exactly that many differ and the rest repeat them."""
     pool = [f"text number {i}" for i in range(distinct or n)]
-    return pool[:n] if distinct is None else [rng.choice(pool) for _ in range(n)]
+    if distinct is None:
+        return pool
+    rng = random.Random(seed)
+    rows = pool + [rng.choice(pool) for _ in range(n - distinct)]
+    rng.shuffle(rows)
+    return rows
 
 
 def test_answers_land_on_their_rows_in_order(emu):
@@ -48,11 +53,11 @@ def test_answers_land_on_their_rows_in_order(emu):
 
 @pytest.mark.slow
 def test_duplicate_prompts_are_sent_once_and_fanned_out(emu):
-    rows = texts(10_000, distinct=7_000)
+    rows = texts(10_000, distinct=7_000)  # 30% of the rows repeat an earlier prompt
     ds = Dataset.from_dict({"text": rows})
     out = run(ds, emu)
-    distinct = set(rows)
-    assert len(emu.received) == len(distinct)
+    assert len(set(rows)) == 7_000
+    assert len(emu.received) == 7_000
     assert not emu.duplicate_custom_ids
     assert out["response"] == [f"echo: {t}" for t in rows]
     by_text = {}
