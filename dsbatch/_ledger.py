@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import tempfile
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -67,6 +66,8 @@ RESULT_SCHEMA = pa.schema(
         ("raw", pa.large_string()),
     ]
 )
+
+_JOIN_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "raw"]
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -330,17 +331,13 @@ class Ledger:
     # -- shared results ---------------------------------------------------------------------
     def write_results(self, batch_id: str, table: pa.Table) -> None:
         # A batch downloaded twice (a crash between write and record) rewrites the same rows.
-        name = f"{batch_id}.parquet" if batch_id else f"local-{uuid.uuid4().hex}.parquet"
-        _write_table(self.root / "requests" / name, table.cast(RESULT_SCHEMA))
+        _write_table(self.root / "requests" / f"{batch_id}.parquet", table.cast(RESULT_SCHEMA))
 
-    def results_for(
-        self, custom_ids: pa.Array, *, batch_ids: Sequence[str] = (), raw: bool = False
-    ) -> pa.Table:
+    def results_for(self, custom_ids: pa.Array, *, batch_ids: Sequence[str] = ()) -> pa.Table:
         """Every stored result for these custom_ids: all ``succeeded`` ones anywhere in the cache,
-        plus every result (any type) of the given batches. ``raw=False`` leaves the (large) raw
-        result lines on disk, as an empty column."""
+        plus every result (any type) of the given batches. The (large) raw lines stay on disk:
+        the table has every column of ``RESULT_SCHEMA`` but ``raw``."""
         wanted_batches = set(batch_ids)
-        columns = [n for n in RESULT_SCHEMA.names if raw or n != "raw"]
         value_set = pa.array(custom_ids, pa.string())
         parts = []
         for path in sorted((self.root / "requests").glob("*.parquet")):
@@ -352,14 +349,10 @@ class Ledger:
                     mask = pc.and_(mask, pc.equal(keys["type"], "succeeded"))
                 if not pc.any(mask).as_py():
                     continue
-                table = pq.read_table(path, columns=columns, schema=RESULT_SCHEMA).filter(mask)
-                if not raw:
-                    table = table.append_column(
-                        "raw", pa.nulls(table.num_rows, RESULT_SCHEMA.field("raw").type)
-                    )
-                parts.append(table)
+                table = pq.read_table(path, columns=_JOIN_COLUMNS, schema=RESULT_SCHEMA)
+                parts.append(table.filter(mask))
             except (OSError, pa.ArrowInvalid) as e:
                 raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
         if not parts:
-            return RESULT_SCHEMA.empty_table()
+            return RESULT_SCHEMA.empty_table().drop_columns(["raw"])
         return pa.concat_tables(parts)
