@@ -142,9 +142,9 @@ def main() -> None:
         proc.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    statuses = out["dsbatch"]["status"]
+    statuses = [s["status"] for s in out["dsbatch"]]
     ok = sum(s == "succeeded" for s in statuses)
-    distinct = len(set(out["dsbatch"]["custom_id"]))
+    distinct = len({s["custom_id"] for s in out["dsbatch"]})
     print(f"rows: {args.rows:,}  distinct requests: {distinct:,}  succeeded rows: {ok:,}")
     print(
         f"first run: {first:.2f} s ({args.rows / first:,.0f} rows/s), "

@@ -1,14 +1,16 @@
 """The backend: the only module that talks to the Anthropic SDK.
 
-Every call goes through the official ``anthropic`` client. ``create`` runs with the SDK's retries
-off: the API has no idempotency key, so a retried create whose first answer was lost would be a
-second, billed batch. The caller reconciles with ``recent`` instead.
+Every call goes through the official ``anthropic`` client with the SDK's own retries off: dsbatch
+retries each call itself (``_retry``), on the job's injectable clock. ``create`` above all must
+not be retried blindly: the API has no idempotency key, so a retried create whose first answer
+was lost would be a second, billed batch. The caller reconciles with ``recent`` instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import email.utils
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,29 +19,29 @@ import xxhash
 from anthropic.types.messages import MessageBatch
 
 from dsbatch._errors import BatchAPIError
+from dsbatch._limits import API_VERSION_2026
+
+try:  # the version the SDK sends by default (private: read it, never rely on it being there)
+    from anthropic._constants import ANTHROPIC_API_VERSION
+except ImportError:  # pragma: no cover - an SDK that moved it
+    ANTHROPIC_API_VERSION = API_VERSION_2026
 
 __all__ = [
     "Backend",
     "BatchInfo",
     "CreateOutcomeUnknown",
-    "RateLimited",
     "is_transient",
     "key_hash",
 ]
 
 _COUNT_FIELDS = ("processing", "succeeded", "errored", "canceled", "expired")
+# Statuses worth waiting out: timeout, conflict, rate limited; 5xx below.
+_TRANSIENT = frozenset({408, 409, 429})
 
 
-class CreateOutcomeUnknown(Exception):
-    """A create may or may not have reached the API (its answer was lost)."""
-
-
-class RateLimited(Exception):
-    """A create was refused with 429: nothing was created; try again after ``retry_after``."""
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+class CreateOutcomeUnknown(BatchAPIError):
+    """A create may or may not have reached the API (no answer, or a 5xx): look before
+    creating again."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,12 @@ def _ts(value: dt.datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def is_transient(error: BatchAPIError) -> bool:
-    """A failure worth waiting out: no connection, rate limited, or the server's fault."""
+def is_transient(error: BaseException) -> bool:
+    """A failure worth waiting out: no connection, timeout, rate limit, or the server's fault."""
+    if not isinstance(error, BatchAPIError):
+        return False
     status = error.status_code
-    return status is None or status == 429 or status >= 500
+    return status is None or status in _TRANSIENT or status >= 500
 
 
 def key_hash(api_key: str | None) -> str:
@@ -93,8 +97,26 @@ def key_hash(api_key: str | None) -> str:
     return xxhash.xxh3_64_hexdigest(api_key.encode())[:12]
 
 
+def _retry_after(headers: Any) -> float | None:
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return float(headers.get(name)) / scale
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _server_time(headers: Any) -> float | None:
+    """The server's clock from a response's ``Date`` header (to correct local clock skew)."""
+    try:
+        return email.utils.parsedate_to_datetime(headers.get("date")).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def _api_error(action: str, e: anthropic.APIError, batch_id: str | None = None) -> BatchAPIError:
     status = getattr(e, "status_code", None)
+    response = getattr(e, "response", None)
     where = f" {batch_id}" if batch_id else ""
     hint = ""
     if status == 401:
@@ -106,6 +128,7 @@ def _api_error(action: str, e: anthropic.APIError, batch_id: str | None = None) 
         f"{action}{where} failed{f' with HTTP {status}' if status else ''}: {message}{hint}",
         batch_id=batch_id,
         status_code=status,
+        retry_after=_retry_after(response.headers) if response is not None else None,
     )
 
 
@@ -118,56 +141,71 @@ class Backend:
             hint = " (dsbatch needs the synchronous client)" if "Async" in kind else ""
             raise TypeError(f"client must be an anthropic.Anthropic, not {kind}{hint}")
         # Built on first use: a job whose answers are all cached needs no key at all.
-        self._client = client
-        self._no_retry_client: anthropic.Anthropic | None = None
+        self._given = client
+        self._client: anthropic.Anthropic | None = None
 
     @property
     def client(self) -> anthropic.Anthropic:
         if self._client is None:
-            # The SDK finds credentials in the environment or in an Anthropic profile.
-            missing = BatchAPIError(
-                "no Anthropic credentials: set ANTHROPIC_API_KEY (or configure an Anthropic "
-                "profile), or pass client=anthropic.Anthropic(...)"
-            )
-            try:
-                client = anthropic.Anthropic()
-            except anthropic.AnthropicError as e:
-                raise missing from e
-            if not any(getattr(client, a, None) for a in ("api_key", "auth_token", "credentials")):
-                raise missing
-            self._client = client
+            client = self._given
+            if client is None:
+                # The SDK finds credentials in the environment or in an Anthropic profile.
+                missing = BatchAPIError(
+                    "no Anthropic credentials: set ANTHROPIC_API_KEY (or configure an Anthropic "
+                    "profile), or pass client=anthropic.Anthropic(...)"
+                )
+                try:
+                    client = anthropic.Anthropic()
+                except anthropic.AnthropicError as e:
+                    raise missing from e
+                if not any(
+                    getattr(client, a, None) for a in ("api_key", "auth_token", "credentials")
+                ):
+                    raise missing
+            self._client = client.with_options(max_retries=0)
         return self._client
-
-    @property
-    def _no_retry(self) -> anthropic.Anthropic:
-        if self._no_retry_client is None:
-            self._no_retry_client = self.client.with_options(max_retries=0)
-        return self._no_retry_client
 
     @property
     def key_hash(self) -> str:
         client = self.client
         return key_hash(getattr(client, "api_key", None) or getattr(client, "auth_token", None))
 
-    def create(self, body: bytes) -> BatchInfo:
+    @property
+    def api_version(self) -> str:
+        """The ``anthropic-version`` this client sends (it decides which params are allowed);
+        read without building a client, so a job answered from the cache needs no key."""
+        if self._given is not None:
+            version = self._given.default_headers.get("anthropic-version")
+            if isinstance(version, str):
+                return version
+        return ANTHROPIC_API_VERSION
+
+    def create(self, body: bytes, betas: Sequence[str] = ()) -> BatchInfo:
         """Create one batch from a ready JSON body ``{"requests": [...]}``.
 
-        Raises ``CreateOutcomeUnknown`` when the batch may exist although no answer came back.
+        Raises ``CreateOutcomeUnknown`` when the batch may exist although no answer came back,
+        and ``BatchAPIError`` when it was refused (nothing was created).
         """
+        headers = {"Content-Type": "application/json"}
+        if betas:
+            headers["anthropic-beta"] = ",".join(betas)
         try:
-            batch = self._no_retry.post(
+            batch = self.client.post(
                 "/v1/messages/batches",
                 cast_to=MessageBatch,
                 content=body,
-                options={"headers": {"Content-Type": "application/json"}},
+                options={"headers": headers},
             )
-        except (anthropic.APIConnectionError, anthropic.InternalServerError) as e:
-            # A lost connection, a timeout or a 5xx: the batch may have been created anyway.
-            raise CreateOutcomeUnknown(str(e)) from e
-        except anthropic.RateLimitError as e:
-            raise RateLimited(str(e), _retry_after(e.response.headers)) from e
+        except anthropic.APIConnectionError as e:
+            raise CreateOutcomeUnknown(f"creating a batch got no answer: {e}") from e
         except anthropic.APIStatusError as e:
-            raise _api_error("creating a batch", e) from e
+            error = _api_error("creating a batch", e)
+            if e.status_code >= 500 or e.status_code in (408, 409):
+                # The server may have made the batch before failing to answer.
+                raise CreateOutcomeUnknown(
+                    str(error), status_code=e.status_code, retry_after=error.retry_after
+                ) from e
+            raise error from e
         return BatchInfo.from_sdk(batch)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
@@ -176,13 +214,14 @@ class Backend:
         except anthropic.APIError as e:
             raise _api_error("retrieving batch", e, batch_id) from e
 
-    def recent(self, limit: int = 100) -> list[BatchInfo]:
-        """The newest batches of this key's workspace, newest first."""
+    def recent(self, limit: int = 1000) -> tuple[list[BatchInfo], float | None]:
+        """The newest batches of this key's workspace, newest first, and the server's time."""
         try:
-            page = self.client.messages.batches.list(limit=limit)
-            return [BatchInfo.from_sdk(b) for b in page.data]
+            response = self.client.messages.batches.with_raw_response.list(limit=limit)
+            page = response.parse()
         except anthropic.APIError as e:
             raise _api_error("listing batches", e) from e
+        return [BatchInfo.from_sdk(b) for b in page.data], _server_time(response.headers)
 
     def cancel(self, batch_id: str) -> BatchInfo:
         try:
@@ -203,17 +242,14 @@ class Backend:
                 yield from response.iter_bytes()
         except anthropic.APIStatusError as e:
             raise _api_error("downloading the results of batch", e, batch.id) from e
-        except Exception as e:
-            # httpx2 reports a cut body as its own protocol error: wrap whatever it raises.
+        except (anthropic.APIError, OSError) as e:
             raise BatchAPIError(
-                f"downloading results for batch {batch.id} was cut off: {e}", batch_id=batch.id
+                f"downloading the results of batch {batch.id} was cut off: {e}", batch_id=batch.id
             ) from e
-
-
-def _retry_after(headers: Any) -> float | None:
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        try:
-            return float(headers.get(name)) / scale
-        except (TypeError, ValueError):
-            continue
-    return None
+        except Exception as e:
+            # httpx2 reports a cut body with its own transport errors, outside anthropic's tree.
+            if type(e).__module__.split(".")[0] not in ("httpx2", "httpx", "httpcore", "h11"):
+                raise
+            raise BatchAPIError(
+                f"downloading the results of batch {batch.id} was cut off: {e}", batch_id=batch.id
+            ) from e

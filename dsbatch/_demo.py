@@ -102,7 +102,7 @@ def run_demo(rows: int = 1200) -> int:
         out = run()
         first = time.perf_counter() - start
         sent = len(emu.received)
-        distinct = len({cid for cid in out["dsbatch"]["custom_id"] if cid})
+        distinct = len({s["custom_id"] for s in out["dsbatch"] if s["custom_id"]})
         batches = emu.calls["create"]
 
         calls_before = sum(emu.calls.values())

@@ -3,7 +3,8 @@
 The tree::
 
     DsbatchError                  anything dsbatch raises on purpose
-    ├── BatchAPIError             the Batches API failed us (carries batch_id, status_code)
+    ├── BatchAPIError             the Batches API failed us (carries batch_id, status_code,
+    │                             retry_after)
     ├── LedgerError               the cache directory is unusable or inconsistent (carries path)
     ├── PromptError               a row could not become a request (carries row index, split)
     │   └── RequestTooLargeError  one request is over the batch byte limit on its own
@@ -15,7 +16,7 @@ the library, not something that went wrong with a job.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "BatchAPIError",
@@ -35,11 +36,18 @@ class BatchAPIError(DsbatchError):
     """A call to the Message Batches API failed, or answered something we cannot use."""
 
     def __init__(
-        self, message: str, *, batch_id: str | None = None, status_code: int | None = None
+        self,
+        message: str,
+        *,
+        batch_id: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.batch_id = batch_id
         self.status_code = status_code
+        # Seconds the server asked us to wait before trying again (a 429's retry-after).
+        self.retry_after = retry_after
 
 
 class LedgerError(DsbatchError):
@@ -67,10 +75,20 @@ class RequestTooLargeError(PromptError):
 class RowFailedError(DsbatchError):
     """Some requests ended without an answer and ``on_error="raise"`` was asked for."""
 
-    def __init__(self, message: str, *, rows: Sequence[int] = (), custom_ids: Sequence[str] = ()):
+    def __init__(
+        self,
+        message: str,
+        *,
+        rows: Sequence[int] = (),
+        custom_ids: Sequence[str] = (),
+        by_split: Mapping[str, Sequence[int]] | None = None,
+    ) -> None:
         super().__init__(message)
+        # The failed rows (of the first failing split of a DatasetDict), their custom_ids (all
+        # splits), and split -> failed rows.
         self.rows = list(rows)
         self.custom_ids = list(custom_ids)
+        self.by_split = {split: list(r) for split, r in (by_split or {}).items()}
 
 
 def _where(row: int | None, split: str | None) -> str:

@@ -1,31 +1,49 @@
-"""Ingest: raw result bytes -> an Arrow table of results, one row per custom_id.
+"""Ingest: a batch's results, downloaded whole and checked, as one Arrow row per custom_id.
 
 The bytes are parsed by pyarrow's JSON reader with an explicit schema (about 3.5x faster than
-one pydantic object per line); each result's whole line is kept as ``raw`` alongside.
+one pydantic object per line). A file with a line of an unexpected shape (``content`` as a
+string, a float token count) is read again line by line: such a line keeps its raw text, what
+cannot be read is null, and ``problem`` says why. Only a line that is not JSON at all makes the
+download unreadable.
+
+A download is then one of: complete (our requests, all of them), incomplete (fewer lines than
+the batch holds: fetched again), someone else's (a reconcile adopted the wrong batch), or gone.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pj
 
+from dsbatch._backend import Backend, BatchInfo, is_transient
 from dsbatch._errors import BatchAPIError
-from dsbatch._ledger import RESULT_SCHEMA
+from dsbatch._ledger import RESULT_SCHEMA, Ledger
+from dsbatch._retry import Retrying
 
-__all__ = ["parse_results"]
+__all__ = [
+    "Fetch",
+    "Fetched",
+    "IncompleteDownload",
+    "UnreadableResults",
+    "fetch_results",
+    "parse_results",
+]
 
-_USAGE = pa.struct(
-    [
-        ("input_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("cache_read_input_tokens", pa.int64()),
-        ("cache_creation_input_tokens", pa.int64()),
-    ]
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
 )
+_USAGE = pa.struct([(name, pa.int64()) for name in _USAGE_FIELDS])
 _BLOCK = pa.struct([("type", pa.string()), ("text", pa.string())])
 _MESSAGE = pa.struct(
     [("stop_reason", pa.string()), ("usage", _USAGE), ("content", pa.list_(_BLOCK))]
@@ -41,52 +59,67 @@ _LINE_SCHEMA = pa.schema(
     ]
 )
 _PARSE = pj.ParseOptions(explicit_schema=_LINE_SCHEMA, unexpected_field_behavior="ignore")
+_RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
 
 
-def parse_results(data: bytes | pa.Buffer, *, batch_id: str) -> pa.Table:
+class IncompleteDownload(BatchAPIError):
+    """The download holds fewer result lines than the batch has requests: fetch it again."""
+
+
+class UnreadableResults(BatchAPIError):
+    """A result line is not JSON at all: downloading again would not change it."""
+
+
+# -- parsing -----------------------------------------------------------------------------------
+
+
+def parse_results(
+    data: bytes | pa.Buffer, *, batch_id: str, batch_created_at: float | None = None
+) -> pa.Table:
     """Parse a results download (bytes, or a memory-mapped buffer) into ``RESULT_SCHEMA`` rows.
 
-    Raises ``BatchAPIError`` naming the batch and line when a line is not a result.
+    Raises ``IncompleteDownload`` when the last line is cut, ``UnreadableResults`` naming the
+    batch and line when another line is not JSON or names no custom_id.
     """
     buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
     if buf.size == 0:
         return RESULT_SCHEMA.empty_table()
+    raw = _raw_lines(buf)
     try:
         parsed = pj.read_json(
             pa.BufferReader(buf), read_options=_read_options(buf.size), parse_options=_PARSE
         )
-        if parsed.num_rows == 0:
-            return RESULT_SCHEMA.empty_table()
-        raw = _raw_lines(buf)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise _bad_line(buf.to_pybytes(), batch_id) from e
-    if parsed.num_rows != len(raw):
-        raise _bad_line(buf.to_pybytes(), batch_id)
-
-    custom_id = parsed["custom_id"].combine_chunks()
-    if custom_id.null_count:
-        bad = pc.index(pc.is_null(custom_id), True).as_py()
-        raise BatchAPIError(
-            f"results of batch {batch_id}: line {bad + 1} has no custom_id", batch_id=batch_id
-        )
+        if parsed.num_rows != len(raw) or parsed["custom_id"].null_count:
+            raise pa.ArrowInvalid("a line is not a result")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return _parse_lenient(raw, batch_id, batch_created_at)
     result = parsed["result"].combine_chunks()
     message = pc.struct_field(result, "message")
     usage = pc.struct_field(message, "usage")
     error = pc.struct_field(pc.struct_field(result, "error"), "error")
+    content = pc.struct_field(message, "content")
+    kind = pc.struct_field(result, "type")
     n = parsed.num_rows
+    unknown = pc.invert(pc.is_in(kind, value_set=pa.array(_RESULT_TYPES)))
     return pa.table(
         {
-            "custom_id": custom_id,
-            "type": pc.struct_field(result, "type"),
+            "custom_id": parsed["custom_id"].combine_chunks(),
+            "type": kind,
             "error_type": pc.struct_field(error, "type"),
             "error_message": pc.struct_field(error, "message"),
             "stop_reason": pc.struct_field(message, "stop_reason"),
-            "text": _joined_text(pc.struct_field(message, "content")),
-            "input_tokens": pc.struct_field(usage, "input_tokens"),
-            "output_tokens": pc.struct_field(usage, "output_tokens"),
-            "cache_read_input_tokens": pc.struct_field(usage, "cache_read_input_tokens"),
-            "cache_creation_input_tokens": pc.struct_field(usage, "cache_creation_input_tokens"),
+            "text": _joined_text(content),
+            "tool_input": _tool_inputs(content, raw),
+            **{name: pc.struct_field(usage, name) for name in _USAGE_FIELDS},
             "batch_id": pa.array([batch_id] * n, pa.string()),
+            "batch_created_at": pa.array([batch_created_at] * n, pa.float64()),
+            "problem": pc.if_else(
+                unknown.fill_null(True),
+                pc.binary_join_element_wise(
+                    "unknown result type ", kind.cast(pa.string()).fill_null("null"), ""
+                ),
+                pa.nulls(n, pa.string()),
+            ),
             "raw": raw,
         },
         schema=RESULT_SCHEMA,
@@ -104,9 +137,22 @@ def _joined_text(content: pa.Array) -> pa.Array:
         return pc.if_else(pc.is_null(content), pa.nulls(len(content), pa.string()), texts)
     parents = pc.list_parent_indices(content).to_pylist()
     out: list[str | None] = [None] * len(content)
-    for parent, kind, text in zip(parents, types.to_pylist(), texts.to_pylist()):
+    for parent, kind, text in zip(parents, types.to_pylist(), texts.to_pylist(), strict=True):
         if kind == "text" and text is not None:
             out[parent] = text if out[parent] is None else out[parent] + text
+    return pa.array(out, pa.string())
+
+
+def _tool_inputs(content: pa.Array, raw: pa.Array) -> pa.Array:
+    """The first tool call's input of each message, as JSON text (null without one)."""
+    blocks = pc.list_flatten(content)
+    is_tool = pc.equal(pc.struct_field(blocks, "type"), "tool_use").fill_null(False)
+    out: list[str | None] = [None] * len(content)
+    if not pc.any(is_tool).as_py():
+        return pa.array(out, pa.string())
+    rows = pc.unique(pc.filter(pc.list_parent_indices(content), is_tool)).to_pylist()
+    for row, line in zip(rows, raw.take(pa.array(rows)).to_pylist(), strict=True):
+        out[row] = _message_parts(json.loads(line)["result"]["message"], [])[1]
     return pa.array(out, pa.string())
 
 
@@ -128,17 +174,161 @@ def _raw_lines(buf: pa.Buffer) -> pa.Array:
     return raw.filter(pc.not_equal(pc.utf8_trim_whitespace(raw), ""))
 
 
-def _bad_line(data: bytes, batch_id: str) -> BatchAPIError:
-    lines = [line for line in data.split(b"\n") if line.strip()]
+def _parse_lenient(raw: pa.Array, batch_id: str, batch_created_at: float | None) -> pa.Table:
+    """Every line on its own: an odd shape costs that line's fields, never the batch."""
+    lines = raw.to_pylist()
+    rows = []
     for number, line in enumerate(lines, 1):
         try:
             obj = json.loads(line)
         except ValueError:
-            obj = None
-        if not isinstance(obj, dict) or "custom_id" not in obj or "result" not in obj:
-            return BatchAPIError(
-                f"results of batch {batch_id}: line {number} is not a result line "
-                f"({line[:80]!r}); the download may have been cut off",
+            if number == len(lines):
+                raise IncompleteDownload(
+                    f"the results of batch {batch_id} end in a cut line {number}: the download "
+                    "stopped early",
+                    batch_id=batch_id,
+                ) from None
+            raise UnreadableResults(
+                f"results of batch {batch_id}: line {number} is not JSON ({line[:80]!r})",
+                batch_id=batch_id,
+            ) from None
+        custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
+        if not isinstance(custom_id, str):
+            raise UnreadableResults(
+                f"results of batch {batch_id}: line {number} names no custom_id ({line[:80]!r})",
                 batch_id=batch_id,
             )
-    return BatchAPIError(f"results of batch {batch_id} could not be parsed", batch_id=batch_id)
+        row = _lenient_row(obj.get("result"))
+        row.update(
+            custom_id=custom_id, batch_id=batch_id, batch_created_at=batch_created_at, raw=line
+        )
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def _lenient_row(result: Any) -> dict[str, Any]:
+    problems: list[str] = []
+    row: dict[str, Any] = {}
+    if not isinstance(result, dict):
+        return {"problem": "the line's result is not an object"}
+    kind = result.get("type")
+    row["type"] = kind if isinstance(kind, str) else None
+    if kind == "succeeded":
+        message = result.get("message")
+        if not isinstance(message, dict):
+            problems.append("result.message is not an object")
+            message = {}
+        stop = message.get("stop_reason")
+        row["stop_reason"] = stop if isinstance(stop, str) else None
+        usage = message.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        for name in _USAGE_FIELDS:
+            row[name] = _count(usage.get(name), f"usage.{name}", problems)
+        row["text"], row["tool_input"] = _message_parts(message, problems)
+    elif kind == "errored":
+        outer = result.get("error")
+        inner = outer.get("error") if isinstance(outer, dict) else None
+        if isinstance(inner, dict):
+            row["error_type"] = _text(inner.get("type"))
+            row["error_message"] = _text(inner.get("message"))
+        else:
+            problems.append("result.error has no error object")
+    elif kind not in _RESULT_TYPES:
+        problems.append(f"unknown result type {kind!r}")
+    row["problem"] = "; ".join(problems) or None
+    return row
+
+
+def _message_parts(message: dict[str, Any], problems: list[str]) -> tuple[str | None, str | None]:
+    """(text blocks joined, first tool call's input as JSON) of a message's content."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        problems.append(f"message.content is a {type(content).__name__}, not a list of blocks")
+        return None, None
+    texts = [
+        b["text"]
+        for b in content
+        if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+    ]
+    tools = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
+    tool_input = json.dumps(tools[0].get("input"), ensure_ascii=False) if tools else None
+    return ("".join(texts) if texts else None), tool_input
+
+
+def _count(value: Any, where: str, problems: list[str]) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    problems.append(f"{where} is {value!r}, not a count")
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# -- fetching ----------------------------------------------------------------------------------
+
+
+class Fetched(enum.Enum):
+    COMPLETE = "complete"
+    FOREIGN = "foreign"  # the batch holds someone else's requests
+    GONE = "gone"  # the results are not there (404)
+
+
+@dataclass
+class Fetch:
+    kind: Fetched
+    table: pa.Table | None = None
+    detail: str = ""
+
+
+def fetch_results(
+    backend: Backend,
+    ledger: Ledger,
+    info: BatchInfo,
+    expected: Sequence[str] | None,
+    *,
+    retrying: Retrying,
+) -> Fetch:
+    """Download an ended batch's results whole, and say whose they are.
+
+    ``expected``: the batch record's custom_ids (None when its ids file was lost: then any
+    complete download is taken as ours and the ids are rebuilt from it). Transient failures and
+    incomplete downloads are fetched again by ``retrying``; what still fails is raised.
+    """
+
+    def download() -> pa.Table:
+        data = ledger.store_download(info.id, backend.download(info))
+        table = parse_results(data, batch_id=info.id, batch_created_at=info.created_at)
+        if table.num_rows < info.size:
+            raise IncompleteDownload(
+                f"the results of batch {info.id} hold {table.num_rows} lines for "
+                f"{info.size} requests: the download stopped early",
+                batch_id=info.id,
+            )
+        return table
+
+    try:
+        table = retrying.call(download)
+    except BatchAPIError as e:
+        if e.status_code == 404:
+            return Fetch(Fetched.GONE, detail=str(e))
+        raise
+    got = table["custom_id"].combine_chunks()
+    if expected is not None and (
+        len(got) != len(expected)
+        or not pc.all(pc.is_in(got, value_set=pa.array(expected, pa.string()))).as_py()
+    ):
+        ours = pc.sum(pc.is_in(got, value_set=pa.array(expected, pa.string()))).as_py() or 0
+        return Fetch(
+            Fetched.FOREIGN,
+            detail=f"its {len(got)} results hold {ours} of our {len(expected)} requests",
+        )
+    return Fetch(Fetched.COMPLETE, table)
+
+
+def retry_download(error: BaseException) -> bool:
+    """Worth downloading again: a transient failure or a cut download, never a bad line."""
+    return is_transient(error) and not isinstance(error, UnreadableResults)

@@ -1,25 +1,24 @@
-"""Join: custom_id -> row, the new columns built with Arrow ``take``, attached to the dataset."""
+"""Join: custom_id -> row; the new columns built with Arrow ``take``.
+
+Each distinct request's result is turned into its columns once (status, answer text, structured
+fields) and fanned out to every row that asked for it; ``parse(row, message)`` runs per row.
+Nothing here calls the API: a new ``parse`` or ``response_format`` validator re-runs the join
+over the raw result lines the cache already holds.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, Features
-from datasets.table import InMemoryTable, concat_tables
 
-from dsbatch._ledger import RESULT_SCHEMA
+from dsbatch import _structured
 
-__all__ = [
-    "FAILED_STATUSES",
-    "STATUS_TYPE",
-    "attach_columns",
-    "final_results",
-    "output_table",
-]
-
-FAILED_STATUSES = ("errored", "expired", "canceled", "parse_error")
+__all__ = ["STATUS_TYPE", "MissingResult", "OutputSpec", "ParseFn", "output_table"]
 
 STATUS_TYPE = pa.struct(
     [
@@ -36,81 +35,194 @@ STATUS_TYPE = pa.struct(
 )
 
 _EXPIRED = "the request expired: the batch did not reach it within 24 hours"
-_CANCELED = "the request was canceled before it was processed"
+_CANCELED = "the request was canceled before it was processed (resend_canceled=True sends it again)"
+
+# parse(row, message): the message is the Message object exactly as the API sent it (a dict).
+ParseFn = Callable[[dict[str, Any], dict[str, Any]], Mapping[str, Any]]
 
 
-def final_results(results: pa.Table, batch_order: Mapping[str, int]) -> pa.Table:
-    """One result per custom_id: a success if there is one anywhere, else the latest attempt."""
-    if results.num_rows == 0:
-        return results
-    rank = pc.if_else(pc.equal(results["type"], "succeeded"), 0, 1)
-    # Later batches of this job first; batches of other jobs (only successes) count as oldest.
-    order = pa.array([-batch_order.get(b, -1) for b in results["batch_id"].to_pylist()], pa.int64())
-    keyed = results.append_column("_rank", rank).append_column("_order", order)
-    keyed = keyed.sort_by(
-        [("custom_id", "ascending"), ("_rank", "ascending"), ("_order", "ascending")]
-    )
-    ids = keyed["custom_id"].combine_chunks()
-    first = pc.invert(pc.equal(ids[1:], ids[:-1]).fill_null(False))
-    keep = pa.concat_arrays([pa.array([True]), first])
-    return keyed.filter(keep).drop_columns(["_rank", "_order"])
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the new columns are: their names, and how answers become columns."""
+
+    output_column: str = "response"
+    status_column: str = "dsbatch"
+    response_format: type | None = None
+    structured_output: str = "native"
+    parse: ParseFn | None = None
+
+
+class MissingResult(LookupError):
+    """A row's request has no result at all (the caller names the job and cache)."""
 
 
 def output_table(
-    row_custom_ids: Sequence[str | None],
-    results: pa.Table,
+    row_custom_ids: pa.Array,
+    latest: pa.Table,
     attempts: Mapping[str, int],
+    spec: OutputSpec,
     *,
-    output_column: str,
+    rows: Callable[[], Iterable[dict[str, Any]]] | None = None,
+    messages: Callable[[pa.Table], dict[str, dict[str, Any]]] | None = None,
 ) -> pa.Table:
-    """The new columns for one split: ``output_column`` and the ``dsbatch`` status struct.
+    """The new columns of one split.
 
-    ``results`` holds exactly one row per custom_id (see ``final_results``).
+    ``latest`` holds one result per custom_id (``policy.latest_results``). ``rows`` iterates the
+    split's rows and ``messages(results)`` gives custom_id -> Message dict; both only for
+    ``spec.parse``.
     """
-    ids = pa.array(row_custom_ids, pa.string())
-    index = pc.index_in(ids, value_set=results["custom_id"])
+    ids = row_custom_ids
+    index = pc.index_in(ids, value_set=latest["custom_id"])
     missing = pc.and_(pc.is_valid(ids), pc.is_null(index))
     if pc.any(missing).as_py():
         row = pc.index(missing, True).as_py()
-        raise AssertionError(f"row {row}: no result for custom_id {row_custom_ids[row]}")
-    rows = results.select([c for c in RESULT_SCHEMA.names if c not in ("raw", "batch_id")]).take(
-        index
-    )
+        raise MissingResult(f"row {row}: no result for custom_id {ids[row].as_py()}")
 
-    kind = rows["type"]
+    status, error, response = _per_request(latest)
+    structured: dict[str, pa.Array] = {}
+    if spec.response_format is not None:
+        status, error, structured = _structured_columns(
+            latest, spec.response_format, spec.structured_output, status, error
+        )
+
+    def fan(values: pa.Array) -> pa.Array:
+        return _arr(values.take(index))
+
     skipped = pc.is_null(ids)
-    status = pc.if_else(skipped, "skipped", kind)
-    error = pc.case_when(
-        pc.make_struct(
-            pc.equal(kind, "errored"), pc.equal(kind, "expired"), pc.equal(kind, "canceled")
-        ),
-        pc.binary_join_element_wise(
-            rows["error_type"].fill_null("error"), rows["error_message"].fill_null(""), ": "
-        ),
-        pa.scalar(_EXPIRED),
-        pa.scalar(_CANCELED),
-    )
-    attempt_counts = pa.array([attempts.get(c, 0) if c else 0 for c in row_custom_ids], pa.int64())
-    succeeded = pc.equal(kind, "succeeded").fill_null(False)
-    response = pc.if_else(succeeded, rows["text"], pa.nulls(len(ids), pa.string()))
-    status_col = pa.StructArray.from_arrays(
+    row_status = pc.if_else(skipped, "skipped", fan(status))
+    row_error = fan(error)
+    columns: dict[str, pa.Array] = {spec.output_column: fan(response)}
+    columns.update({name: fan(values) for name, values in structured.items()})
+    if spec.parse is not None and rows is not None and messages is not None:
+        parsed, row_status, row_error = _parse_columns(
+            spec.parse, ids, latest, index, row_status, row_error, rows, messages
+        )
+        columns.update(parsed)
+    taken = latest.take(index)
+    succeeded = pc.equal(taken["type"], "succeeded").fill_null(False)
+    columns[spec.status_column] = pa.StructArray.from_arrays(
         [
-            _arr(status),
-            _arr(error),
+            _arr(row_status),
+            _arr(row_error),
             ids,
-            _arr(rows["stop_reason"]),
-            _arr(rows["input_tokens"]),
-            _arr(rows["output_tokens"]),
-            _zero_if_succeeded(rows["cache_read_input_tokens"], succeeded),
-            _zero_if_succeeded(rows["cache_creation_input_tokens"], succeeded),
-            attempt_counts,
+            _arr(taken["stop_reason"]),
+            _arr(taken["input_tokens"]),
+            _arr(taken["output_tokens"]),
+            _zero_if_succeeded(taken["cache_read_input_tokens"], succeeded),
+            _zero_if_succeeded(taken["cache_creation_input_tokens"], succeeded),
+            pa.array([attempts.get(c, 0) if c else 0 for c in ids.to_pylist()], pa.int64()),
         ],
         fields=list(STATUS_TYPE),
     )
-    return pa.table({output_column: _arr(response), "dsbatch": status_col})
+    return pa.table(columns)
 
 
-def _zero_if_succeeded(values: pa.ChunkedArray, succeeded: pa.Array) -> pa.Array:
+def _per_request(latest: pa.Table) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(status, error, answer text) of each distinct request."""
+    kind = _arr(latest["type"])
+    problem = _arr(latest["problem"])
+    unreadable = pc.and_(pc.equal(kind, "succeeded"), pc.is_valid(problem)).fill_null(False)
+    status = pc.if_else(unreadable, "parse_error", kind)
+    error_type = _arr(latest["error_type"])
+    error = pc.case_when(
+        pc.make_struct(
+            unreadable,
+            pc.equal(kind, "errored").fill_null(False),
+            pc.equal(kind, "expired").fill_null(False),
+            pc.equal(kind, "canceled").fill_null(False),
+            pc.is_valid(problem),
+        ),
+        pc.binary_join_element_wise("the result line could not be read: ", problem, ""),
+        pc.binary_join_element_wise(
+            error_type.fill_null("error"), _arr(latest["error_message"]).fill_null(""), ": "
+        ),
+        pa.scalar(_EXPIRED),
+        pa.scalar(_CANCELED),
+        problem,
+    )
+    # Without text, a tool call's input is the answer (a forced tool still paid for it).
+    answer = pc.coalesce(_arr(latest["text"]), _arr(latest["tool_input"]))
+    response = pc.if_else(pc.equal(status, "succeeded"), answer, pa.nulls(len(kind), pa.string()))
+    return _arr(status), _arr(error), _arr(response)
+
+
+def _structured_columns(
+    latest: pa.Table, model: type, mode: str, status: pa.Array, error: pa.Array
+) -> tuple[pa.Array, pa.Array, dict[str, pa.Array]]:
+    statuses, errors = status.to_pylist(), error.to_pylist()
+    parsed: list[_structured.Parsed | None] = []
+    for i, (text, tool_input, stop_reason) in enumerate(
+        zip(
+            latest["text"].to_pylist(),
+            latest["tool_input"].to_pylist(),
+            latest["stop_reason"].to_pylist(),
+            strict=True,
+        )
+    ):
+        if statuses[i] != "succeeded":
+            parsed.append(None)
+            continue
+        result = _structured.parse_answer(
+            model,
+            text=text,
+            tool_input=json.loads(tool_input) if tool_input is not None else None,
+            stop_reason=stop_reason,
+            mode=mode,
+        )
+        if result.error is not None:
+            statuses[i], errors[i] = "parse_error", result.error
+        parsed.append(result)
+    return (
+        pa.array(statuses, pa.string()),
+        pa.array(errors, pa.string()),
+        _structured.columns(model, parsed),
+    )
+
+
+def _parse_columns(
+    parse: ParseFn,
+    ids: pa.Array,
+    latest: pa.Table,
+    index: pa.Array,
+    status: pa.Array,
+    error: pa.Array,
+    rows: Callable[[], Iterable[dict[str, Any]]],
+    messages: Callable[[pa.Table], dict[str, dict[str, Any]]],
+) -> tuple[dict[str, pa.Array], pa.Array, pa.Array]:
+    """Run ``parse(row, message)`` on every answered row; an exception marks the row."""
+    statuses, errors = status.to_pylist(), error.to_pylist()
+    answered = latest.filter(pc.equal(latest["type"], "succeeded").fill_null(False))
+    by_id = messages(answered)
+    out: list[Mapping[str, Any] | None] = []
+    for i, (row, custom_id) in enumerate(zip(rows(), ids.to_pylist(), strict=True)):
+        message = by_id.get(custom_id) if custom_id else None
+        if message is None or statuses[i] not in ("succeeded", "parse_error"):
+            out.append(None)
+            continue
+        try:
+            values = parse(row, message)
+            if not isinstance(values, Mapping):
+                raise TypeError(f"parse must return a dict of columns, not {type(values).__name__}")
+        except Exception as e:
+            statuses[i], errors[i] = "parse_error", f"parse raised {type(e).__name__}: {e}"
+            out.append(None)
+            continue
+        out.append(values)
+    names = list(dict.fromkeys(k for values in out if values for k in values))
+    if not names:
+        return {}, pa.array(statuses, pa.string()), pa.array(errors, pa.string())
+    try:
+        table = pa.Table.from_pylist([{k: (v or {}).get(k) for k in names} for v in out])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ValueError(f"the columns parse returned do not have one type each: {e}") from e
+    return (
+        {name: _arr(table[name]) for name in names},
+        pa.array(statuses, pa.string()),
+        pa.array(errors, pa.string()),
+    )
+
+
+def _zero_if_succeeded(values: pa.ChunkedArray | pa.Array, succeeded: pa.Array) -> pa.Array:
     # Results written before prompt caching existed omit the cache counts: for an answer,
     # "not reported" means none were cached.
     values = _arr(values)
@@ -119,35 +231,3 @@ def _zero_if_succeeded(values: pa.ChunkedArray, succeeded: pa.Array) -> pa.Array
 
 def _arr(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-
-def attach_columns(dataset: Dataset, new: pa.Table, *, fingerprint: str) -> Dataset:
-    """The dataset with the new columns appended (replacing columns of the same name), in the
-    dataset's own format (numpy, torch, ...)."""
-    fmt = dataset.format
-    clash = [name for name in new.column_names if name in dataset.column_names]
-    if len(clash) == len(dataset.column_names):
-        # Nothing of the input is left: the new columns are the whole dataset.
-        info = dataset.info.copy()
-        info.features = Features.from_arrow_schema(new.schema)
-        out = Dataset(InMemoryTable(new), info=info, split=dataset.split, fingerprint=fingerprint)
-    else:
-        if clash:
-            dataset = dataset.remove_columns(clash)
-        if dataset._indices is not None:
-            dataset = dataset.flatten_indices()
-        table = concat_tables([dataset._data, InMemoryTable(new)], axis=1)
-        info = dataset.info.copy()
-        info.features.update(Features.from_arrow_schema(new.schema))
-        out = Dataset(table, info=info, split=dataset.split, fingerprint=fingerprint)
-    if fmt["type"] is None and fmt["columns"] is None:
-        return out
-    columns = fmt["columns"]
-    if columns is not None:
-        columns = [c for c in columns if c not in new.column_names] + new.column_names
-    return out.with_format(
-        fmt["type"],
-        columns=columns,
-        output_all_columns=fmt["output_all_columns"],
-        **fmt["format_kwargs"],
-    )

@@ -2,17 +2,22 @@
 
 Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsbatch``)::
 
-    FORMAT                              the on-disk format number
-    requests/<batch_id>.parquet         every result ever downloaded, one row per custom_id
-    jobs/<fingerprint>/manifest.json    what the job is (model, rows, options, state)
-    jobs/<fingerprint>/requests.parquet custom_id -> canonical params, the exact bodies sent
-    jobs/<fingerprint>/batches/*.json   one record per batch: intent first, then its batch_id
-    jobs/<fingerprint>/downloads/       raw result bytes while they are being ingested
-    jobs/<fingerprint>/output/*.arrow   the finished new columns, one file per split
-    jobs/<fingerprint>/lock             held while a process works on the job
+    FORMAT                                the on-disk format number (2)
+    lock                                  held briefly while a job decides what to send
+    journal.jsonl                         every batch id ever created: never forgotten
+    results/<batch_id>.parquet            every result of a batch, one row per custom_id
+    downloads/<batch_id>.jsonl            raw result bytes while they are being ingested
+    jobs/<fingerprint>/manifest.json      what the job is (splits, model, state, outputs)
+    jobs/<fingerprint>/requests.parquet   custom_id -> canonical params, the exact bodies sent
+    jobs/<fingerprint>/rows/<split>.arrow row -> custom_id of each split (null: skipped)
+    jobs/<fingerprint>/batches/<seq>.json one record per batch (see ``_records``)
+    jobs/<fingerprint>/batches/<seq>.ids.arrow   the custom_ids of that batch
+    jobs/<fingerprint>/output/<split>.arrow      the finished new columns
+    jobs/<fingerprint>/lock               held while a process runs the job
 
-Every write is atomic (temporary file + ``os.replace``), so a crash leaves either the old file or
-the new one. Results are shared by all jobs under one root: a request is never paid for twice.
+Every write is atomic (temporary file + ``os.replace``); temporary files a killed process left
+behind are swept when the cache is next opened. Results are shared by all jobs under one root:
+a request is never paid for twice. The API key is never written: only a short hash of it.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +40,23 @@ import xxhash
 from filelock import FileLock, Timeout
 
 from dsbatch._errors import LedgerError
+from dsbatch._records import BatchRecord, BatchState, Manifest, RecordError
 
 __all__ = [
     "FORMAT_VERSION",
     "RESULT_SCHEMA",
-    "BatchRecord",
     "JobLedger",
     "Ledger",
+    "ids_digest",
     "resolve_cache_dir",
 ]
 
 log = logging.getLogger("dsbatch")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-# One row per downloaded result. `raw` keeps the whole result line, so anything derived later
-# (a new parse function, structured columns) never needs the request to be paid again.
+# One row per result of one attempt. `raw` keeps the whole result line, so anything derived
+# later (a new parse function, structured columns) never needs the request to be paid again.
 RESULT_SCHEMA = pa.schema(
     [
         ("custom_id", pa.string()),
@@ -57,17 +64,24 @@ RESULT_SCHEMA = pa.schema(
         ("error_type", pa.string()),
         ("error_message", pa.string()),
         ("stop_reason", pa.string()),
-        ("text", pa.string()),
+        ("text", pa.string()),  # the text blocks joined; null when there is none
+        ("tool_input", pa.string()),  # the first tool call's input as JSON text, if any
         ("input_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
         ("cache_read_input_tokens", pa.int64()),
         ("cache_creation_input_tokens", pa.int64()),
         ("batch_id", pa.string()),
+        ("batch_created_at", pa.float64()),
+        ("problem", pa.string()),  # why part of the line could not be read, if it could not
         ("raw", pa.large_string()),
     ]
 )
-
-_JOIN_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "raw"]
+_KEY_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "raw"]
+_IDS_SCHEMA = pa.schema([("custom_id", pa.string())])
+# A temporary file untouched this long belongs to a process that died.
+_STALE_TMP_SECONDS = 600.0
+_BATCH_ID = re.compile(rb"msgbatch_[A-Za-z0-9]+")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -80,6 +94,15 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     from huggingface_hub.constants import HF_HOME
 
     return Path(HF_HOME).expanduser() / "dsbatch"
+
+
+def ids_digest(custom_ids: Iterable[str]) -> str:
+    """A digest of a batch's custom_ids in any order, stored in its record to check the ids
+    file against (and ids rebuilt from results, which come in any order)."""
+    return xxhash.xxh3_64_hexdigest("\n".join(sorted(custom_ids)).encode())
+
+
+# -- files -------------------------------------------------------------------------------------
 
 
 def _atomic_write(path: Path, data: bytes | pa.Buffer | Iterable[bytes]) -> None:
@@ -101,6 +124,7 @@ def _atomic_write(path: Path, data: bytes | pa.Buffer | Iterable[bytes]) -> None
 
 
 def _read_json(path: Path) -> Any:
+    """The file's JSON; None when it does not exist; LedgerError when it cannot be read."""
     try:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -113,33 +137,42 @@ def _write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
-def _write_table(path: Path, table: pa.Table) -> None:
-    """Write a table atomically as Parquet."""
+def _arrow_bytes(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    _atomic_write(path, sink.getvalue())
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
 
 
-@dataclass
-class BatchRecord:
-    """What the ledger knows of one batch: written before create, completed after."""
+def _read_arrow(path: Path) -> pa.Table:
+    """A memory-mapped Arrow file; raises OSError / ArrowInvalid for the caller to name."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
 
-    seq: int
-    request_count: int
-    intent_at: float
-    key_hash: str
-    custom_ids_file: str
-    batch_id: str | None = None
-    created_at: float | None = None
-    # intent -> submitted (has a batch_id) -> ingested (results stored); or lost (the batch is
-    # gone before its results were read: its requests are planned again).
-    state: str = "intent"
-    counts: dict[str, int] = field(default_factory=dict)
-    # Batches a reconcile adopted that turned out to hold another job's requests.
-    rejected: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+def _file_name(split: str) -> str:
+    """A file name for a split: the name itself when it is safe, else a hash of it."""
+    if _SAFE_NAME.fullmatch(split):
+        return split
+    return "split-" + xxhash.xxh3_64_hexdigest(split.encode())
+
+
+@contextmanager
+def _lock(path: Path, what: str, waiting: str) -> Iterator[None]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("dsbatch: %s", waiting)
+            lock.acquire()
+    except OSError as e:
+        raise LedgerError(f"cannot lock {what} ({path}): {e}", path=str(path)) from e
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class JobLedger:
@@ -150,24 +183,21 @@ class JobLedger:
         self.fingerprint = fingerprint
         self.dir = ledger.root / "jobs" / fingerprint
 
-    # -- manifest ---------------------------------------------------------------------------
-    def read_manifest(self) -> dict[str, Any] | None:
+    # -- manifest -----------------------------------------------------------------------------
+    def read_manifest(self) -> Manifest | None:
+        """The manifest; None when it is missing or damaged (it is rebuilt from the call)."""
         path = self.dir / "manifest.json"
-        manifest = _read_json(path)
-        if manifest is not None and not isinstance(manifest, dict):
-            raise LedgerError(f"{path} is not a job manifest", path=str(path))
-        if manifest is not None and manifest.get("format") != FORMAT_VERSION:
-            raise LedgerError(
-                f"job {self.fingerprint} was written in cache format {manifest.get('format')}, "
-                f"this dsbatch reads format {FORMAT_VERSION}",
-                path=str(self.dir),
-            )
-        return manifest
+        try:
+            data = _read_json(path)
+            return None if data is None else Manifest.from_json(data)
+        except (LedgerError, RecordError) as e:
+            log.warning("dsbatch: the manifest %s is damaged (%s); rebuilding it", path, e)
+            return None
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        _write_json(self.dir / "manifest.json", {**manifest, "format": FORMAT_VERSION})
+    def write_manifest(self, manifest: Manifest) -> None:
+        _write_json(self.dir / "manifest.json", manifest.to_json())
 
-    # -- requests ---------------------------------------------------------------------------
+    # -- requests and rows --------------------------------------------------------------------
     def has_requests(self) -> bool:
         return (self.dir / "requests.parquet").exists()
 
@@ -178,57 +208,416 @@ class JobLedger:
                 "params": pa.array(bodies, pa.binary()),
             }
         )
-        _write_table(self.dir / "requests.parquet", table)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        _atomic_write(self.dir / "requests.parquet", sink.getvalue())
 
-    # -- batch records ----------------------------------------------------------------------
-    def batch_records(self) -> list[BatchRecord]:
-        records = []
+    def write_rows(self, split: str, custom_ids: Sequence[str | None]) -> None:
+        """Row -> custom_id of one split, so the job can be collected without its dataset."""
+        path = self.dir / "rows" / f"{_file_name(split)}.arrow"
+        table = pa.table({"custom_id": pa.array(custom_ids, pa.string())})
+        _atomic_write(path, _arrow_bytes(table))
+
+    def read_rows(self, split: str) -> pa.Array | None:
+        path = self.dir / "rows" / f"{_file_name(split)}.arrow"
+        if not path.exists():
+            return None
+        try:
+            return _read_arrow(path)["custom_id"].combine_chunks()
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+
+    # -- batch records ------------------------------------------------------------------------
+    def _record_path(self, seq: int) -> Path:
+        return self.dir / "batches" / f"{seq:06d}.json"
+
+    def _ids_path(self, seq: int) -> Path:
+        return self.dir / "batches" / f"{seq:06d}.ids.arrow"
+
+    def records(self) -> list[BatchRecord]:
+        """Every batch record of the job, oldest first. A damaged one is a LedgerError; a
+        missing one that the journal knows is rebuilt (its batch is polled again)."""
+        records = {r.seq: r for r in map(self._read_record, self._record_paths())}
+        # The latest entry of a batch slot wins (an adopted batch may have been given back).
+        latest = {
+            e.get("seq"): e for e in self.ledger.journal() if e.get("job") == self.fingerprint
+        }
+        for seq, entry in latest.items():
+            if not isinstance(seq, int) or seq in records:
+                continue
+            try:
+                record = BatchRecord.from_json(
+                    {
+                        "job": self.fingerprint,
+                        "seq": seq,
+                        "request_count": entry["request_count"],
+                        "ids_digest": entry["ids_digest"],
+                        "intent_at": entry.get("created_at") or 0.0,
+                        "state": BatchState.SUBMITTED.value,
+                        "key_hash": entry.get("key_hash") or "",
+                        "batch_id": entry["batch_id"],
+                        "created_at": entry.get("created_at"),
+                    }
+                )
+            except (KeyError, RecordError):
+                continue
+            log.warning(
+                "dsbatch: the record of batch %s (job %s) was missing; rebuilt it from the journal",
+                record.batch_id,
+                self.fingerprint,
+            )
+            self.save(record)
+            records[seq] = record
+        return [records[seq] for seq in sorted(records)]
+
+    def _record_paths(self) -> list[Path]:
         bdir = self.dir / "batches"
-        if bdir.is_dir():
-            for path in sorted(bdir.glob("*.json")):
-                data = _read_json(path)
-                try:
-                    records.append(BatchRecord(**data))
-                except TypeError as e:  # not a dict, or fields missing or unknown
-                    raise LedgerError(f"unreadable batch record {path}: {e}", path=str(path)) from e
-        return sorted(records, key=lambda r: r.seq)
+        return sorted(bdir.glob("*.json")) if bdir.is_dir() else []
 
-    def new_batch_record(
-        self, custom_ids: Sequence[str], *, key_hash: str, intent_at: float
-    ) -> BatchRecord:
-        existing = self.batch_records()
-        seq = existing[-1].seq + 1 if existing else 0
-        ids_file = f"{seq:06d}.ids"
-        _atomic_write(self.dir / "batches" / ids_file, "\n".join(custom_ids).encode())
-        record = BatchRecord(
-            seq=seq,
-            request_count=len(custom_ids),
-            intent_at=intent_at,
-            key_hash=key_hash,
-            custom_ids_file=ids_file,
-        )
-        self.save_batch_record(record)
+    def _read_record(self, path: Path) -> BatchRecord:
+        try:
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError) as e:
+                raise RecordError(str(e)) from e
+            record = BatchRecord.from_json(data)
+            if record.job != self.fingerprint or path.name != f"{record.seq:06d}.json":
+                raise RecordError(f"it names job {record.job} batch #{record.seq}")
+        except RecordError as e:
+            raise LedgerError(
+                f"the batch record {path} is damaged ({e}). Delete it: dsbatch rebuilds it from "
+                f"the cache's journal ({self.ledger.root / 'journal.jsonl'}) and the batch's "
+                "results, at the cost of a download, never of a purchase.",
+                path=str(path),
+            ) from e
         return record
 
-    def save_batch_record(self, record: BatchRecord) -> None:
-        _write_json(self.dir / "batches" / f"{record.seq:06d}.json", record.to_json())
+    def new_record(
+        self, custom_ids: Sequence[str], *, intent_at: float, key_hash: str
+    ) -> BatchRecord:
+        """Write the intent to send ``custom_ids`` as a new batch (ids file first)."""
+        seq = max((r.seq for r in self.records()), default=-1) + 1
+        self.write_ids(seq, custom_ids)
+        record = BatchRecord(
+            job=self.fingerprint,
+            seq=seq,
+            request_count=len(custom_ids),
+            ids_digest=ids_digest(custom_ids),
+            intent_at=intent_at,
+            key_hash=key_hash,
+        )
+        self.save(record)
+        return record
 
-    def batch_custom_ids(self, record: BatchRecord) -> list[str]:
-        path = self.dir / "batches" / record.custom_ids_file
+    def save(self, record: BatchRecord) -> None:
+        _write_json(self._record_path(record.seq), record.to_json())
+
+    def record_ids(self, record: BatchRecord) -> list[str] | None:
+        """The custom_ids of a batch, checked against its record; None when the ids file is
+        missing (it is rebuilt from the batch's results)."""
+        path = self._ids_path(record.seq)
+        if not path.exists():
+            return None
         try:
-            text = path.read_text()
+            ids = _read_arrow(path)["custom_id"].to_pylist()
+            problem = ""
+        except (OSError, pa.ArrowInvalid, KeyError) as e:
+            ids, problem = [], str(e)
+        if not problem and (
+            len(ids) != record.request_count or ids_digest(ids) != record.ids_digest
+        ):
+            problem = f"it holds {len(ids)} custom_ids that do not match the record"
+        if problem:
+            raise LedgerError(
+                f"the custom_ids file {path} of batch {record.name} is damaged ({problem}). "
+                "Delete it: dsbatch rebuilds it from the batch's results once they can be "
+                "downloaded (a download, never a purchase).",
+                path=str(path),
+            )
+        return ids
+
+    def restore_ids(self, record: BatchRecord, custom_ids: Sequence[str]) -> bool:
+        """Write a lost ids file back from the batch's results; False if they do not match."""
+        if len(custom_ids) != record.request_count or ids_digest(custom_ids) != record.ids_digest:
+            return False
+        self.write_ids(record.seq, custom_ids)
+        return True
+
+    def write_ids(self, seq: int, custom_ids: Sequence[str]) -> None:
+        table = pa.table({"custom_id": pa.array(list(custom_ids), pa.string())})
+        _atomic_write(self._ids_path(seq), _arrow_bytes(table))
+
+    # -- transitions (each persisted atomically) ---------------------------------------------
+    def mark_submitted(self, record: BatchRecord, batch_id: str, created_at: float) -> None:
+        record.moved(BatchState.SUBMITTED)
+        record.batch_id, record.created_at, record.missing_since = batch_id, created_at, None
+        self.save(record)
+        self.ledger.journal_append(record)
+
+    def mark_ingested(self, record: BatchRecord, counts: dict[str, int]) -> None:
+        record.moved(BatchState.INGESTED)
+        record.counts, record.missing_since = dict(counts), None
+        self.save(record)
+
+    def mark_lost(self, record: BatchRecord, why: str) -> None:
+        record.moved(BatchState.LOST)
+        record.note = why
+        self.save(record)
+
+    def mark_rejected(self, record: BatchRecord) -> None:
+        """The batch a reconcile adopted holds someone else's requests: ours may still exist."""
+        rejected = record.batch_id
+        record.moved(BatchState.INTENT)
+        record.rejected.append(rejected or "")
+        record.batch_id = record.created_at = record.missing_since = None
+        self.save(record)
+
+    def mark_unsent(self, record: BatchRecord, why: str) -> None:
+        record.moved(BatchState.UNSENT)
+        record.note = why
+        self.save(record)
+
+    def note_missing(self, record: BatchRecord, since: float | None) -> None:
+        if record.missing_since != since:
+            record.missing_since = since
+            self.save(record)
+
+    # -- output -------------------------------------------------------------------------------
+    def write_output(self, split: str, table: pa.Table) -> str:
+        """Store a split's finished columns; returns a digest that changes when they do."""
+        data = _arrow_bytes(table)
+        _atomic_write(self.dir / "output" / f"{_file_name(split)}.arrow", data)
+        return xxhash.xxh3_64_hexdigest(memoryview(data))
+
+    def read_output(self, split: str) -> pa.Table | None:
+        """A split's finished columns; None when missing or damaged (they are rebuilt)."""
+        path = self.dir / "output" / f"{_file_name(split)}.arrow"
+        if not path.exists():
+            return None
+        try:
+            return _read_arrow(path)
+        except (OSError, pa.ArrowInvalid) as e:
+            log.warning("dsbatch: the output %s is damaged (%s); rebuilding it", path, e)
+            return None
+
+    # -- locks --------------------------------------------------------------------------------
+    def locked(self) -> AbstractContextManager[None]:
+        """Hold the job's lock: two processes never run one job at once."""
+        return _lock(
+            self.dir / "lock",
+            f"job {self.fingerprint}",
+            f"job {self.fingerprint} is being run by another process; waiting for it",
+        )
+
+    @contextmanager
+    def taken_over(self) -> Iterator[bool]:
+        """Hold the job's lock if no process is running the job (True), else do nothing
+        (False): a job whose process is gone may have its batches advanced by another job."""
+        lock = FileLock(str(self.dir / "lock"))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+
+class Ledger:
+    """The cache root: shared results, the journal of batch ids, one directory per job."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.root = resolve_cache_dir(cache_dir)
+        self._open()
+
+    def _open(self) -> None:
+        fmt = self.root / "FORMAT"
+        try:
+            found = fmt.read_text().strip() if fmt.exists() else None
+        except OSError as e:
+            raise LedgerError(f"cannot read {fmt}: {e}", path=str(fmt)) from e
+        if found == "":
+            raise LedgerError(
+                f"the cache format file {fmt} is empty; it should hold the number "
+                f"{FORMAT_VERSION}. Write {FORMAT_VERSION} into it if this cache was made by "
+                "this dsbatch, or use another cache_dir.",
+                path=str(fmt),
+            )
+        if found == "1":
+            from dsbatch._migrate import migrate_format_1
+
+            with self.locked():
+                migrate_format_1(self)
+                _atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
+        elif found is not None and found != str(FORMAT_VERSION):
+            raise LedgerError(
+                f"the cache at {self.root} is in format {found!r}; this dsbatch reads format "
+                f"{FORMAT_VERSION}: use another cache_dir or a matching dsbatch version",
+                path=str(self.root),
+            )
+        elif found is None:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise LedgerError(
+                    f"cannot create the cache directory {self.root}: {e}", path=str(self.root)
+                ) from e
+            _atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove temporary files a killed process left behind (never a live writer's)."""
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        for path in self.root.rglob(".*.tmp"):
+            with suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+
+    def job(self, fingerprint: str) -> JobLedger:
+        return JobLedger(self, fingerprint)
+
+    def job_fingerprints(self) -> list[str]:
+        jobs = self.root / "jobs"
+        return sorted(p.name for p in jobs.iterdir() if p.is_dir()) if jobs.is_dir() else []
+
+    def locked(self) -> AbstractContextManager[None]:
+        """The cache-wide lock: deciding what to send and writing the intent happen under it."""
+        return _lock(self.root / "lock", f"the cache {self.root}", "waiting for the cache lock")
+
+    # -- the journal: every batch id ever created in this cache -------------------------------
+    def journal_append(self, record: BatchRecord) -> None:
+        entry = {
+            "batch_id": record.batch_id,
+            "job": record.job,
+            "seq": record.seq,
+            "created_at": record.created_at,
+            "key_hash": record.key_hash,
+            "request_count": record.request_count,
+            "ids_digest": record.ids_digest,
+        }
+        path = self.root / "journal.jsonl"
+        try:
+            with open(path, "ab") as f:
+                f.write(json.dumps(entry, sort_keys=True).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+
+    def journal(self) -> list[dict[str, Any]]:
+        """Every journal entry that can be read (a line torn by a crash is skipped)."""
+        path = self.root / "journal.jsonl"
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
         except OSError as e:
             raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
-        return text.split("\n") if text else []
+        entries = []
+        for line in lines:
+            with suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and isinstance(entry.get("batch_id"), str):
+                    entries.append(entry)
+        return entries
 
-    # -- downloads and output ---------------------------------------------------------------
+    def claimed_batch_ids(self) -> set[str]:
+        """Every batch id this cache knows as its own: the journal's, and any a record names,
+        even a damaged record (it is read for ids only), so reconcile never adopts one."""
+        claimed = {e["batch_id"] for e in self.journal()}
+        for fingerprint in self.job_fingerprints():
+            for path in self.job(fingerprint)._record_paths():
+                with suppress(OSError):
+                    claimed.update(m.decode() for m in _BATCH_ID.findall(path.read_bytes()))
+        return claimed
+
+    def all_records(self, own: str) -> list[BatchRecord]:
+        """Every batch record in the cache. The job ``own``'s damage is a LedgerError; another
+        job's damaged record is skipped with a warning (it must not stop this job)."""
+        records: list[BatchRecord] = []
+        for fingerprint in self.job_fingerprints():
+            job = self.job(fingerprint)
+            if fingerprint == own:
+                records.extend(job.records())
+                continue
+            for path in job._record_paths():
+                try:
+                    records.append(job._read_record(path))
+                except LedgerError as e:
+                    log.warning("dsbatch: skipping another job's batch record: %s", e)
+        return records
+
+    # -- shared results -----------------------------------------------------------------------
+    def _results_path(self, batch_id: str) -> Path:
+        return self.root / "results" / f"{batch_id}.parquet"
+
+    def has_results(self, batch_id: str) -> bool:
+        """Whether the batch's results are stored and readable."""
+        path = self._results_path(batch_id)
+        if not path.exists():
+            return False
+        try:
+            pq.read_metadata(path)
+        except (OSError, pa.ArrowInvalid):
+            return False
+        return True
+
+    def write_results(self, batch_id: str, table: pa.Table) -> None:
+        # A batch downloaded twice (a crash between write and record) rewrites the same rows.
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.cast(RESULT_SCHEMA), sink)
+        _atomic_write(self._results_path(batch_id), sink.getvalue())
+
+    def results_for(self, custom_ids: pa.Array) -> tuple[pa.Table, set[str]]:
+        """Every stored result of every attempt for these custom_ids (without ``raw``), and the
+        ids of batches whose results file cannot be read (they are downloaded again)."""
+        value_set = pa.array(custom_ids, pa.string())
+        parts, unreadable = [], set()
+        rdir = self.root / "results"
+        for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
+            try:
+                # The small key column first: most files hold nothing for this job.
+                keys = pq.read_table(path, columns=["custom_id"])["custom_id"]
+                mask = pc.is_in(keys, value_set=value_set)
+                if not pc.any(mask).as_py():
+                    continue
+                table = pq.read_table(path, columns=_KEY_COLUMNS, schema=RESULT_SCHEMA)
+                parts.append(table.filter(mask))
+            except (OSError, pa.ArrowInvalid) as e:
+                log.warning("dsbatch: the results file %s cannot be read (%s)", path, e)
+                unreadable.add(path.stem)
+        if not parts:
+            return RESULT_SCHEMA.empty_table().drop_columns(["raw"]), unreadable
+        return pa.concat_tables(parts), unreadable
+
+    def results_table(
+        self, batch_id: str, columns: Sequence[str] = ("custom_id", "type")
+    ) -> pa.Table:
+        """Some columns of one batch's stored results."""
+        path = self._results_path(batch_id)
+        try:
+            return pq.read_table(path, columns=list(columns))
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
+
+    def raw_lines(self, batch_id: str, custom_ids: pa.Array) -> dict[str, str]:
+        """The raw result lines of these custom_ids in one batch."""
+        path = self._results_path(batch_id)
+        try:
+            table = pq.read_table(path, columns=["custom_id", "raw"])
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
+        table = table.filter(pc.is_in(table["custom_id"], value_set=custom_ids))
+        return dict(zip(table["custom_id"].to_pylist(), table["raw"].to_pylist(), strict=True))
+
+    # -- downloads ----------------------------------------------------------------------------
     def store_download(self, batch_id: str, chunks: Iterable[bytes]) -> pa.Buffer:
-        """Write a results download to disk as it streams in; once complete, returns it
-        memory-mapped (a large download is never held in memory twice).
-
-        A download that fails midway leaves no file behind.
-        """
-        path = self.dir / "downloads" / f"{batch_id}.jsonl"
+        """Write a results download to disk as it streams in; once complete, return it
+        memory-mapped (a large download is never held in memory twice). A download that fails
+        midway leaves no file behind."""
+        path = self.root / "downloads" / f"{batch_id}.jsonl"
         _atomic_write(path, chunks)
         try:
             if path.stat().st_size == 0:
@@ -240,119 +629,4 @@ class JobLedger:
 
     def discard_download(self, batch_id: str) -> None:
         """Forget a download once its results are stored for good."""
-        (self.dir / "downloads" / f"{batch_id}.jsonl").unlink(missing_ok=True)
-
-    def output_path(self, split: str) -> Path:
-        return self.dir / "output" / f"{split}.arrow"
-
-    def write_output(self, split: str, table: pa.Table) -> str:
-        """Store a split's finished columns as a memory-mappable Arrow file; returns a digest
-        of its bytes, which changes whenever the answers do."""
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        data = sink.getvalue()
-        _atomic_write(self.output_path(split), data)
-        return xxhash.xxh3_64_hexdigest(memoryview(data))
-
-    def read_output(self, split: str) -> pa.Table | None:
-        path = self.output_path(split)
-        if not path.exists():
-            return None
-        try:
-            return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-        except (OSError, pa.ArrowInvalid) as e:
-            raise LedgerError(f"cannot read finished output {path}: {e}", path=str(path)) from e
-
-    @contextmanager
-    def locked(self, timeout: float = -1) -> Iterator[None]:
-        """Hold the job's lock: two processes never submit the same job at once."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.dir / "lock"), timeout=timeout)
-        try:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                log.warning(
-                    "dsbatch: job %s is being run by another process; waiting for it",
-                    self.fingerprint,
-                )
-                lock.acquire()
-            try:
-                yield
-            finally:
-                lock.release()
-        except Timeout as e:
-            raise LedgerError(
-                f"job {self.fingerprint} is being run by another process (lock {lock.lock_file})",
-                path=str(self.dir),
-            ) from e
-
-
-class Ledger:
-    """The cache root: shared results plus one directory per job."""
-
-    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
-        self.root = resolve_cache_dir(cache_dir)
-        try:
-            (self.root / "requests").mkdir(parents=True, exist_ok=True)
-            (self.root / "jobs").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise LedgerError(
-                f"cannot create the cache directory {self.root}: {e}", path=str(self.root)
-            ) from e
-        fmt = self.root / "FORMAT"
-        if fmt.exists():
-            found = fmt.read_text().strip()
-            if found != str(FORMAT_VERSION):
-                raise LedgerError(
-                    f"the cache at {self.root} is in format {found}; this dsbatch reads format "
-                    f"{FORMAT_VERSION}: use another cache_dir or a matching dsbatch version",
-                    path=str(self.root),
-                )
-        else:
-            _atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
-
-    def job(self, fingerprint: str) -> JobLedger:
-        return JobLedger(self, fingerprint)
-
-    def job_fingerprints(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "jobs").iterdir() if p.is_dir())
-
-    def claimed_batch_ids(self) -> set[str]:
-        """Every batch id a job in this cache has recorded as its own."""
-        return {
-            r.batch_id
-            for fingerprint in self.job_fingerprints()
-            for r in self.job(fingerprint).batch_records()
-            if r.batch_id
-        }
-
-    # -- shared results ---------------------------------------------------------------------
-    def write_results(self, batch_id: str, table: pa.Table) -> None:
-        # A batch downloaded twice (a crash between write and record) rewrites the same rows.
-        _write_table(self.root / "requests" / f"{batch_id}.parquet", table.cast(RESULT_SCHEMA))
-
-    def results_for(self, custom_ids: pa.Array, *, batch_ids: Sequence[str] = ()) -> pa.Table:
-        """Every stored result for these custom_ids: all ``succeeded`` ones anywhere in the cache,
-        plus every result (any type) of the given batches. The (large) raw lines stay on disk:
-        the table has every column of ``RESULT_SCHEMA`` but ``raw``."""
-        wanted_batches = set(batch_ids)
-        value_set = pa.array(custom_ids, pa.string())
-        parts = []
-        for path in sorted((self.root / "requests").glob("*.parquet")):
-            try:
-                # Look at the two small columns first: most files hold nothing for this job.
-                keys = pq.read_table(path, columns=["custom_id", "type"])
-                mask = pc.is_in(keys["custom_id"], value_set=value_set)
-                if path.stem not in wanted_batches:
-                    mask = pc.and_(mask, pc.equal(keys["type"], "succeeded"))
-                if not pc.any(mask).as_py():
-                    continue
-                table = pq.read_table(path, columns=_JOIN_COLUMNS, schema=RESULT_SCHEMA)
-                parts.append(table.filter(mask))
-            except (OSError, pa.ArrowInvalid) as e:
-                raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
-        if not parts:
-            return RESULT_SCHEMA.empty_table().drop_columns(["raw"])
-        return pa.concat_tables(parts)
+        (self.root / "downloads" / f"{batch_id}.jsonl").unlink(missing_ok=True)

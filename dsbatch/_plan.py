@@ -1,40 +1,151 @@
-"""Plan: the job's fingerprint, and the requests still to send chunked into batches."""
+"""Plan: the job's fingerprint, what the whole cache knows of its requests, what to send, and
+the batches that carries them.
+
+``survey`` reads, for the job's distinct requests, every result of every attempt anywhere in the
+cache, and every batch of any job that holds one of them in flight (or whose results must be
+downloaded again). ``decide`` asks the policy which requests to send; the caller does both under
+the cache-wide lock, then writes the intents before releasing it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
-from dsbatch._errors import RequestTooLargeError
-from dsbatch._ledger import FORMAT_VERSION
-from dsbatch._render import Rendered
+from dsbatch._errors import LedgerError, RequestTooLargeError
+from dsbatch._ledger import RESULT_SCHEMA, Ledger
+from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
+from dsbatch._policy import LOST_ERROR, to_send
+from dsbatch._records import IN_FLIGHT, BatchRecord, BatchState
 
 __all__ = [
-    "MAX_BATCH_BYTES",
-    "MAX_BATCH_REQUESTS",
     "BatchPlan",
+    "View",
     "batch_body",
     "chunk_requests",
+    "decide",
     "job_fingerprint",
+    "survey",
 ]
 
-MAX_BATCH_REQUESTS = 100_000
-MAX_BATCH_BYTES = 256 * 1024 * 1024
+log = logging.getLogger("dsbatch")
 
 _BODY_OPEN = b'{"requests":['
 _BODY_CLOSE = b"]}"
 
 
-def job_fingerprint(rendered: Rendered) -> str:
-    """A job is what it asks of each row: the same rows and requests give the same fingerprint."""
-    h = xxhash.xxh3_128(f"dsbatch-job-v{FORMAT_VERSION}".encode())
-    for split, ids in rendered.row_custom_ids.items():
-        h.update(b"\x00split\x00" + split.encode())
+def job_fingerprint(row_custom_ids: Mapping[str, Sequence[str | None]]) -> str:
+    """A job is what it asks of each row of each split: the same splits, rows and requests give
+    the same fingerprint; moving a row to another split gives another."""
+    h = xxhash.xxh3_128(b"dsbatch-job-2")
+    for split, ids in row_custom_ids.items():
+        h.update(b"\x00split\x00" + split.encode() + b"\x00")
         for custom_id in ids:
             h.update(b"\x01" + (custom_id.encode() if custom_id else b"-"))
     return h.hexdigest()
+
+
+# -- what the cache knows ------------------------------------------------------------------------
+
+
+@dataclass
+class View:
+    """What the cache knows of a job's requests at one moment."""
+
+    records: list[BatchRecord]
+    # Every result of every attempt of the needed requests (lost batches' stand-ins included).
+    results: pa.Table
+    # Batches that hold needed requests and are in flight, or whose stored results are missing
+    # or unreadable (downloaded again): record -> its needed custom_ids (None: not known yet).
+    waiting: list[tuple[BatchRecord, list[str] | None]] = field(default_factory=list)
+
+    @property
+    def waiting_ids(self) -> set[str]:
+        return {c for _, ids in self.waiting if ids for c in ids}
+
+    @property
+    def blind(self) -> bool:
+        """A batch in flight whose requests are not known: nothing may be sent until it ends."""
+        return any(ids is None for _, ids in self.waiting)
+
+
+def survey(ledger: Ledger, own: str, needed: pa.Array) -> View:
+    """Everything the cache knows of ``needed`` (the custom_ids of job ``own``)."""
+    records = ledger.all_records(own)
+    results, unreadable = ledger.results_for(needed)
+    view = View(records, results)
+    stand_ins: list[pa.Table] = []
+    for record in records:
+        refetch = record.state is BatchState.INGESTED and (
+            record.batch_id in unreadable or not ledger.has_results(record.batch_id or "")
+        )
+        lost = record.state is BatchState.LOST and not ledger.has_results(record.batch_id or "")
+        if not (record.state in IN_FLIGHT or refetch or lost):
+            continue
+        ids = _record_ids(ledger, record, own)
+        if ids is None:
+            if record.job == own and not lost:
+                view.waiting.append((record, None))
+            continue
+        mine = pc.filter(ids, pc.is_in(ids, value_set=needed))
+        if len(mine) == 0 and record.job != own:
+            continue
+        if lost:
+            stand_ins.append(_lost_results(record, mine))
+        else:
+            view.waiting.append((record, mine.to_pylist()))
+    if stand_ins:
+        view.results = pa.concat_tables([results, *stand_ins])
+    return view
+
+
+def _record_ids(ledger: Ledger, record: BatchRecord, own: str) -> pa.Array | None:
+    job = ledger.job(record.job)
+    if record.job == own:
+        ids = job.record_ids(record)
+    else:
+        try:
+            ids = job.record_ids(record)
+        except LedgerError as e:
+            log.warning("dsbatch: skipping a batch of another job: %s", e)
+            return None
+    return None if ids is None else pa.array(ids, pa.string())
+
+
+def _lost_results(record: BatchRecord, custom_ids: pa.Array) -> pa.Table:
+    """Stand-in results for the requests of a lost batch: each was an attempt, with no answer."""
+    n = len(custom_ids)
+    columns = {name: pa.nulls(n, RESULT_SCHEMA.field(name).type) for name in RESULT_SCHEMA.names}
+    columns.update(
+        custom_id=custom_ids,
+        type=pa.array(["errored"] * n, pa.string()),
+        error_type=pa.array([LOST_ERROR] * n, pa.string()),
+        error_message=pa.array([f"batch {record.batch_id}: {record.note}"] * n, pa.string()),
+        batch_id=pa.array([record.batch_id] * n, pa.string()),
+        batch_created_at=pa.array([record.created_at] * n, pa.float64()),
+    )
+    return pa.table(columns, schema=RESULT_SCHEMA).drop_columns(["raw"])
+
+
+def decide(view: View, needed: pa.Array, *, max_attempts: int, resend_canceled: bool) -> list[str]:
+    """The custom_ids to send now (none while a batch of unknown requests is in flight)."""
+    if view.blind:
+        return []
+    return to_send(
+        needed,
+        view.results,
+        in_flight=view.waiting_ids,
+        max_attempts=max_attempts,
+        resend_canceled=resend_canceled,
+    )
+
+
+# -- batches -------------------------------------------------------------------------------------
 
 
 def _item(custom_id: str, body: bytes) -> bytes:

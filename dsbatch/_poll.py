@@ -1,13 +1,40 @@
-"""Poll: when to look at in-flight batches again. The clock and the sleep are injectable, so a
-test of a 24-hour batch runs in milliseconds."""
+"""Poll: when to look at batches in flight again, and what looking at one finds.
+
+The clock and the sleep are injectable, so a test of a 24-hour batch runs in milliseconds. The
+clock is the job's: it times polls and retries, dates intents, and says how long a batch has
+been missing (a batch is gone only after ``MISSING_SECONDS`` of not being found, never after a
+few quick polls).
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["PollSchedule", "poll_schedule"]
+from dsbatch._backend import Backend, BatchInfo, is_transient
+from dsbatch._errors import BatchAPIError
+from dsbatch._retry import (
+    Retrying,
+    RetryState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_fixed,
+)
+
+__all__ = ["MISSING_SECONDS", "PollSchedule", "poll_batch", "poll_schedule"]
+
+log = logging.getLogger("dsbatch")
+
+# How long a batch (or its results) must stay missing before it counts as gone for good.
+MISSING_SECONDS = 600.0
+# A failing call is tried this often, over at most this long, before the job stops (it resumes).
+_CALL_ATTEMPTS = 8
+_CALL_PATIENCE = 1800.0
 
 
 @dataclass
@@ -15,19 +42,23 @@ class PollSchedule:
     """Wait ``initial`` seconds, then ``factor`` times longer each round, never over ``maximum``.
 
     Most batches end within an hour, so the default starts brisk and settles at a minute.
-    ``sleep`` and ``clock`` are injectable (tests pass the emulator's virtual clock).
+    ``sleep`` and ``clock`` (epoch seconds) are injectable: tests pass the emulator's virtual
+    clock, ``PollSchedule(sleep=emu.advance, clock=emu.now)``.
     """
 
     initial: float = 5.0
     factor: float = 1.5
     maximum: float = 60.0
     sleep: Callable[[float], object] = field(default=time.sleep, repr=False)
-    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    clock: Callable[[], float] = field(default=time.time, repr=False)
 
     def __post_init__(self) -> None:
-        if self.initial < 0 or self.maximum < 0 or self.factor < 1:
+        numbers = (self.initial, self.factor, self.maximum)
+        if not all(math.isfinite(n) for n in numbers) or (
+            self.initial < 0 or self.maximum < 0 or self.factor < 1
+        ):
             raise ValueError(
-                "PollSchedule needs initial >= 0, maximum >= 0 and factor >= 1, got "
+                "PollSchedule needs finite initial >= 0, maximum >= 0 and factor >= 1, got "
                 f"initial={self.initial}, maximum={self.maximum}, factor={self.factor}"
             )
         self._next = self.initial
@@ -40,16 +71,26 @@ class PollSchedule:
             self.sleep(delay)
         return delay
 
-    def backoff(self, attempt: int) -> None:
-        """Sleep before retry number ``attempt`` (0-based) of a failed call: doubling from
-        ``initial``, capped at ``maximum``; a fixed ``poll_interval`` keeps it fixed."""
-        delay = min(self.initial * (2.0**attempt if self.factor > 1 else 1.0), self.maximum)
-        if delay > 0:
-            self.sleep(delay)
-
     def reset(self) -> None:
         """Start brisk again (something changed: a new batch went out)."""
         self._next = self.initial
+
+    def retrying(self, retry: Callable[[BaseException], bool]) -> Retrying:
+        """The retry policy of one API call on this schedule's clock and sleep: a fixed
+        ``poll_interval`` retries that often, the default backs off from 2 s to 2 min."""
+        fixed = self.factor == 1.0
+        return Retrying(
+            stop=stop_after_attempt(_CALL_ATTEMPTS) | stop_after_delay(_CALL_PATIENCE),
+            wait=wait_fixed(self.initial) if fixed else wait_exponential(2.0, 120.0),
+            retry=retry_if_exception(retry),
+            sleep=self.sleep,
+            clock=self.clock,
+            before_sleep=_log_retry,
+        )
+
+
+def _log_retry(state: RetryState, seconds: float) -> None:
+    log.warning("dsbatch: %s; trying again in %.0f s", state.error, seconds)
 
 
 def poll_schedule(poll_interval: float | PollSchedule | None) -> PollSchedule:
@@ -63,6 +104,22 @@ def poll_schedule(poll_interval: float | PollSchedule | None) -> PollSchedule:
             f"poll_interval must be None, a number of seconds or a dsbatch.PollSchedule, "
             f"not {type(poll_interval).__name__}"
         )
-    if poll_interval < 0:
-        raise ValueError(f"poll_interval must be >= 0, not {poll_interval}")
+    if not math.isfinite(poll_interval) or poll_interval < 0:
+        raise ValueError(f"poll_interval must be a finite number >= 0, not {poll_interval}")
     return PollSchedule(initial=float(poll_interval), factor=1.0, maximum=float(poll_interval))
+
+
+def poll_batch(backend: Backend, batch_id: str, retrying: Retrying) -> BatchInfo | None:
+    """The batch as the API has it now; None when the API says it does not exist (404).
+    Outages and rate limits are waited out by ``retrying``; what outlasts it is raised."""
+    try:
+        return retrying.call(backend.retrieve, batch_id)
+    except BatchAPIError as e:
+        if e.status_code == 404:
+            return None
+        raise
+
+
+def retry_call(error: BaseException) -> bool:
+    """A failed call worth making again."""
+    return is_transient(error)

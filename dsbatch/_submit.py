@@ -1,129 +1,118 @@
 """Submit: create a batch without ever paying twice.
 
-The ledger records the intent (custom_ids, time, key hash) before the create call, and the
-batch id right after it. If the answer is lost, the batch may exist: we look for it with
-``list`` before creating again.
+The ledger holds the intent (custom_ids, time) before the create call, and the batch id right
+after it. A create that got no answer (or a 5xx) may have made the batch: we look for it with
+``list`` before creating again. A create refused outright (4xx: a bad key, a rate limit) made
+nothing: its intent binds nothing and is marked unsent.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 
-from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, RateLimited, is_transient
+from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, is_transient
 from dsbatch._errors import BatchAPIError
-from dsbatch._ledger import BatchRecord, JobLedger
-from dsbatch._plan import BatchPlan, batch_body
-from dsbatch._poll import PollSchedule
+from dsbatch._ledger import JobLedger
+from dsbatch._records import BatchRecord
+from dsbatch._retry import Retrying
 
-__all__ = ["CREATE_ATTEMPTS", "reconcile", "send_batch", "submit_batch"]
+__all__ = ["adopt", "reconcile", "submit"]
 
 log = logging.getLogger("dsbatch")
 
-CREATE_ATTEMPTS = 5
-# How far before our intent a batch's created_at may be and still be ours (clock skew).
-_SKEW_SECONDS = 300.0
 _LIST_LIMIT = 1000
+# Slack for the server Date header's one-second resolution and the list call's own latency.
+_DATE_SLACK = 60.0
+# With no server time to go by, how far before the intent (local clock) a batch may be ours.
+_UNKNOWN_SKEW = 300.0
 
 
-def submit_batch(
-    backend: Backend,
-    job: JobLedger,
-    plan: BatchPlan,
-    bodies: Mapping[str, bytes],
-    *,
-    schedule: PollSchedule,
-    now: Callable[[], float] = time.time,
-) -> BatchRecord:
-    """Record the intent, then create the batch; returns the record with its batch id."""
-    record = job.new_batch_record(plan.custom_ids, key_hash=backend.key_hash, intent_at=now())
-    return send_batch(backend, job, record, bodies, schedule=schedule)
-
-
-def send_batch(
+def submit(
     backend: Backend,
     job: JobLedger,
     record: BatchRecord,
-    bodies: Mapping[str, bytes],
+    body: bytes,
     *,
-    schedule: PollSchedule,
+    betas: Sequence[str],
+    retrying: Retrying,
+    clock: Callable[[], float],
     resumed: bool = False,
-) -> BatchRecord:
-    """Create the batch of a record that has no batch id yet.
-
-    ``resumed``: the record comes from an earlier process that may have created the batch
-    before dying, so look for it first.
-    """
-    body = batch_body(job.batch_custom_ids(record), bodies)
-    # Whether a create may have landed without our hearing of it: only then is `list` asked.
+) -> BatchInfo:
+    """Create the batch of an intent record (``resumed``: an earlier process may have created
+    it before dying, so look for it first). Returns the batch, recorded as submitted."""
     maybe_created = resumed
-    last_error = ""
-    for attempt in range(CREATE_ATTEMPTS):
+
+    def attempt() -> BatchInfo:
+        nonlocal maybe_created
         if maybe_created:
-            try:
-                found = reconcile(backend, job, record)
-            except BatchAPIError as e:
-                if not is_transient(e):
-                    raise
-                last_error = str(e)
-                schedule.backoff(attempt)
-                continue
+            # One list per attempt: the retries around `attempt` wait out a list outage too.
+            found = reconcile(backend, job, record, clock=clock)
             if found is not None:
-                return _adopt(job, record, found)
+                return found
             maybe_created = False
+        record.key_hash = backend.key_hash  # who tried; binds nothing until a batch exists
         try:
-            info = backend.create(body)
-        except RateLimited as e:
-            # Refused: nothing was created.
-            last_error = str(e)
-            if e.retry_after is not None:
-                schedule.sleep(e.retry_after)
-            else:
-                schedule.backoff(attempt)
-            continue
+            return backend.create(body, betas)
         except CreateOutcomeUnknown as e:
-            last_error = str(e)
             maybe_created = True
             log.warning("dsbatch: the answer to a create was lost (%s); reconciling", e)
-            schedule.backoff(attempt)
-            continue
-        return _adopt(job, record, info)
-    if maybe_created:
-        found = reconcile(backend, job, record)
-        if found is not None:
-            return _adopt(job, record, found)
-    raise BatchAPIError(
-        f"could not create batch #{record.seq} of job {job.fingerprint} "
-        f"({record.request_count} requests) after {CREATE_ATTEMPTS} attempts: {last_error}. "
-        "Nothing was lost: run the same call again to resume."
-    )
+            raise
+
+    try:
+        info = retrying.call(attempt)
+    except BatchAPIError as e:
+        if maybe_created:
+            raise BatchAPIError(
+                f"could not create batch #{record.seq} of job {job.fingerprint} "
+                f"({record.request_count} requests): {e}. It may exist: run the same call "
+                "again, and dsbatch looks for it before creating anything.",
+                status_code=e.status_code,
+            ) from e
+        job.mark_unsent(record, f"the create was refused: {e}")
+        retried = " after several tries" if is_transient(e) else ""
+        raise BatchAPIError(
+            f"could not create batch #{record.seq} of job {job.fingerprint} "
+            f"({record.request_count} requests){retried}: {e}. Nothing was bought: fix the "
+            "cause and run the same call again.",
+            status_code=e.status_code,
+        ) from e
+    adopt(job, record, info)
+    log.info("dsbatch: created %s (%d requests)", info.id, record.request_count)
+    return info
 
 
-def reconcile(backend: Backend, job: JobLedger, record: BatchRecord) -> BatchInfo | None:
+def adopt(job: JobLedger, record: BatchRecord, info: BatchInfo) -> None:
+    """Record ``info`` as the batch of ``record`` (and in the cache's journal)."""
+    job.mark_submitted(record, info.id, info.created_at)
+
+
+def reconcile(
+    backend: Backend,
+    job: JobLedger,
+    record: BatchRecord,
+    *,
+    clock: Callable[[], float],
+    retrying: Retrying | None = None,
+) -> BatchInfo | None:
     """The batch this record's create made, if the API has one; None if nothing was created.
 
-    Batches carry no metadata, so a batch is ours when it was created after our intent, holds
-    exactly our number of requests, and no record of any job in the cache claims it (nor did
-    this record already find it to hold someone else's requests).
+    Batches carry no metadata, so a batch is ours when it holds exactly our number of requests,
+    was created after our intent (by the server's clock: local clocks drift), and is not known
+    to the cache as any job's (nor was already found to hold someone else's requests).
     """
+    batches, server_now = (
+        retrying.call(backend.recent, _LIST_LIMIT) if retrying else backend.recent(_LIST_LIMIT)
+    )
     taken = job.ledger.claimed_batch_ids() | set(record.rejected)
-    candidates = [
-        b
-        for b in backend.recent(limit=_LIST_LIMIT)
-        if b.id not in taken
-        and b.created_at >= record.intent_at - _SKEW_SECONDS
-        and b.size == record.request_count
-    ]
-    if not candidates:
+    candidates = [b for b in batches if b.id not in taken and b.size == record.request_count]
+    if server_now is not None:
+        intent = record.intent_at + (server_now - clock())
+        after = [b for b in candidates if b.created_at >= intent - _DATE_SLACK]
+    else:
+        log.warning("dsbatch: the API sent no Date header; matching batches by the local clock")
+        after = [b for b in candidates if b.created_at >= record.intent_at - _UNKNOWN_SKEW]
+    if not after:
         return None
     # The oldest match is the one closest to our intent.
-    return min(candidates, key=lambda b: b.created_at)
-
-
-def _adopt(job: JobLedger, record: BatchRecord, info: BatchInfo) -> BatchRecord:
-    record.batch_id = info.id
-    record.created_at = info.created_at
-    record.state = "submitted"
-    job.save_batch_record(record)
-    return record
+    return min(after, key=lambda b: b.created_at)

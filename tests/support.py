@@ -23,6 +23,11 @@ def prompt(row):
     return row["text"]
 
 
+def virtual(emu, initial=60.0, **kwargs):
+    """A poll schedule on the emulator's virtual clock: waiting advances it, nothing sleeps."""
+    return dsbatch.PollSchedule(initial=initial, sleep=emu.advance, clock=emu.now, **kwargs)
+
+
 def run(ds, emu, fn=prompt, *, wait=None, retries=None, **kwargs):
     """dsbatch.map against ``emu`` without a progress bar.
 
@@ -31,7 +36,7 @@ def run(ds, emu, fn=prompt, *, wait=None, retries=None, **kwargs):
     """
     kwargs.setdefault(
         "poll_interval",
-        0 if wait is None else dsbatch.PollSchedule(initial=wait, sleep=emu.advance),
+        0 if wait is None else virtual(emu, wait),
     )
     kwargs.setdefault("progress", False)
     client = emu.client() if retries is None else emu.client(max_retries=retries)

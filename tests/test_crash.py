@@ -38,8 +38,8 @@ class Died(BaseException):
 def test_death_right_after_create_reached_the_api_is_reconciled(monkeypatch):
     real_create = Backend.create
 
-    def create_then_die(self, body):
-        real_create(self, body)
+    def create_then_die(self, body, betas=()):
+        real_create(self, body, betas)
         raise Died()
 
     with Emulator(delay=600, responder=echo) as emu:
@@ -59,7 +59,7 @@ def test_death_right_after_create_reached_the_api_is_reconciled(monkeypatch):
 def test_death_before_create_sends_the_batch_on_resume(monkeypatch):
     real_create = Backend.create
 
-    def die(self, body):
+    def die(self, body, betas=()):
         raise Died()
 
     with Emulator(delay=0, responder=echo) as emu:
@@ -75,20 +75,20 @@ def test_death_before_create_sends_the_batch_on_resume(monkeypatch):
 
 
 def test_death_while_ingesting_keeps_every_paid_result(monkeypatch):
-    from dsbatch import _run
+    from dsbatch import _ingest
 
-    real_parse = _run.parse_results
+    real_parse = _ingest.parse_results
     calls = []
 
-    def parse_then_die(data, *, batch_id):
+    def parse_then_die(data, *, batch_id, batch_created_at=None):
         calls.append(batch_id)
         if len(calls) == 1:
             raise Died()
-        return real_parse(data, batch_id=batch_id)
+        return real_parse(data, batch_id=batch_id, batch_created_at=batch_created_at)
 
     with Emulator(delay=0, responder=echo) as emu:
         ds = Dataset.from_dict({"text": TEXTS})
-        monkeypatch.setattr(_run, "parse_results", parse_then_die)
+        monkeypatch.setattr(_ingest, "parse_results", parse_then_die)
         with pytest.raises(Died):
             resume(emu, ds)
         out = resume(emu, ds)

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from dsbatch import BatchAPIError
-from dsbatch._ingest import parse_results
+from dsbatch._ingest import IncompleteDownload, UnreadableResults, parse_results, retry_download
 
 # Result lines in the exact shapes of ../shared/seeds (a peer project's real results).
 SUCCEEDED = {
@@ -108,7 +107,55 @@ def test_crlf_and_blank_lines_are_tolerated():
     assert table["custom_id"].to_pylist() == ["first-prompt-in-my-batch", "e"]
 
 
-def test_a_cut_line_is_reported_with_the_batch_and_line():
+def test_a_cut_last_line_is_an_incomplete_download():
     data = jsonl(SUCCEEDED, EXPIRED)
-    with pytest.raises(BatchAPIError, match="batch msgbatch_cut: line 3 is not a result"):
+    with pytest.raises(IncompleteDownload, match="batch msgbatch_cut end in a cut line 3"):
         parse_results(data + data[: len(data) // 3], batch_id="msgbatch_cut")
+
+
+def test_a_line_that_is_not_json_is_named_and_not_worth_downloading_again():
+    data = jsonl(SUCCEEDED) + b"<html>proxy error</html>\n" + jsonl(EXPIRED)
+    with pytest.raises(UnreadableResults, match="batch b: line 2 is not JSON") as info:
+        parse_results(data, batch_id="b")
+    assert not retry_download(info.value)
+
+
+def _odd(custom_id, **message):
+    line = json.loads(json.dumps(SUCCEEDED))
+    line["custom_id"] = custom_id
+    line["result"]["message"].update(message)
+    return line
+
+
+def test_odd_lines_cost_their_own_fields_never_the_batch():
+    data = jsonl(
+        SUCCEEDED,
+        _odd("float-usage", usage={"input_tokens": 1.0, "output_tokens": 2.5}),
+        _odd("string-content", content="just text"),
+        {"custom_id": "weird", "result": {"type": "mystery"}},
+        INVALID,
+        TOOL,
+    )
+    table = parse_results(data, batch_id="b", batch_created_at=123.0)
+    rows = {r["custom_id"]: r for r in table.to_pylist()}
+    assert len(rows) == 6 and set(table["batch_created_at"].to_pylist()) == {123.0}
+    assert rows["first-prompt-in-my-batch"]["problem"] is None
+    assert rows["first-prompt-in-my-batch"]["text"] == "Here's a fun video game fact."
+    floaty = rows["float-usage"]
+    assert floaty["input_tokens"] == 1 and floaty["output_tokens"] is None
+    assert "usage.output_tokens is 2.5" in floaty["problem"]
+    assert rows["string-content"]["text"] is None
+    assert "content is a str, not a list of blocks" in rows["string-content"]["problem"]
+    assert "unknown result type 'mystery'" in rows["weird"]["problem"]
+    assert rows["2"]["error_type"] == "invalid_request_error" and rows["2"]["problem"] is None
+    assert json.loads(rows["t"]["tool_input"]) == {"a": [1, {"b": 2}]}
+    for custom_id, row in rows.items():
+        assert json.loads(row["raw"])["custom_id"] == custom_id  # the raw line is always kept
+
+
+def test_tool_inputs_are_read_in_the_fast_path_too():
+    table = parse_results(jsonl(SUCCEEDED, TOOL, EXPIRED), batch_id="b")
+    by_id = {r["custom_id"]: r for r in table.to_pylist()}
+    assert json.loads(by_id["t"]["tool_input"]) == {"a": [1, {"b": 2}]}
+    assert by_id["first-prompt-in-my-batch"]["tool_input"] is None
+    assert all(r["problem"] is None for r in by_id.values())

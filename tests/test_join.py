@@ -2,42 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pyarrow as pa
+import pytest
 
-from dsbatch._join import final_results, output_table
+from dsbatch._join import MissingResult, OutputSpec, output_table
 from dsbatch._ledger import RESULT_SCHEMA
+from dsbatch._policy import latest_results
 
 
-def result(custom_id, kind="succeeded", batch_id="b1", text=None, error_type=None):
-    return {
+def result(custom_id, kind="succeeded", batch_id="b1", text=..., error_type=None, **extra):
+    row = {
         "custom_id": custom_id,
         "type": kind,
         "error_type": error_type,
         "error_message": "boom" if error_type else None,
         "stop_reason": "end_turn" if kind == "succeeded" else None,
         "text": text
-        if text is not None
+        if text is not ...
         else (f"answer {custom_id}" if kind == "succeeded" else None),
+        "tool_input": None,
         "input_tokens": 3 if kind == "succeeded" else None,
         "output_tokens": 4 if kind == "succeeded" else None,
         "cache_read_input_tokens": 0,
         "cache_creation_input_tokens": 0,
         "batch_id": batch_id,
+        "batch_created_at": 1.0,
+        "problem": None,
         "raw": "{}",
     }
+    row.update(extra)
+    return row
 
 
 def table(rows):
-    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA).drop_columns(["raw"])
+
+
+def join(ids, rows, attempts=None, **spec):
+    return output_table(pa.array(ids, pa.string()), table(rows), attempts or {}, OutputSpec(**spec))
 
 
 def test_shuffled_results_land_on_the_right_rows():
     ids = [f"dsb_{i % 700}" for i in range(1000)]  # repeats, like duplicate prompts
     rows = [result(c) for c in sorted(set(ids))]
     random.Random(1).shuffle(rows)
-    out = output_table(ids, table(rows), {c: 1 for c in ids}, output_column="answer")
+    out = join(ids, rows, {c: 1 for c in ids}, output_column="answer")
     assert out["answer"].to_pylist() == [f"answer {c}" for c in ids]
     status = out["dsbatch"].to_pylist()
     assert [s["custom_id"] for s in status] == ids
@@ -51,8 +63,8 @@ def test_skipped_rows_and_failures_get_a_status_and_no_answer():
         result("c", "expired"),
         result("d", "canceled"),
     ]
-    out = output_table(
-        ["a", None, "b", "c", "d"], table(rows), {"a": 1, "b": 3, "c": 2, "d": 1}, output_column="r"
+    out = join(
+        ["a", None, "b", "c", "d"], rows, {"a": 1, "b": 3, "c": 2, "d": 1}, output_column="r"
     )
     status = out["dsbatch"].to_pylist()
     assert [s["status"] for s in status] == [
@@ -64,18 +76,18 @@ def test_skipped_rows_and_failures_get_a_status_and_no_answer():
     ]
     assert out["r"].to_pylist() == ["answer a", None, None, None, None]
     assert status[2]["error"] == "overloaded_error: boom" and status[2]["attempts"] == 3
-    assert "expired" in status[3]["error"] and "canceled" in status[4]["error"]
+    assert "expired" in status[3]["error"] and "resend_canceled=True" in status[4]["error"]
     assert status[1]["attempts"] == 0 and status[1]["error"] is None
 
 
 def test_a_success_anywhere_beats_a_later_failure_and_the_latest_failure_wins():
     rows = [
-        result("x", "errored", batch_id="b2", error_type="api_error"),
-        result("x", "succeeded", batch_id="other-job"),
-        result("y", "errored", batch_id="b1", error_type="api_error"),
-        result("y", "expired", batch_id="b2"),
+        result("x", "errored", batch_id="b2", error_type="api_error", batch_created_at=2.0),
+        result("x", "succeeded", batch_id="other-job", batch_created_at=0.5),
+        result("y", "errored", batch_id="b1", error_type="api_error", batch_created_at=1.0),
+        result("y", "expired", batch_id="b2", batch_created_at=2.0),
     ]
-    final = final_results(table(rows), {"b1": 0, "b2": 1})
+    final = latest_results(table(rows))
     by_id = {r["custom_id"]: r for r in final.to_pylist()}
     assert by_id["x"]["type"] == "succeeded"
     assert by_id["y"]["type"] == "expired"
@@ -89,7 +101,83 @@ def test_unreported_cache_counts_of_an_answer_read_as_zero():
         "cache_read_input_tokens": None,
         "cache_creation_input_tokens": None,
     }
-    out = output_table(["a", "b"], table([ok, failed]), {}, output_column="r")
-    a, b = out["dsbatch"].to_pylist()
+    a, b = join(["a", "b"], [ok, failed])["dsbatch"].to_pylist()
     assert (a["cache_read_input_tokens"], a["cache_creation_input_tokens"]) == (0, 0)
     assert (b["cache_read_input_tokens"], b["cache_creation_input_tokens"]) == (None, None)
+
+
+def test_no_paid_answer_is_dropped():
+    rows = [
+        result("tool", text=None, tool_input='{"topic": "x"}', stop_reason="tool_use"),
+        result("both", text="calling", tool_input="{}", stop_reason="tool_use"),
+        result("thinking", text=None, stop_reason="max_tokens"),
+        result("odd", text=None, problem="message.content is a str, not a list of blocks"),
+    ]
+    out = join(["tool", "both", "thinking", "odd"], rows)
+    assert out["response"].to_pylist() == ['{"topic": "x"}', "calling", None, None]
+    status = out["dsbatch"].to_pylist()
+    assert [s["status"] for s in status] == ["succeeded", "succeeded", "succeeded", "parse_error"]
+    assert status[2]["stop_reason"] == "max_tokens"
+    assert status[3]["error"] == (
+        "the result line could not be read: message.content is a str, not a list of blocks"
+    )
+
+
+def test_a_request_without_any_result_is_named():
+    with pytest.raises(MissingResult, match="row 1: no result for custom_id b"):
+        join(["a", "b"], [result("a")])
+
+
+def test_parse_sees_the_row_and_the_whole_message_and_its_errors_mark_the_row():
+    messages = {
+        "a": {"content": [{"type": "text", "text": "7"}], "usage": {"output_tokens": 1}},
+        "b": {"content": [{"type": "text", "text": "oops"}], "usage": {"output_tokens": 9}},
+    }
+
+    def parse(row, message):
+        return {"n": int(message["content"][0]["text"]) * row["k"], "tokens": 1}
+
+    out = output_table(
+        pa.array(["a", "b", None], pa.string()),
+        table([result("a"), result("b")]),
+        {},
+        OutputSpec(parse=parse),
+        rows=lambda: iter([{"k": 2}, {"k": 3}, {"k": 4}]),
+        messages=lambda answered: {c: messages[c] for c in answered["custom_id"].to_pylist()},
+    )
+    assert out.column_names == ["response", "n", "tokens", "dsbatch"]
+    assert out["n"].to_pylist() == [14, None, None]
+    status = out["dsbatch"].to_pylist()
+    assert [s["status"] for s in status] == ["succeeded", "parse_error", "skipped"]
+    assert status[1]["error"].startswith("parse raised ValueError: invalid literal")
+    assert out["response"].to_pylist() == ["answer a", "answer b", None]  # raw text kept
+
+
+def test_structured_answers_become_typed_columns_or_parse_errors():
+    from pydantic import BaseModel
+
+    class Label(BaseModel):
+        topic: str
+        confidence: float
+
+    rows = [
+        result("ok", text=json.dumps({"topic": "sport", "confidence": 0.5})),
+        result("prose", text='Sure! {"topic": "art", "confidence": 1}'),
+        result("bad", text="no json here"),
+        result("cut", text='{"topic": "sp', stop_reason="max_tokens"),
+        result("fail", "expired"),
+    ]
+    out = join(["ok", "prose", "bad", "cut", "fail"], rows, response_format=Label)
+    assert out.column_names == ["response", "topic", "confidence", "dsbatch"]
+    assert out.schema.field("confidence").type == pa.float64()
+    assert out["topic"].to_pylist() == ["sport", "art", None, None, None]
+    status = out["dsbatch"].to_pylist()
+    assert [s["status"] for s in status] == [
+        "succeeded",
+        "succeeded",
+        "parse_error",
+        "parse_error",
+        "expired",
+    ]
+    assert "no JSON object" in status[2]["error"] and "max_tokens" in status[3]["error"]
+    assert out["response"].to_pylist()[2] == "no json here"  # the raw answer stays

@@ -91,12 +91,12 @@ def test_changing_params_resends_everything_but_results_are_shared_across_jobs(e
     ds = Dataset.from_dict({"text": texts(50)})
     run(ds, emu)
     emu.reset_stats()
-    run(ds, emu, params={"temperature": 0.5})
+    run(ds, emu, params={"stop_sequences": ["###"]})
     assert len(emu.received) == 50
     # Another dataset sharing 30 of those requests pays only for the 20 new ones.
     emu.reset_stats()
     other = Dataset.from_dict({"text": texts(50)[:30] + [f"new {i}" for i in range(20)]})
-    run(other, emu, params={"temperature": 0.5})
+    run(other, emu, params={"stop_sequences": ["###"]})
     assert len(emu.received) == 20
 
 
@@ -132,12 +132,12 @@ def test_with_indices_and_system_and_params_reach_the_request(emu):
         fn=lambda r, i: f"{i}:{r['text']}",
         with_indices=True,
         system="Be brief.",
-        params={"temperature": 0},
+        params={"metadata": {"user_id": "u1"}},
     )
     assert out["response"] == ["echo: 0:a", "echo: 1:b"]
     sent = [r["params"] for r in emu.last_create_body["requests"]]
-    assert [(p["system"], p["temperature"], p["max_tokens"]) for p in sent] == [
-        ("Be brief.", 0, 256)
+    assert [(p["system"], p["metadata"], p["max_tokens"]) for p in sent] == [
+        ("Be brief.", {"user_id": "u1"}, 256)
     ] * 2
 
 
@@ -393,10 +393,13 @@ def test_a_rerun_with_another_output_column_is_still_free(emu):
     assert out["summary"] == [f"echo: {t}" for t in texts(10)]
 
 
-def test_a_second_process_on_the_same_job_waits_and_then_reuses_the_answers(emu, caplog):
+def test_a_second_process_on_the_same_job_waits_and_then_reuses_the_answers(emu):
+    import logging
+    import threading
+
     from dsbatch._ledger import Ledger
     from dsbatch._plan import job_fingerprint
-    from dsbatch._render import Rendered, render_split
+    from dsbatch._render import Rendered, RequestShape, render_split
 
     ds = Dataset.from_dict({"text": texts(10)})
     rendered = Rendered()
@@ -405,23 +408,32 @@ def test_a_second_process_on_the_same_job_waits_and_then_reuses_the_answers(emu,
         "data",
         ds,
         prompt,
-        defaults={"model": MODEL, "max_tokens": 256},
+        shape=RequestShape({"model": MODEL, "max_tokens": 256}),
         with_indices=False,
         label=None,
     )
-    job = Ledger().job(job_fingerprint(rendered))
-    with job.locked():
-        import threading
+    waiting = threading.Event()
 
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "being run by another process" in record.getMessage():
+                waiting.set()
+
+    watch = Watch()
+    logging.getLogger("dsbatch").addHandler(watch)
+    try:
+        job = Ledger().job(job_fingerprint(rendered.row_custom_ids))
         result = {}
-        thread = threading.Thread(target=lambda: result.setdefault("out", run(ds, emu)))
-        thread.start()
-        thread.join(timeout=0.5)
-        assert thread.is_alive()  # waiting for the lock, nothing sent
-        assert emu.calls["create"] == 0
-    thread.join(timeout=30)
+        with job.locked():
+            thread = threading.Thread(target=lambda: result.setdefault("out", run(ds, emu)))
+            thread.start()
+            assert waiting.wait(timeout=60)  # it says it waits for the lock, and sends nothing
+            assert emu.calls["create"] == 0
+        thread.join(timeout=60)
+    finally:
+        logging.getLogger("dsbatch").removeHandler(watch)
+    assert not thread.is_alive()
     assert result["out"]["response"] == [f"echo: {t}" for t in texts(10)]
-    assert "being run by another process" in caplog.text
 
 
 def test_bad_arguments_are_plain_value_and_type_errors(emu):

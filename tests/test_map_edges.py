@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
-from support import MODEL, echo, prompt, run
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
+from support import MODEL, echo, prompt, run, virtual
 
 import dsbatch
 from dsbatch import BatchAPIError, LedgerError, PromptError, RequestTooLargeError, RowFailedError
@@ -91,28 +91,45 @@ def test_dataset_dict_with_shared_prompts_an_empty_split_and_indices_per_split(e
     assert list(shared["b"]["response"]) == answers(shared["b"]["text"])
 
 
-def test_existing_response_and_dsbatch_columns_are_replaced_with_the_right_types(emu):
+def test_input_columns_the_new_columns_would_overwrite_are_refused_before_any_call(emu):
     ds = Dataset.from_dict({"text": texts(5), "response": [1, 2, 3, 4, 5], "dsbatch": ["x"] * 5})
-    out = run(ds, emu)
-    assert out.column_names == ["text", "response", "dsbatch"]
-    assert out.features["response"] == Value("string")
-    assert out.features["dsbatch"]["attempts"] == Value("int64")
-    assert list(out["response"]) == answers(texts(5))
+    with pytest.raises(ValueError, match="already has a column 'response'.*output_column="):
+        run(ds, emu)
+    with pytest.raises(ValueError, match="already has a column 'dsbatch'.*status_column="):
+        run(ds, emu, output_column="answer")
+    assert sum(emu.calls.values()) == 0
+    out = run(ds, emu, output_column="answer", status_column="status")
+    assert out.column_names == ["text", "response", "dsbatch", "answer", "status"]
+    assert list(out["response"]) == [1, 2, 3, 4, 5] and list(out["dsbatch"]) == ["x"] * 5
+    assert out.features["answer"] == Value("string")
+    assert out.features["status"]["attempts"] == Value("int64")
+    assert list(out["answer"]) == answers(texts(5))
 
 
-def test_a_second_pass_over_dsbatch_output_replaces_its_columns(emu):
+def test_chaining_a_second_dsbatch_step_takes_one_keyword(emu):
     first = run(Dataset.from_dict({"text": texts(6)}), emu)
-    judged = run(first.shuffle(seed=4), emu, fn=lambda r: "judge " + r["response"])
-    assert judged.column_names == ["text", "response", "dsbatch"]
-    assert list(judged["response"]) == [f"echo: judge echo: {t}" for t in judged["text"]]
-    assert {s["status"] for s in judged["dsbatch"]} == {"succeeded"}
+    with pytest.raises(ValueError, match="status column of an earlier dsbatch step"):
+        run(first, emu, fn=lambda r: "judge " + r["response"], output_column="verdict")
+    judged = run(
+        first.shuffle(seed=4),
+        emu,
+        fn=lambda r: "judge " + r["response"],
+        output_column="verdict",
+        status_column="judge",
+    )
+    assert judged.column_names == ["text", "response", "dsbatch", "verdict", "judge"]
+    assert list(judged["verdict"]) == [f"echo: judge echo: {t}" for t in judged["text"]]
+    assert list(judged["response"]) == answers(judged["text"])  # the first step's, untouched
+    assert {s["status"] for s in judged["judge"]} == {"succeeded"}
 
 
-def test_a_dataset_whose_only_column_is_the_output_column(emu):
+def test_a_dataset_whose_only_column_is_named_like_the_output_column(emu):
     ds = Dataset.from_dict({"response": ["draft a", "draft b", "draft c"]})
-    out = run(ds, emu, fn=lambda r: "improve " + r["response"])
-    assert out.column_names == ["response", "dsbatch"]
-    assert list(out["response"]) == answers(
+    with pytest.raises(ValueError, match="'response'"):
+        run(ds, emu, fn=lambda r: "improve " + r["response"])
+    out = run(ds, emu, fn=lambda r: "improve " + r["response"], output_column="improved")
+    assert out.column_names == ["response", "improved", "dsbatch"]
+    assert list(out["improved"]) == answers(
         ["improve draft a", "improve draft b", "improve draft c"]
     )
 
@@ -122,7 +139,7 @@ def test_nested_features_none_values_and_class_labels_survive(emu):
         {
             "text": Value("string"),
             "label": ClassLabel(names=["neg", "pos"]),
-            "meta": {"a": Value("int64"), "tags": List(Value("string"))},
+            "meta": {"a": Value("int64"), "tags": [Value("string")]},
         }
     )
     ds = Dataset.from_dict(
@@ -266,7 +283,7 @@ def _message(*content, stop_reason="end_turn"):
     }
 
 
-def test_text_blocks_are_joined_and_other_blocks_ignored():
+def test_text_blocks_are_joined_and_a_lone_tool_call_is_the_answer():
     answers_by_prompt = {
         "thinking": _message(
             {"type": "thinking", "thinking": "hmm", "signature": "sig"},
@@ -290,7 +307,8 @@ def test_text_blocks_are_joined_and_other_blocks_ignored():
     with Emulator(delay=0, responder=responder) as emu:
         ds = Dataset.from_dict({"text": ["thinking", "tool", "mixed", "other"]})
         out = run(ds, emu)
-        assert list(out["response"]) == ["first, then second", None, "calling", "plain"]
+        # A tool call with no text is still a paid answer: its input, as JSON, is the answer.
+        assert list(out["response"]) == ["first, then second", '{"topic": "x"}', "calling", "plain"]
         statuses = out["dsbatch"]
         assert [s["status"] for s in statuses] == ["succeeded"] * 4
         assert [s["stop_reason"] for s in statuses] == [
@@ -399,19 +417,27 @@ def _cancel_the_first_batch_halfway(emu, canceled):
     return dsbatch.PollSchedule(initial=10, sleep=sleep)
 
 
-def test_a_batch_canceled_behind_our_back_is_retried():
+def test_a_batch_canceled_behind_our_back_is_final_until_resend_canceled():
     with Emulator(delay=100, responder=echo) as emu:
         canceled = []
         schedule = _cancel_the_first_batch_halfway(emu, canceled)
-        out = run(Dataset.from_dict({"text": texts(20)}), emu, poll_interval=schedule)
-        assert list(out["response"]) == answers(texts(20))
-        attempts = Counter(s["attempts"] for s in out["dsbatch"])
-        assert attempts == {1: 10, 2: 10}
+        ds = Dataset.from_dict({"text": texts(20)})
+        out = run(ds, emu, poll_interval=schedule)
         assert emu.batches[canceled[0]]["request_counts"]["canceled"] == 10
-        assert len(emu.batches) == 2 and len(emu.received) == 30
+        assert Counter(s["status"] for s in out["dsbatch"]) == {"succeeded": 10, "canceled": 10}
+        assert {s["attempts"] for s in out["dsbatch"]} == {1}
+        assert len(emu.batches) == 1 and len(emu.received) == 20  # nothing bought again
+        again = run(ds, emu)
+        assert list(again["dsbatch"]) == list(out["dsbatch"]) and len(emu.received) == 20
+        # The one explicit way to send them again.
+        more = run(ds, emu, resend_canceled=True, wait=100)
+        assert list(more["response"]) == answers(texts(20))
+        canceled_ids = {s["custom_id"] for s in out["dsbatch"] if s["status"] == "canceled"}
+        assert len(emu.received) == 30 and {c for _, c in emu.received[20:]} == canceled_ids
+        assert Counter(s["attempts"] for s in more["dsbatch"]) == {1: 10, 2: 10}
 
 
-def test_a_batch_canceled_behind_our_back_with_no_attempt_left_says_canceled():
+def test_a_batch_canceled_behind_our_back_with_max_attempts_1_says_canceled():
     with Emulator(delay=100, responder=echo) as emu:
         schedule = _cancel_the_first_batch_halfway(emu, [])
         ds = Dataset.from_dict({"text": texts(20)})
@@ -420,10 +446,13 @@ def test_a_batch_canceled_behind_our_back_with_no_attempt_left_says_canceled():
         assert statuses == {"succeeded": 10, "canceled": 10}
         for response, status in zip(out["response"], out["dsbatch"]):
             if status["status"] == "canceled":
-                assert response is None and "canceled" in status["error"]
+                assert response is None and "resend_canceled=True" in status["error"]
                 assert status["attempts"] == 1
         with pytest.raises(RowFailedError, match="10 rows ended without an answer"):
             run(ds, emu, max_attempts=1, on_error="raise")
+        # Canceled sends do not use up attempts: resend_canceled works at max_attempts=1.
+        more = run(ds, emu, max_attempts=1, resend_canceled=True, wait=100)
+        assert {s["status"] for s in more["dsbatch"]} == {"succeeded"}
 
 
 @pytest.mark.parametrize("trouble", ["create refused with 429", "create answer lost"])
@@ -458,7 +487,7 @@ def test_a_results_outage_is_waited_out_like_a_polling_outage():
         assert list(out["response"]) == answers(texts(10))
 
 
-def test_a_batch_deleted_before_its_results_were_fetched_is_sent_again():
+def test_a_batch_deleted_before_its_results_were_fetched_is_sent_again_once_gone_a_while(caplog):
     with Emulator(delay=100, responder=echo) as emu:
         ds = Dataset.from_dict({"text": texts(10)})
         with pytest.raises(Stop):
@@ -468,11 +497,16 @@ def test_a_batch_deleted_before_its_results_were_fetched_is_sent_again():
         outsider.messages.batches.cancel(batch_id)
         outsider.messages.batches.retrieve(batch_id)
         outsider.messages.batches.delete(batch_id)
-        out = run(ds, emu, poll_interval=dsbatch.PollSchedule(sleep=emu.advance))
+        slept = []
+        schedule = virtual(emu, 60, factor=1)
+        schedule.sleep = lambda s: (slept.append(s), emu.advance(s))
+        out = run(ds, emu, poll_interval=schedule, retries=0)
         assert list(out["response"]) == answers(texts(10))
-
-
-# -- reruns and the cache --------------------------------------------------------------------
+        # Resent only after ten minutes of not finding it, with a warning that says so.
+        assert sum(slept[: slept.index(60) + 10]) >= 600
+        assert emu.calls["create"] == 2
+        assert f"batch {batch_id}" in caplog.text and "paid for again" in caplog.text
+        assert {s["attempts"] for s in out["dsbatch"]} == {2}
 
 
 def test_a_rerun_after_raise_on_a_dataset_dict_is_free_and_names_the_split():
@@ -512,7 +546,7 @@ def test_a_rerun_after_the_finished_output_was_deleted_makes_no_api_call(emu):
 
 
 def _forget_results():
-    files = list(cache_root().glob("requests/*.parquet")) + list(
+    files = list(cache_root().glob("results/*.parquet")) + list(
         cache_root().glob("jobs/*/output/*.arrow")
     )
     assert files
@@ -520,24 +554,28 @@ def _forget_results():
         path.unlink()
 
 
-def test_a_rerun_after_the_results_were_deleted_sends_them_again(emu):
+def test_a_rerun_after_the_results_were_deleted_downloads_them_again(emu):
     ds = Dataset.from_dict({"text": texts(12)})
-    run(ds, emu)
+    first = run(ds, emu)
     _forget_results()
     emu.reset_stats()
     out = run(ds, emu)
     assert list(out["response"]) == answers(texts(12))
-    assert len(emu.received) == 12 and emu.calls["create"] == 1
+    assert emu.calls["create"] == 0 and emu.calls["results"] == 1
+    assert list(out["dsbatch"]) == list(first["dsbatch"])
 
 
-def test_a_rerun_after_the_results_were_deleted_sends_them_again_at_max_attempts_1(emu):
+def test_results_gone_from_cache_and_api_alike_are_bought_again_after_a_while(emu, caplog):
     ds = Dataset.from_dict({"text": texts(12)})
-    run(ds, emu, max_attempts=1)
+    run(ds, emu, max_attempts=2)
     _forget_results()
+    for batch_id in list(emu.batches):
+        emu.client().messages.batches.delete(batch_id)
     emu.reset_stats()
-    out = run(ds, emu, max_attempts=1)
+    out = run(ds, emu, max_attempts=2, poll_interval=virtual(emu, 120))
     assert list(out["response"]) == answers(texts(12))
-    assert len(emu.received) == 12
+    assert len(emu.received) == 12 and emu.calls["create"] == 1
+    assert "paid for again" in caplog.text
 
 
 def _truncate(path: Path) -> None:
@@ -546,28 +584,43 @@ def _truncate(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "pattern",
-    [
-        "jobs/*/manifest.json",
-        "jobs/*/batches/000000.json",
-        "jobs/*/output/data.arrow",
-        "requests/*.parquet",
-    ],
+    "pattern", ["jobs/*/manifest.json", "jobs/*/output/data.arrow", "results/*.parquet"]
 )
-def test_a_damaged_cache_file_is_a_ledger_error_naming_it(emu, pattern):
+def test_damaged_manifest_output_or_results_cost_at_most_a_download(emu, pattern, caplog):
     ds = Dataset.from_dict({"text": texts(5)})
-    run(ds, emu)
+    first = run(ds, emu)
     (damaged,) = cache_root().glob(pattern)
     _truncate(damaged)
     if "output" not in pattern:
         for output in cache_root().glob("jobs/*/output/*.arrow"):
             output.unlink()  # make the rerun read the damaged file
     emu.reset_stats()
-    with pytest.raises(LedgerError) as info:
-        run(ds, emu)
-    assert str(damaged) in str(info.value)
-    assert info.value.path == str(damaged)
-    assert sum(emu.calls.values()) == 0
+    out = run(ds, emu)
+    assert list(out["dsbatch"]) == list(first["dsbatch"])
+    assert list(out["response"]) == answers(texts(5))
+    assert emu.calls["create"] == 0
+    assert emu.calls["results"] == (1 if "results" in pattern else 0)
+    assert str(damaged) in caplog.text
+
+
+@pytest.mark.parametrize("pattern", ["jobs/*/batches/000000.json", "jobs/*/batches/*.ids.arrow"])
+def test_a_damaged_batch_record_or_ids_file_is_a_ledger_error_saying_what_to_do(pattern):
+    with Emulator(delay=600, responder=echo) as emu:
+        ds = Dataset.from_dict({"text": texts(5)})
+        with pytest.raises(Stop):
+            run(ds, emu, poll_interval=dsbatch.PollSchedule(sleep=stop))
+        (damaged,) = cache_root().glob(pattern)
+        _truncate(damaged)
+        emu.reset_stats()
+        with pytest.raises(LedgerError) as info:
+            run(ds, emu, wait=600)
+        assert str(damaged) in str(info.value) and "Delete it" in str(info.value)
+        assert info.value.path == str(damaged)
+        assert emu.calls["create"] == 0
+        damaged.unlink()  # what the message says to do: it is rebuilt, the batch is not rebought
+        out = run(ds, emu, wait=600)
+        assert list(out["response"]) == answers(texts(5))
+        assert emu.calls["create"] == 0 and len(emu.batches) == 1
 
 
 # -- the output dataset ----------------------------------------------------------------------
@@ -656,7 +709,10 @@ def test_prompt_errors_name_the_row_and_split_and_send_nothing(emu):
         run(
             Dataset.from_dict({"t": [float("nan")]}),
             emu,
-            fn=lambda r: {"messages": [{"role": "user", "content": "x"}], "temperature": r["t"]},
+            fn=lambda r: {
+                "messages": [{"role": "user", "content": "x"}],
+                "metadata": {"n": r["t"]},
+            },
         )
     assert sum(emu.calls.values()) == 0
 

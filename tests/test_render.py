@@ -8,19 +8,27 @@ import pytest
 from datasets import Dataset
 
 from dsbatch import PromptError
-from dsbatch._render import CUSTOM_ID_PREFIX, Rendered, canonical_json, render_split
+from dsbatch._limits import API_VERSION_2026, API_VERSION_LEGACY
+from dsbatch._render import (
+    CUSTOM_ID_PREFIX,
+    Rendered,
+    RequestShape,
+    canonical_json,
+    custom_id_for,
+    render_split,
+)
 
 DEFAULTS = {"model": "claude-haiku-4-5", "max_tokens": 64}
 
 
-def render(rows, prompt, *, defaults=DEFAULTS, with_indices=False):
+def render(rows, prompt, *, defaults=DEFAULTS, with_indices=False, **shape):
     rendered = Rendered()
     render_split(
         rendered,
         "data",
         Dataset.from_list(rows),
         prompt,
-        defaults=defaults,
+        shape=RequestShape(defaults, **shape),
         with_indices=with_indices,
         label=None,
     )
@@ -45,12 +53,12 @@ def test_a_dict_is_merged_over_the_defaults_and_the_prompt_wins():
         [{"t": "x"}],
         lambda r: {
             "max_tokens": 5,
-            "temperature": 0,
+            "stop_sequences": ["END"],
             "messages": [{"role": "user", "content": r["t"]}],
         },
     )
     params = params_of(rendered, 0)
-    assert params["max_tokens"] == 5 and params["temperature"] == 0
+    assert params["max_tokens"] == 5 and params["stop_sequences"] == ["END"]
     assert params["model"] == "claude-haiku-4-5"
 
 
@@ -85,6 +93,13 @@ def test_with_indices_passes_the_row_index():
     assert params_of(rendered, 1)["messages"][0]["content"] == "1: a"
 
 
+def _deep(depth):
+    value = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize(
     ("answer", "fragment"),
     [
@@ -95,12 +110,32 @@ def test_with_indices_passes_the_row_index():
         ({"messages": [{"role": "user", "content": []}]}, "empty content list"),
         ({"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
         ({"stream": True, "messages": [{"role": "user", "content": "x"}]}, "stream"),
-        ({"temperature": float("nan"), "messages": [{"role": "user", "content": "x"}]}, "JSON"),
+        ({"metadata": {"n": float("nan")}, "messages": [{"role": "user", "content": "x"}]}, "JSON"),
         ({"metadata": {1, 2}, "messages": [{"role": "user", "content": "x"}]}, "JSON"),
         (42, "must return a str"),
+        ({"metadata": _deep(5000), "messages": [{"role": "user", "content": "x"}]}, "too deeply"),
+        ({"messages": [{"role": "user", "content": ["just a string"]}]}, "content[0] must be"),
+        ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, "content[0] must be"),
+        ({"system": 42, "messages": [{"role": "user", "content": "x"}]}, "system must be"),
+        ({"system": [{"type": "image"}], "messages": [{"role": "user", "content": "x"}]}, "system"),
+        ({"betas": ["x"], "messages": [{"role": "user", "content": "x"}]}, "pass betas=[...]"),
+        ({"temperature": 0.2, "messages": [{"role": "user", "content": "x"}]}, "'temperature'"),
+        ({"top_p": 1.0, "messages": [{"role": "user", "content": "x"}]}, "'top_p'"),
+        ({"top_k": 5, "messages": [{"role": "user", "content": "x"}]}, "'top_k'"),
+        (
+            [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": [{"type": "document", "source": {}}]},
+            ],
+            "document block in an assistant message",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "t", "citations": [{}]}]}],
+            "citations",
+        ),
     ],
 )
-def test_bad_requests_name_the_row(answer, fragment):
+def test_bad_requests_name_the_row_before_any_call(answer, fragment):
     rows = [{"k": 0}, {"k": 0}, {"k": 1}]
     with pytest.raises(PromptError) as info:
         render(rows, lambda r: answer if r["k"] else "fine")
@@ -121,3 +156,44 @@ def test_a_prompt_that_raises_keeps_the_original_as_cause():
     with pytest.raises(PromptError, match="row 0: the prompt function raised KeyError") as info:
         render([{"t": "a"}], prompt)
     assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_api_version_2026_names_the_way_to_keep_sampling_params():
+    ask = {"temperature": 0.5, "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(PromptError, match=f"API version {API_VERSION_2026}") as info:
+        render([{"t": "a"}], lambda r: ask)
+    assert "default_headers={'anthropic-version': '2023-06-01'}" in str(info.value)
+    # A client that keeps the old version sends them, and empty citations are fine anyway.
+    legacy = render([{"t": "a"}], lambda r: ask, api_version=API_VERSION_LEGACY)
+    assert params_of(legacy, 0)["temperature"] == 0.5
+    fine = [{"role": "user", "content": [{"type": "text", "text": "t", "citations": []}]}]
+    assert params_of(render([{"t": "a"}], lambda r: fine), 0)["messages"] == fine
+
+
+def test_betas_change_the_custom_id_but_not_the_body():
+    plain = render([{"t": "a"}], lambda r: r["t"])
+    beta = render([{"t": "a"}], lambda r: r["t"], betas=("output-300k-2026-03-24",))
+    (body,) = plain.bodies.values()
+    assert list(beta.bodies.values()) == [body]
+    assert list(plain.bodies) == [custom_id_for(body)] != list(beta.bodies)
+
+
+def test_response_format_additions_are_added_and_clashes_refused():
+    additions = {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}
+    rendered = render([{"t": "a"}], lambda r: r["t"], additions=additions)
+    assert params_of(rendered, 0)["output_config"] == additions["output_config"]
+    with pytest.raises(PromptError, match="row 0: the request already has 'output_config'"):
+        render(
+            [{"t": "a"}],
+            lambda r: {"messages": [{"role": "user", "content": "x"}], "output_config": {}},
+            additions=additions,
+        )
+
+
+def test_a_text_answer_is_byte_for_byte_the_canonical_request():
+    shape = {"system": "Be brief.", "stop_sequences": ["END"]}
+    texts = ["plain", 'quotes " and \\ slashes', "é 👋 \u2028 \x01", "{looks: like json}"]
+    rendered = render([{"t": t} for t in texts], lambda r: r["t"], defaults={**DEFAULTS, **shape})
+    for row, text in enumerate(texts):
+        params = {**DEFAULTS, **shape, "messages": [{"role": "user", "content": text}]}
+        assert rendered.bodies[rendered.row_custom_ids["data"][row]] == canonical_json(params)

@@ -1,0 +1,89 @@
+"""Every use of ``datasets`` internals, in one place, for every ``datasets`` version we support.
+
+``datasets`` has no public way to append Arrow columns to a dataset, read its fingerprint, or
+hash a function the way ``Dataset.map`` does; these few helpers do it, and CI runs them against
+the lowest ``datasets`` version ``pyproject.toml`` allows as well as the newest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+from datasets import Dataset, Features
+from datasets.fingerprint import Hasher
+from datasets.table import InMemoryTable, concat_tables
+
+__all__ = ["attach_columns", "code_key", "fingerprint_of", "iter_rows", "new_dataset"]
+
+_ITER_BATCH = 1000
+
+
+def iter_rows(dataset: Dataset) -> Iterator[dict[str, Any]]:
+    """The rows as plain dicts (whatever the dataset's format), read a thousand at a time."""
+    for batch in dataset.with_format(None).iter(batch_size=_ITER_BATCH):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys), strict=True):
+            yield dict(zip(keys, values, strict=True))
+
+
+def fingerprint_of(dataset: Dataset) -> str:
+    """The dataset's fingerprint (what ``datasets`` caches ``map`` results by)."""
+    return str(dataset._fingerprint)
+
+
+def code_key(obj: Any) -> str | None:
+    """A key that changes when a function or class changes (its code, closure, validators);
+    None when it cannot be hashed (then whatever depends on it is simply recomputed)."""
+    if obj is None:
+        return "none"
+    parts: list[str] = []
+    try:
+        if inspect.isclass(obj):
+            parts.append(inspect.getsource(obj))
+            schema = getattr(obj, "model_json_schema", None)
+            if schema is not None:
+                parts.append(json.dumps(schema(), sort_keys=True))
+            return Hasher.hash(parts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Hasher.hash(obj)
+    except Exception:  # dill or inspect cannot see it (a REPL class, a C callable)
+        return None
+
+
+def new_dataset(table: pa.Table, like: Dataset, *, fingerprint: str) -> Dataset:
+    """A dataset holding exactly ``table``, with ``like``'s info and split."""
+    info = like.info.copy()
+    info.features = Features.from_arrow_schema(table.schema)
+    return Dataset(InMemoryTable(table), info=info, split=like.split, fingerprint=fingerprint)
+
+
+def attach_columns(dataset: Dataset, new: pa.Table, *, fingerprint: str) -> Dataset:
+    """The dataset with the new columns appended (their features follow their Arrow types), in
+    the dataset's own format (numpy, torch, ...)."""
+    fmt = dataset.format
+    if not dataset.column_names:
+        out = new_dataset(new, dataset, fingerprint=fingerprint)
+    else:
+        if dataset._indices is not None:
+            dataset = dataset.flatten_indices()
+        table = concat_tables([dataset._data, InMemoryTable(new)], axis=1)
+        info = dataset.info.copy()
+        info.features.update(Features.from_arrow_schema(new.schema))
+        out = Dataset(table, info=info, split=dataset.split, fingerprint=fingerprint)
+    if fmt["type"] is None and fmt["columns"] is None:
+        return out
+    columns = fmt["columns"]
+    if columns is not None:
+        columns = [c for c in columns if c not in new.column_names] + new.column_names
+    return out.with_format(
+        fmt["type"],
+        columns=columns,
+        output_all_columns=fmt["output_all_columns"],
+        **fmt["format_kwargs"],
+    )

@@ -1,0 +1,146 @@
+"""What the ledger stores about a job and its batches, as typed values (no I/O here).
+
+A batch record moves through these states, and only the ledger moves it::
+
+    INTENT ──mark_submitted──▶ SUBMITTED ──mark_ingested──▶ INGESTED
+      │  ▲                        │
+      │  └──────mark_rejected─────┤  (the batch we adopted holds someone else's requests)
+      │                           └──mark_lost──▶ LOST  (gone for good before its results were read,
+      │                                                 or after they were lost from the cache)
+      └──mark_unsent──▶ UNSENT  (the create was refused, or never made: nothing was bought)
+
+An INTENT is written before the create call, so a process that dies during the call leaves a
+record saying a batch *may* exist: the next one looks for it (``list``) before creating again.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = [
+    "IN_FLIGHT",
+    "SENT",
+    "BatchRecord",
+    "BatchState",
+    "Manifest",
+    "RecordError",
+]
+
+
+class RecordError(ValueError):
+    """A stored record does not have the shape this version of dsbatch writes."""
+
+
+class BatchState(str, enum.Enum):
+    INTENT = "intent"
+    SUBMITTED = "submitted"
+    INGESTED = "ingested"
+    LOST = "lost"
+    UNSENT = "unsent"
+
+
+# A batch that holds its requests "in flight": no one else may send them.
+IN_FLIGHT = frozenset({BatchState.INTENT, BatchState.SUBMITTED})
+# A batch that reached the API: each of its requests was sent once more (an attempt).
+SENT = frozenset({BatchState.SUBMITTED, BatchState.INGESTED, BatchState.LOST})
+
+_TRANSITIONS = {
+    BatchState.INTENT: {BatchState.SUBMITTED, BatchState.UNSENT},
+    BatchState.SUBMITTED: {BatchState.INGESTED, BatchState.LOST, BatchState.INTENT},
+    # Ingested, then its stored results were lost and cannot be downloaded again.
+    BatchState.INGESTED: {BatchState.LOST},
+    BatchState.LOST: set(),
+    BatchState.UNSENT: set(),
+}
+
+
+@dataclass
+class BatchRecord:
+    """One batch of one job: its custom_ids live in a file beside it (``ids_digest`` checks it)."""
+
+    job: str
+    seq: int
+    request_count: int
+    ids_digest: str
+    intent_at: float
+    state: BatchState = BatchState.INTENT
+    # The key of the last create attempt (an intent binds nothing), then of the batch's creator.
+    key_hash: str = ""
+    batch_id: str | None = None
+    created_at: float | None = None  # server time
+    counts: dict[str, int] = field(default_factory=dict)
+    # Batches a reconcile adopted that turned out to hold someone else's requests.
+    rejected: list[str] = field(default_factory=list)
+    # When (the job's clock) the batch or its results were first found missing; None if seen.
+    missing_since: float | None = None
+    note: str = ""  # why it is lost or unsent
+
+    @property
+    def name(self) -> str:
+        """How messages name the batch: its id, or its place in the job before it has one."""
+        return self.batch_id or f"#{self.seq} of job {self.job} (not yet created)"
+
+    def moved(self, to: BatchState) -> BatchRecord:
+        """Check that the record may go to ``to``; the ledger persists the change."""
+        if to not in _TRANSITIONS[self.state]:
+            raise RecordError(f"batch {self.name}: cannot go from {self.state.value} to {to.value}")
+        self.state = to
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> BatchRecord:
+        if not isinstance(data, dict):
+            raise RecordError("not a JSON object")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RecordError(f"unknown fields {unknown}")
+        try:
+            record = cls(**data)
+            record.state = BatchState(record.state)
+        except (TypeError, ValueError) as e:
+            raise RecordError(str(e)) from e
+        if not isinstance(record.seq, int) or not isinstance(record.request_count, int):
+            raise RecordError("seq and request_count must be integers")
+        if record.state in SENT and not record.batch_id:
+            raise RecordError(f"state {record.state.value} without a batch_id")
+        return record
+
+
+@dataclass
+class Manifest:
+    """What a job is: enough to find its rows, options and outputs without its dataset."""
+
+    fingerprint: str
+    created_at: float
+    # split -> number of rows; the row -> custom_id mapping of each split is stored beside it.
+    splits: dict[str, int]
+    requests: int
+    state: str = "running"  # running | finished
+    model: str | None = None
+    betas: list[str] = field(default_factory=list)
+    finished_at: float | None = None
+    # The key of the output options (column names, parse, response_format, max_attempts...)
+    # the finished columns were built with, and a digest of each split's columns.
+    output_key: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict):
+            raise RecordError("not a JSON object")
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as e:
+            raise RecordError(str(e)) from e
