@@ -223,12 +223,6 @@ class Backend:
             raise _api_error("listing batches", e) from e
         return [BatchInfo.from_sdk(b) for b in page.data], _server_time(response.headers)
 
-    def cancel(self, batch_id: str) -> BatchInfo:
-        try:
-            return BatchInfo.from_sdk(self.client.messages.batches.cancel(batch_id))
-        except anthropic.APIError as e:
-            raise _api_error("canceling batch", e, batch_id) from e
-
     def download(self, batch: BatchInfo) -> Iterator[bytes]:
         """The raw bytes of a batch's results, streamed; raises if the download is cut short."""
         if not batch.results_url:

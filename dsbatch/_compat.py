@@ -18,7 +18,7 @@ from datasets import Dataset, Features
 from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable, concat_tables
 
-__all__ = ["attach_columns", "code_key", "fingerprint_of", "iter_rows", "new_dataset"]
+__all__ = ["attach_columns", "code_key", "fingerprint_of", "iter_rows"]
 
 _ITER_BATCH = 1000
 
@@ -56,19 +56,14 @@ def code_key(obj: Any) -> str | None:
         return None
 
 
-def new_dataset(table: pa.Table, like: Dataset, *, fingerprint: str) -> Dataset:
-    """A dataset holding exactly ``table``, with ``like``'s info and split."""
-    info = like.info.copy()
-    info.features = Features.from_arrow_schema(table.schema)
-    return Dataset(InMemoryTable(table), info=info, split=like.split, fingerprint=fingerprint)
-
-
 def attach_columns(dataset: Dataset, new: pa.Table, *, fingerprint: str) -> Dataset:
     """The dataset with the new columns appended (their features follow their Arrow types), in
     the dataset's own format (numpy, torch, ...)."""
     fmt = dataset.format
     if not dataset.column_names:
-        out = new_dataset(new, dataset, fingerprint=fingerprint)
+        info = dataset.info.copy()
+        info.features = Features.from_arrow_schema(new.schema)
+        out = Dataset(InMemoryTable(new), info=info, split=dataset.split, fingerprint=fingerprint)
     else:
         if dataset._indices is not None:
             dataset = dataset.flatten_indices()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dsbatch._backend import Backend, BatchInfo, is_transient
+from dsbatch._backend import Backend, BatchInfo
 from dsbatch._errors import BatchAPIError
 from dsbatch._retry import (
     Retrying,
@@ -26,7 +26,7 @@ from dsbatch._retry import (
     wait_fixed,
 )
 
-__all__ = ["MISSING_SECONDS", "PollSchedule", "poll_batch", "poll_schedule"]
+__all__ = ["MISSING_SECONDS", "PollSchedule", "call_retrying", "poll_batch", "poll_schedule"]
 
 log = logging.getLogger("dsbatch")
 
@@ -75,18 +75,19 @@ class PollSchedule:
         """Start brisk again (something changed: a new batch went out)."""
         self._next = self.initial
 
-    def retrying(self, retry: Callable[[BaseException], bool]) -> Retrying:
-        """The retry policy of one API call on this schedule's clock and sleep: a fixed
-        ``poll_interval`` retries that often, the default backs off from 2 s to 2 min."""
-        fixed = self.factor == 1.0
-        return Retrying(
-            stop=stop_after_attempt(_CALL_ATTEMPTS) | stop_after_delay(_CALL_PATIENCE),
-            wait=wait_fixed(self.initial) if fixed else wait_exponential(2.0, 120.0),
-            retry=retry_if_exception(retry),
-            sleep=self.sleep,
-            clock=self.clock,
-            before_sleep=_log_retry,
-        )
+
+def call_retrying(schedule: PollSchedule, retry: Callable[[BaseException], bool]) -> Retrying:
+    """The retry policy of one kind of API call, on the schedule's clock and sleep: a fixed
+    ``poll_interval`` retries that often, the default backs off from 2 s to 2 min."""
+    fixed = schedule.factor == 1.0
+    return Retrying(
+        stop=stop_after_attempt(_CALL_ATTEMPTS) | stop_after_delay(_CALL_PATIENCE),
+        wait=wait_fixed(schedule.initial) if fixed else wait_exponential(2.0, 120.0),
+        retry=retry_if_exception(retry),
+        sleep=schedule.sleep,
+        clock=schedule.clock,
+        before_sleep=_log_retry,
+    )
 
 
 def _log_retry(state: RetryState, seconds: float) -> None:
@@ -118,8 +119,3 @@ def poll_batch(backend: Backend, batch_id: str, retrying: Retrying) -> BatchInfo
         if e.status_code == 404:
             return None
         raise
-
-
-def retry_call(error: BaseException) -> bool:
-    """A failed call worth making again."""
-    return is_transient(error)

@@ -22,7 +22,7 @@ from dsbatch._ingest import Fetched, fetch_results, retry_download
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._plan import View, batch_body, chunk_requests, decide, survey
 from dsbatch._policy import latest_results
-from dsbatch._poll import MISSING_SECONDS, PollSchedule, poll_batch
+from dsbatch._poll import MISSING_SECONDS, PollSchedule, call_retrying, poll_batch
 from dsbatch._progress import ProgressBar
 from dsbatch._records import BatchRecord, BatchState
 from dsbatch._submit import adopt, reconcile, submit
@@ -81,8 +81,8 @@ class JobLoop:
         self.first_row = first_row
         self.needed = pa.array(list(bodies), pa.string())
         self.clock = options.schedule.clock
-        self.retrying = options.schedule.retrying(is_transient)
-        self.downloading = options.schedule.retrying(retry_download)
+        self.retrying = call_retrying(options.schedule, is_transient)
+        self.downloading = call_retrying(options.schedule, retry_download)
 
     def run(self) -> None:
         bar = ProgressBar(self.options.progress, total=len(self.needed))

@@ -1,0 +1,181 @@
+"""The ledger: typed batch records whose every move is checked and persisted, a journal that
+never forgets a batch id, and damage that names the file and what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from dsbatch import LedgerError
+from dsbatch._ledger import FORMAT_VERSION, Ledger, ids_digest
+from dsbatch._records import BatchRecord, BatchState, RecordError
+
+IDS = [f"dsb_{i:032x}" for i in range(5)]
+
+
+def fresh(tmp_path, fingerprint="job-a"):
+    ledger = Ledger(tmp_path / "cache")
+    return ledger, ledger.job(fingerprint)
+
+
+def on_disk(job, record):
+    return json.loads((job.dir / "batches" / f"{record.seq:06d}.json").read_text())
+
+
+def test_every_move_is_persisted_before_the_next(tmp_path):
+    _, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=10.0, key_hash="k1")
+    assert on_disk(job, record)["state"] == "intent"
+    assert job.record_ids(record) == IDS
+    job.mark_submitted(record, "msgbatch_one", created_at=11.0)
+    stored = on_disk(job, record)
+    assert (stored["state"], stored["batch_id"], stored["created_at"]) == (
+        "submitted",
+        "msgbatch_one",
+        11.0,
+    )
+    job.mark_rejected(record)  # someone else's: ours may still exist
+    assert on_disk(job, record)["state"] == "intent"
+    assert on_disk(job, record)["rejected"] == ["msgbatch_one"]
+    assert on_disk(job, record)["batch_id"] is None
+    job.mark_submitted(record, "msgbatch_two", created_at=12.0)
+    job.mark_ingested(record, {"succeeded": 5})
+    assert on_disk(job, record)["state"] == "ingested"
+    assert on_disk(job, record)["counts"] == {"succeeded": 5}
+    assert [r.state for r in job.records()] == [BatchState.INGESTED]
+
+
+@pytest.mark.parametrize(
+    ("moves", "bad"),
+    [
+        ([], "mark_ingested"),
+        ([], "mark_lost"),
+        ([], "mark_rejected"),
+        (["mark_unsent"], "mark_submitted"),
+        (["mark_submitted", "mark_ingested"], "mark_submitted"),
+        (["mark_submitted", "mark_lost"], "mark_ingested"),
+        (["mark_submitted"], "mark_unsent"),
+    ],
+)
+def test_a_move_the_state_machine_forbids_is_refused_and_not_written(tmp_path, moves, bad):
+    _, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=1.0, key_hash="")
+    args = {
+        "mark_submitted": ("msgbatch_x", 2.0),
+        "mark_ingested": ({},),
+        "mark_lost": ("gone",),
+        "mark_unsent": ("refused",),
+        "mark_rejected": (),
+    }
+    for move in moves:
+        getattr(job, move)(record, *args[move])
+    before = on_disk(job, record)
+    with pytest.raises(RecordError, match="cannot go from"):
+        getattr(job, bad)(job.records()[0], *args[bad])
+    assert on_disk(job, record) == before
+
+
+def test_a_refused_create_binds_no_key_and_its_requests_are_free_again(tmp_path):
+    _, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=1.0, key_hash="typo-key")
+    job.mark_unsent(record, "the create was refused: HTTP 401")
+    assert job.records()[0].state is BatchState.UNSENT
+    assert "401" in job.records()[0].note
+
+
+def test_the_ids_file_is_checked_against_its_record(tmp_path):
+    _, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=1.0, key_hash="")
+    job.write_ids(record.seq, IDS[:4] + ["dsb_other"])  # same count, other ids
+    with pytest.raises(LedgerError, match="do not match the record") as info:
+        job.record_ids(record)
+    assert "Delete it" in str(info.value) and info.value.path.endswith(".ids.arrow")
+    (job.dir / "batches" / "000000.ids.arrow").unlink()
+    assert job.record_ids(record) is None  # missing: rebuilt from the results later
+    assert not job.restore_ids(record, IDS[:4])  # results that do not match are not taken
+    assert job.restore_ids(record, list(reversed(IDS)))  # any order
+    assert sorted(job.record_ids(record)) == sorted(IDS)
+    assert record.ids_digest == ids_digest(IDS)
+
+
+def test_a_deleted_record_is_rebuilt_from_the_journal_and_its_slot_never_reused(tmp_path):
+    ledger, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=1.0, key_hash="k")
+    job.mark_submitted(record, "msgbatch_kept", created_at=5.0)
+    (job.dir / "batches" / "000000.json").unlink()
+    (rebuilt,) = job.records()
+    assert (rebuilt.batch_id, rebuilt.state, rebuilt.key_hash) == (
+        "msgbatch_kept",
+        BatchState.SUBMITTED,
+        "k",
+    )
+    assert job.record_ids(rebuilt) == IDS
+    assert job.new_record(IDS[:1], intent_at=2.0, key_hash="k").seq == 1
+    assert "msgbatch_kept" in ledger.claimed_batch_ids()
+
+
+def test_a_torn_journal_line_is_skipped(tmp_path):
+    ledger, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=1.0, key_hash="k")
+    job.mark_submitted(record, "msgbatch_a", created_at=5.0)
+    with open(ledger.root / "journal.jsonl", "ab") as f:
+        f.write(b'{"batch_id": "msgbatch_b", "jo')
+    assert [e["batch_id"] for e in ledger.journal()] == ["msgbatch_a"]
+
+
+def test_another_jobs_damage_is_skipped_but_its_batch_ids_stay_claimed(tmp_path, caplog):
+    ledger, mine = fresh(tmp_path, "mine")
+    other = ledger.job("other")
+    record = other.new_record(IDS, intent_at=1.0, key_hash="k")
+    other.mark_submitted(record, "msgbatch_theirs", created_at=2.0)
+    path = other.dir / "batches" / "000000.json"
+    path.write_text(path.read_text()[:-40])  # torn, but the batch id is still readable
+    (ledger.root / "journal.jsonl").unlink()  # and the journal lost too
+    mine.new_record(IDS[:2], intent_at=3.0, key_hash="k")
+    assert [r.job for r in ledger.all_records("mine")] == ["mine"]
+    assert "skipping another job's batch record" in caplog.text
+    assert "msgbatch_theirs" in ledger.claimed_batch_ids()
+    with pytest.raises(LedgerError, match="000000.json is damaged"):
+        ledger.all_records("other")
+
+
+def test_orphaned_temporary_files_are_swept_when_the_cache_is_opened(tmp_path):
+    ledger, job = fresh(tmp_path)
+    job.new_record(IDS, intent_at=1.0, key_hash="")
+    old = job.dir / "batches" / ".000001.json.abc.tmp"
+    new = ledger.root / "results" / ".msgbatch_x.parquet.def.tmp"
+    for path in (old, new):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    Ledger(ledger.root)
+    assert not old.exists()
+    assert new.exists()  # a live writer's file is left alone
+
+
+def test_the_format_file_is_checked(tmp_path):
+    ledger, _ = fresh(tmp_path)
+    fmt = ledger.root / "FORMAT"
+    assert fmt.read_text().strip() == str(FORMAT_VERSION)
+    fmt.write_text("")
+    with pytest.raises(LedgerError, match="FORMAT is empty") as info:
+        Ledger(ledger.root)
+    assert info.value.path == str(fmt)
+    fmt.write_text("99\n")
+    with pytest.raises(LedgerError, match="format '99'"):
+        Ledger(ledger.root)
+
+
+def test_records_round_trip_and_refuse_what_this_version_does_not_write():
+    record = BatchRecord(job="j", seq=3, request_count=2, ids_digest="d", intent_at=1.5)
+    assert BatchRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+    with pytest.raises(RecordError, match="unknown fields"):
+        BatchRecord.from_json({**record.to_json(), "surprise": 1})
+    with pytest.raises(RecordError, match="without a batch_id"):
+        BatchRecord.from_json({**record.to_json(), "state": "submitted"})
+    with pytest.raises(RecordError):
+        BatchRecord.from_json({**record.to_json(), "state": "teleported"})
