@@ -16,18 +16,27 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     Point the SDK at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT and any API key.
     Batches end --delay seconds after they are created (real time).
 
+    Batches are scoped to the workspace of the key that created them: --workspace KEY=NAME
+    (repeatable) puts API key KEY in workspace NAME; every other key is in workspace
+    "default". A key sees, and gets results of, its own workspace's batches only (404 else).
+
     --faults takes a comma-separated list of:
       ENDPOINT=STATUSxN[@S]  the next N calls of ENDPOINT (create, retrieve, list, cancel,
                              delete, results, or * for any) answer STATUS (429, 500, 529, ...),
                              with retry-after S seconds
       lose_create=N          the next N creates make the batch but the answer is lost
       cut_results=N          the next N results downloads stop midway
+      short_results=N        the next N results downloads end cleanly after half their lines
       errored=F              a fraction F of requests end errored (overloaded_error, api_error)
       invalid=F              ... errored with invalid_request_error (stays so on retry)
       expired=F              ... expired
-      preamble=F             structured answers get prose before their JSON
-      no_json=F              structured answers come back as prose with no JSON
+      preamble=F             structured answers start with prose (forced tool: a text block,
+                             then the tool call)
+      no_json=F              structured answers come back as prose only (forced tool: no
+                             tool call)
     e.g. --faults "create=429x2,lose_create=1,errored=0.1,expired=0.02"
+    Each batch follows its create's anthropic-version: under 2026-10-21 (the SDK's default),
+    requests with temperature, top_p or top_k end errored.
     """
     from dsbatch._emulator import Faults, serve_forever
 
@@ -36,7 +45,21 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"dsbatch emulator: --faults: {e}", file=sys.stderr)
         return 2
-    serve_forever(host=args.host, port=args.port, delay=args.delay, faults=faults)
+    workspaces: dict[str, str] = {}
+    for item in args.workspace:
+        key, _, name = item.partition("=")
+        if not key or not name:
+            print(f"dsbatch emulator: --workspace {item!r}: expected KEY=NAME", file=sys.stderr)
+            return 2
+        if workspaces.get(key, name) != name:
+            print(
+                f"dsbatch emulator: --workspace: key {key!r} is in two workspaces", file=sys.stderr
+            )
+            return 2
+        workspaces[key] = name
+    serve_forever(
+        host=args.host, port=args.port, delay=args.delay, faults=faults, workspaces=workspaces
+    )
     return 0
 
 
@@ -78,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--delay", type=float, default=0.0, help="seconds before a batch ends (default 0)"
     )
     emulator.add_argument("--faults", default="", help="faults to inject, e.g. create=429x2")
+    emulator.add_argument(
+        "--workspace",
+        action="append",
+        default=[],
+        metavar="KEY=NAME",
+        help="put API key KEY in workspace NAME (repeatable; other keys: 'default')",
+    )
 
     demo = _add(sub, "demo", cmd_demo)
     demo.add_argument("--rows", type=int, default=1200, help="rows in the generated dataset")

@@ -23,7 +23,7 @@ _DEFAULT_RETRY_AFTER = 0.001
 _HTTP_ITEM = re.compile(
     r"^(?P<status>\d{3})(?:x(?P<times>\d+))?(?:@(?P<retry_after>[0-9]*\.?[0-9]+))?$"
 )
-_COUNTS = ("lose_create", "cut_results")
+_COUNTS = ("lose_create", "cut_results", "short_results")
 _FRACTIONS = ("errored", "invalid", "expired", "preamble", "no_json")
 
 
@@ -73,16 +73,21 @@ class Faults:
       without answering.
     - ``cut_results``: the next N results downloads stop midway through a line and drop the
       connection.
+    - ``short_results``: the next N results downloads end cleanly after half their lines: a
+      body that looks complete, cut on a line boundary.
     - ``errored``: fraction of requests ending errored (half ``overloaded_error``, half
       ``api_error``); ``invalid``: fraction ending errored with ``invalid_request_error``;
       ``expired``: fraction ending expired.
-    - ``preamble``: fraction of structured answers (json_schema or forced tool) that come back
-      as text with prose before the JSON; ``no_json``: fraction that come back as prose only.
+    - ``preamble``: fraction of structured answers that start with prose: with
+      ``output_config.format``, prose then the JSON in one text block; with a forced tool, a
+      text block before a valid tool call. ``no_json``: fraction answered in prose only (with
+      a forced tool: one text block, no tool call, stop_reason ``end_turn``).
     """
 
     http: list[HttpFault] = field(default_factory=list)
     lose_create: int = 0
     cut_results: int = 0
+    short_results: int = 0
     errored: float = 0.0
     invalid: float = 0.0
     expired: float = 0.0
@@ -107,9 +112,9 @@ class Faults:
         """Faults from the CLI's comma-separated form.
 
         ``ENDPOINT=STATUSxN[@RETRY_AFTER]`` per HTTP fault (ENDPOINT one of create, retrieve,
-        list, cancel, delete, results or *), ``lose_create=N``, ``cut_results=N``, and
-        ``errored=F``, ``invalid=F``, ``expired=F``, ``preamble=F``, ``no_json=F`` with F in
-        [0, 1]. Example: ``"create=429x2@0.5,lose_create=1,errored=0.1"``.
+        list, cancel, delete, results or *), ``lose_create=N``, ``cut_results=N``,
+        ``short_results=N``, and ``errored=F``, ``invalid=F``, ``expired=F``, ``preamble=F``,
+        ``no_json=F`` with F in [0, 1]. Example: ``"create=429x2@0.5,lose_create=1,errored=0.1"``.
         """
         values: dict[str, object] = {}
         http: list[HttpFault] = []
@@ -165,6 +170,12 @@ class Faults:
     def take_lose_create(self) -> bool:
         if self.lose_create > 0:
             self.lose_create -= 1
+            return True
+        return False
+
+    def take_short_results(self) -> bool:
+        if self.short_results > 0:
+            self.short_results -= 1
             return True
         return False
 

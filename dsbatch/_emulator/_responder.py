@@ -3,8 +3,8 @@
 A responder is ``responder(custom_id, params) -> str | dict``. A str is the answer text; for a
 structured request (``output_config.format`` json_schema, or a forced ``tool_choice``) it is
 the JSON text, which ``result_from_text`` turns into a text block or a ``tool_use`` block and
-wraps into a full Message (usage, ``max_tokens`` and ``stop_sequences`` applied). A dict is the
-whole ``result`` object of the results line and is used as is.
+wraps into a full Message (usage, ``max_tokens``, ``stop_sequences`` and answer-shape faults
+applied). A dict is the whole ``result`` object of the results line and is used as is.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def prompt_text(params: dict[str, Any]) -> str:
 
 
 def spoil_answer(text: str, shape: str | None) -> str:
-    """A structured answer as a fault shapes it: prose before the JSON, or no JSON at all."""
+    """A native structured answer (``output_config.format``) as a fault shapes it: prose then
+    the JSON in one text block, or prose only."""
     if shape == "preamble":
         return _PREAMBLE + text
     if shape == "no_json":
@@ -106,42 +107,67 @@ def _tokens(text: str) -> int:
 
 
 def result_from_text(
-    custom_id: str, params: dict[str, Any], text: str, *, message_id: str
+    custom_id: str,
+    params: dict[str, Any],
+    text: str,
+    *,
+    message_id: str,
+    shape: str | None = None,
 ) -> dict[str, Any]:
-    """A ``succeeded`` result whose message carries ``text`` (a tool call when forced)."""
+    """A ``succeeded`` result whose message carries ``text`` (a tool call when forced).
+
+    ``shape`` is how a fault spoils a structured answer. In native mode see ``spoil_answer``.
+    In tool mode, as a model does: "preamble" says a sentence in a text block before the tool
+    call, "no_json" answers in prose and calls no tool (stop_reason ``end_turn``).
+    """
+    kind = structured_kind(params)
+    tool = kind[1] if kind is not None and kind[0] == "tool" else None
+    prose = ""
+    if tool is None:
+        if kind is not None:
+            text = spoil_answer(text, shape)
+    elif shape == "no_json":
+        text, tool = _NO_JSON, None
+    elif shape == "preamble":
+        prose = f"I'll record the answer with the {tool.get('name')} tool."
+
+    # Stop sequences and max_tokens act on everything generated: the prose, then the call.
+    generated = prose + text
     max_tokens = params["max_tokens"]
     stop_reason = "end_turn"
     stop_sequence = None
     for sequence in params.get("stop_sequences") or ():
-        at = text.find(sequence) if isinstance(sequence, str) and sequence else -1
+        at = generated.find(sequence) if isinstance(sequence, str) and sequence else -1
         if at >= 0:
-            text, stop_reason, stop_sequence = text[:at], "stop_sequence", sequence
-    output_tokens = _tokens(text)
+            generated, stop_reason, stop_sequence = generated[:at], "stop_sequence", sequence
+    output_tokens = _tokens(generated)
     cut = output_tokens > max_tokens
     if cut:
-        text, output_tokens, stop_reason, stop_sequence = (
-            text[: max_tokens * 4],
+        generated, output_tokens, stop_reason, stop_sequence = (
+            generated[: max_tokens * 4],
             max_tokens,
             "max_tokens",
             None,
         )
-    kind = structured_kind(params)
-    content: list[dict[str, Any]]
-    tool_input = _json_object(text) if kind is not None and kind[0] == "tool" else None
-    if kind is not None and kind[0] == "tool" and (tool_input is not None or cut):
-        content = [
+    content: list[dict[str, Any]] = []
+    call = generated[len(prose) :] if len(generated) > len(prose) else None
+    tool_input = _json_object(call) if tool is not None and call is not None else None
+    if tool is not None and (tool_input is not None or (cut and call is not None)):
+        if prose:
+            content.append(_text_block(prose))
+        content.append(
             {
                 "type": "tool_use",
                 "id": prefixed_id("toolu_", message_id),
-                "name": kind[1]["name"],
+                "name": tool["name"],
                 # A call cut by max_tokens carries no usable arguments, as with the real API.
                 "input": tool_input if tool_input is not None else {},
                 "caller": {"type": "direct"},
             }
-        ]
+        )
         stop_reason = "max_tokens" if cut else "tool_use"
     else:
-        content = [{"type": "text", "text": text, "citations": None}]
+        content.append(_text_block(generated))
     return {
         "type": "succeeded",
         "message": {
@@ -167,6 +193,10 @@ def result_from_text(
             },
         },
     }
+
+
+def _text_block(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text, "citations": None}
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

@@ -15,14 +15,12 @@ from dsbatch._emulator._faults import Faults
 from dsbatch._emulator._responder import Responder, default_responder
 from dsbatch._emulator._server import EmulatorHTTPServer, ServerConfig
 from dsbatch._emulator._state import Clock, Store
+from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 
 if TYPE_CHECKING:
     import anthropic
 
 __all__ = ["Emulator", "serve_forever"]
-
-MAX_REQUESTS = 100_000
-MAX_BYTES = 256 * 1024 * 1024
 
 
 class Emulator:
@@ -39,9 +37,25 @@ class Emulator:
     ``delay`` is how many emulator seconds a batch takes; the emulator's clock only moves when
     ``advance`` is called (``realtime=True`` makes it follow the wall clock as well, as the
     command-line server does). ``responder(custom_id, params) -> str | dict`` replaces the
-    built-in answers (see ``default_responder``). ``api_key`` makes every other key a 401.
+    built-in answers (see ``default_responder``). ``api_key`` makes every other key a 401,
+    except the keys of ``workspaces``.
     ``max_requests`` and ``max_bytes`` are the per-batch limits (100,000 requests, 256 MB).
     ``seed`` fixes the batch ids (random by default, so two emulators never share an id).
+
+    Batches are scoped to a workspace, as the real ones are: ``workspaces`` maps API key ->
+    workspace name, and every key not in it belongs to the workspace "default". A batch belongs
+    to the workspace of the key that created it; a key of another workspace gets 404 on its
+    retrieve, cancel, delete and results URL and does not see it in list, while two keys of
+    one workspace share their batches. ``batch_workspace(batch_id)`` names a batch's workspace.
+    ``batches``, ``received``, ``calls`` and ``results_of`` see every workspace. The
+    ``anthropic-workspace-id`` header is not checked.
+
+    Each batch keeps the headers of the create that made it: ``batch_version(batch_id)`` is its
+    ``anthropic-version`` (2023-06-01 when the header is absent; from 2026-10-21 on,
+    ``temperature``/``top_p``/``top_k`` and a few content blocks end a request errored) and
+    ``batch_betas(batch_id)`` its ``anthropic-beta`` list. ``last_create_headers`` holds every
+    header of the last create call, names lower-cased. Every answer's ``Date`` header is
+    emulator time.
     """
 
     def __init__(
@@ -54,12 +68,20 @@ class Emulator:
         port: int = 0,
         *,
         realtime: bool = False,
-        max_requests: int = MAX_REQUESTS,
-        max_bytes: int = MAX_BYTES,
+        max_requests: int = MAX_BATCH_REQUESTS,
+        max_bytes: int = MAX_BATCH_BYTES,
         seed: int | None = None,
+        workspaces: Mapping[str, str] | None = None,
     ) -> None:
         if delay < 0:
             raise ValueError(f"delay must be >= 0 seconds, not {delay}")
+        workspace_of = dict(workspaces or {})
+        for key, name in workspace_of.items():
+            if not (isinstance(key, str) and key and isinstance(name, str) and name):
+                raise ValueError(
+                    f"workspaces maps API keys to workspace names, both non-empty strings, "
+                    f"not {key!r}: {name!r}"
+                )
         self._api_key = api_key
         self._address = (host, port)
         self._clock = Clock(realtime=realtime)
@@ -70,7 +92,12 @@ class Emulator:
             faults=faults if faults is not None else Faults(),
             seed=secrets.randbits(64) if seed is None else seed,
         )
-        self._config = ServerConfig(api_key=api_key, max_requests=max_requests, max_bytes=max_bytes)
+        self._config = ServerConfig(
+            api_key=api_key,
+            max_requests=max_requests,
+            max_bytes=max_bytes,
+            workspaces=workspace_of,
+        )
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -201,6 +228,27 @@ class Emulator:
         return self._store.last_create_body
 
     @property
+    def last_create_headers(self) -> dict[str, str]:
+        """The headers of the last create call (even one that was refused), names lower-cased;
+        a header sent more than once has its values joined by commas."""
+        return dict(self._store.last_create_headers)
+
+    def batch_version(self, batch_id: str) -> str:
+        """The ``anthropic-version`` the batch was created under (KeyError once deleted)."""
+        with self._store.lock:
+            return self._store.batches[batch_id].version
+
+    def batch_workspace(self, batch_id: str) -> str:
+        """The workspace of the key that created the batch (KeyError once deleted)."""
+        with self._store.lock:
+            return self._store.batches[batch_id].workspace
+
+    def batch_betas(self, batch_id: str) -> list[str]:
+        """The betas of the create's ``anthropic-beta`` header, in order ([] when absent)."""
+        with self._store.lock:
+            return list(self._store.batches[batch_id].betas)
+
+    @property
     def batches(self) -> Mapping[str, dict[str, Any]]:
         """batch_id -> the batch as a MessageBatch dict (deleted batches are gone)."""
         return _BatchesView(self._store)
@@ -244,8 +292,11 @@ def serve_forever(
     *,
     api_key: str | None = None,
     responder: Responder | None = None,
+    workspaces: Mapping[str, str] | None = None,
 ) -> None:
     """Serve the emulator on a clock that follows real time, until SIGINT or SIGTERM.
+
+    ``workspaces`` (API key -> workspace name) is as for ``Emulator``.
 
     Prints ``dsbatch emulator listening on http://HOST:PORT`` once listening.
     """
@@ -268,6 +319,7 @@ def serve_forever(
         host=host,
         port=port,
         realtime=True,
+        workspaces=workspaces,
     )
     try:
         with emulator:

@@ -1,4 +1,12 @@
-"""The HTTP side: routing, auth, body limits, injected HTTP faults, and the results stream."""
+"""The HTTP side: routing, auth, body limits, injected HTTP faults, and the results stream.
+
+The API key of a call picks its workspace (``ServerConfig.workspaces``, else
+``DEFAULT_WORKSPACE``), and every endpoint, the results download included, acts only on that
+workspace's batches.
+
+Every answer's ``Date`` header is the emulator's clock, not the machine's: a client that
+corrects its clock skew from it sees the same time as the batches it polls.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +17,16 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dsbatch._emulator._errors import ApiError, default_message, error_body, error_type_for
 from dsbatch._emulator._ids import prefixed_id
-from dsbatch._emulator._state import Store
-from dsbatch._emulator._validate import validate_create
+from dsbatch._emulator._state import DEFAULT_WORKSPACE, Store
+from dsbatch._emulator._validate import api_version, validate_create
 
 __all__ = ["EmulatorHTTPServer", "ServerConfig", "route"]
 
@@ -29,9 +37,10 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 @dataclass(frozen=True)
 class ServerConfig:
-    api_key: str | None
+    api_key: str | None  # when set, only it and the keys of ``workspaces`` are accepted
     max_requests: int
     max_bytes: int
+    workspaces: Mapping[str, str] = field(default_factory=dict)  # API key -> workspace
 
 
 class _TooLarge(Exception):
@@ -105,6 +114,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # quiet: tests start many emulators
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header: emulator time, so it moves with ``Emulator.advance``."""
+        return super().date_time_string(
+            self.server.store.clock.now() if timestamp is None else timestamp
+        )
+
     def do_GET(self) -> None:
         self._handle("GET")
 
@@ -135,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
             with store.lock:
                 store.calls[endpoint] += 1
             body = self._read_body(self.server.config.max_bytes)
-            self._check_auth()
+            workspace = self._workspace()
             with store.lock:
                 fault = store.faults.take_http(endpoint)
             if fault is not None:
@@ -146,15 +161,15 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
             if endpoint == "create":
-                self._create(body)
+                self._create(body, workspace)
             elif endpoint == "list":
-                self._list(parse_qs(split.query))
+                self._list(parse_qs(split.query), workspace)
             elif endpoint == "results":
                 assert batch_id is not None
-                self._results(batch_id)
+                self._results(batch_id, workspace)
             else:
                 assert batch_id is not None
-                self._by_id(endpoint, batch_id)
+                self._by_id(endpoint, batch_id, workspace)
         except _TooLarge as exc:
             limit = self.server.config.max_bytes
             self.close_connection = True
@@ -175,16 +190,18 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("host")
         return f"http://{host}" if host else self.server.store.base_url
 
-    def _check_auth(self) -> None:
+    def _workspace(self) -> str:
+        """The workspace of the call's API key; a 401 when the key is missing or refused."""
         key = self.headers.get("x-api-key")
         authorization = self.headers.get("authorization") or ""
         if not key and authorization[:7].lower() == "bearer ":
             key = authorization[7:].strip()
         if not key:
             raise ApiError(401, "x-api-key header is required")
-        expected = self.server.config.api_key
-        if expected is not None and key != expected:
+        config = self.server.config
+        if config.api_key is not None and key != config.api_key and key not in config.workspaces:
             raise ApiError(401, "invalid x-api-key")
+        return config.workspaces.get(key, DEFAULT_WORKSPACE)
 
     def _read_body(self, limit: int) -> bytes:
         if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
@@ -242,16 +259,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- endpoints ------------------------------------------------------------------------
 
-    def _create(self, body: bytes) -> None:
+    def _create(self, body: bytes, workspace: str) -> None:
         store, config = self.server.store, self.server.config
         try:
             payload = json.loads(body)
         except ValueError as exc:
             raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
         with store.lock:
             store.last_create_body = payload
+            store.last_create_headers = headers
         requests = validate_create(payload, max_requests=config.max_requests)
-        batch = store.create(requests)
+        # Betas and version apply to every request of the batch, and are only acted on while
+        # processing: params are validated asynchronously.
+        betas = [beta.strip() for beta in headers.get("anthropic-beta", "").split(",")]
+        batch = store.create(
+            requests,
+            version=api_version(headers.get("anthropic-version")),
+            betas=[beta for beta in betas if beta],
+            workspace=workspace,
+        )
         with store.lock:
             lost = store.faults.take_lose_create()
             answer = store.to_dict(batch, self._base_url())
@@ -260,7 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send_json(200, answer)
 
-    def _list(self, query: dict[str, list[str]]) -> None:
+    def _list(self, query: dict[str, list[str]], workspace: str) -> None:
         raw_limit = query.get("limit", ["20"])[-1]
         try:
             limit = int(raw_limit)
@@ -276,7 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "before_id and after_id cannot both be given")
         store = self.server.store
         with store.lock:
-            batches, has_more = store.page(limit, before_id, after_id)
+            batches, has_more = store.page(limit, before_id, after_id, workspace)
             data = [store.to_dict(batch, self._base_url()) for batch in batches]
         self._send_json(
             200,
@@ -288,30 +318,31 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _by_id(self, endpoint: str, batch_id: str) -> None:
+    def _by_id(self, endpoint: str, batch_id: str, workspace: str) -> None:
         store = self.server.store
         with store.lock:
             if endpoint == "delete":
-                store.delete(batch_id)
+                store.delete(batch_id, workspace)
                 answer = {"id": batch_id, "type": "message_batch_deleted"}
             elif endpoint == "cancel":
-                answer = store.to_dict(store.cancel(batch_id), self._base_url())
+                answer = store.to_dict(store.cancel(batch_id, workspace), self._base_url())
             else:
-                answer = store.to_dict(store.get(batch_id), self._base_url())
+                answer = store.to_dict(store.get(batch_id, workspace), self._base_url())
         self._send_json(200, answer)
 
-    def _results(self, batch_id: str) -> None:
+    def _results(self, batch_id: str, workspace: str) -> None:
         store = self.server.store
         with store.lock:
-            count, lines = store.results(batch_id)
+            count, lines = store.results(batch_id, workspace)
             cut = store.faults.take_cut_results()
+            short = not cut and store.faults.take_short_results()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-jsonl")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("request-id", self.request_id)
         self.end_headers()
         try:
-            self._stream_lines(count, lines, cut)
+            self._stream_lines(count // 2 if short else count, lines, cut)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception:  # headers are gone: the only honest answer left is a broken body

@@ -5,6 +5,10 @@ Nothing runs in the background: a batch's state is a function of the clock, brou
 ``created + delay * (i + 1) / n``; the batch ends when the last one does, when it is canceled,
 or at ``expires_at`` (created + 24 h), whichever comes first. Results are decided once, when
 the batch ends.
+
+Every batch belongs to the workspace of the key that created it. The API's operations take the
+caller's workspace and see only that workspace's batches: another workspace's batch is as
+absent as a deleted one. ``workspace=None`` sees every batch (the emulator's own introspection).
 """
 
 from __future__ import annotations
@@ -21,18 +25,15 @@ from typing import Any
 from dsbatch._emulator._errors import ApiError, default_message
 from dsbatch._emulator._faults import Faults
 from dsbatch._emulator._ids import prefixed_id, rfc3339, stable_hash
-from dsbatch._emulator._responder import (
-    Responder,
-    errored_result,
-    result_from_text,
-    spoil_answer,
-)
+from dsbatch._emulator._responder import Responder, errored_result, result_from_text
 from dsbatch._emulator._validate import param_problem, structured_kind
+from dsbatch._limits import API_VERSION_LEGACY, EXPIRY_SECONDS
 
-__all__ = ["EXPIRY_SECONDS", "Batch", "Clock", "Store"]
+__all__ = ["DEFAULT_WORKSPACE", "Batch", "Clock", "Store"]
 
-EXPIRY_SECONDS = 24 * 60 * 60
 _RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
+
+DEFAULT_WORKSPACE = "default"  # the workspace of every key not mapped to another
 
 
 class Clock:
@@ -64,6 +65,9 @@ class Batch:
     custom_ids: list[str]
     params: list[dict[str, Any]]
     attempts: list[int]
+    version: str = API_VERSION_LEGACY  # the create's anthropic-version
+    betas: list[str] = field(default_factory=list)  # the create's anthropic-beta
+    workspace: str = DEFAULT_WORKSPACE  # the workspace of the key that created it
     status: str = "in_progress"
     cancel_initiated_at: float | None = None
     ended_at: float | None = None
@@ -72,6 +76,7 @@ class Batch:
     # results are served, so a 100k batch does not hold 100k Messages) or its result object.
     outcomes: list[str | dict[str, Any]] | None = None
     order: list[int] | None = None  # the results file's (shuffled) order
+    shapes: dict[int, str] = field(default_factory=dict)  # index -> how a fault spoils its answer
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -108,12 +113,20 @@ class Store:
         self.received: list[tuple[str, str]] = []
         self.duplicate_custom_ids: set[str] = set()
         self.last_create_body: Any = None
+        self.last_create_headers: dict[str, str] = {}
         self._times_seen: Counter[str] = Counter()
         self._seq = 0
 
     # --- the API's operations -------------------------------------------------------------
 
-    def create(self, requests: list[dict[str, Any]]) -> Batch:
+    def create(
+        self,
+        requests: list[dict[str, Any]],
+        *,
+        version: str = API_VERSION_LEGACY,
+        betas: list[str] | None = None,
+        workspace: str = DEFAULT_WORKSPACE,
+    ) -> Batch:
         with self.lock:
             self._seq += 1
             batch_id = prefixed_id("msgbatch_", self.seed, self._seq)
@@ -135,24 +148,36 @@ class Store:
                 custom_ids=custom_ids,
                 params=[item["params"] for item in requests],
                 attempts=attempts,
+                version=version,
+                betas=list(betas or ()),
+                workspace=workspace,
             )
             self.batches[batch_id] = batch
             return batch
 
-    def get(self, batch_id: str) -> Batch:
+    def get(self, batch_id: str, workspace: str | None = None) -> Batch:
         with self.lock:
             batch = self.batches.get(batch_id)
-            if batch is None:
+            if batch is None or workspace not in (None, batch.workspace):
                 raise ApiError(404, f"Message Batch {batch_id!r} not found")
             self.settle(batch)
             return batch
 
     def page(
-        self, limit: int, before_id: str | None, after_id: str | None
+        self,
+        limit: int,
+        before_id: str | None,
+        after_id: str | None,
+        workspace: str | None = None,
     ) -> tuple[list[Batch], bool]:
-        """One page of batches, newest first, and whether more lie in that direction."""
+        """One page of the workspace's batches, newest first, and whether more lie in that
+        direction."""
         with self.lock:
-            newest_first = list(reversed(self.batches.values()))
+            newest_first = [
+                batch
+                for batch in reversed(self.batches.values())
+                if workspace in (None, batch.workspace)
+            ]
             for batch in newest_first:
                 self.settle(batch)
             ids = [batch.id for batch in newest_first]
@@ -170,9 +195,9 @@ class Store:
         except ValueError:
             raise ApiError(400, f"{name}: no Message Batch with id {cursor!r}") from None
 
-    def cancel(self, batch_id: str) -> Batch:
+    def cancel(self, batch_id: str, workspace: str | None = None) -> Batch:
         with self.lock:
-            batch = self.get(batch_id)
+            batch = self.get(batch_id, workspace)
             if batch.status == "in_progress":
                 now = self.clock.now()
                 batch.status = "canceling"
@@ -180,9 +205,9 @@ class Store:
                 batch.done_at_cancel = batch.finished_by(now)
             return batch
 
-    def delete(self, batch_id: str) -> None:
+    def delete(self, batch_id: str, workspace: str | None = None) -> None:
         with self.lock:
-            batch = self.get(batch_id)
+            batch = self.get(batch_id, workspace)
             if batch.status != "ended":
                 raise ApiError(
                     400,
@@ -191,11 +216,13 @@ class Store:
                 )
             del self.batches[batch_id]
 
-    def results(self, batch_id: str) -> tuple[int, Iterator[tuple[str, dict[str, Any]]]]:
+    def results(
+        self, batch_id: str, workspace: str | None = None
+    ) -> tuple[int, Iterator[tuple[str, dict[str, Any]]]]:
         """How many results an ended batch has, and an iterator of (custom_id, result) in the
         results file's order, each built only when reached."""
         with self.lock:
-            batch = self.get(batch_id)
+            batch = self.get(batch_id, workspace)
             if batch.outcomes is None or batch.order is None:
                 raise ApiError(
                     400,
@@ -258,7 +285,7 @@ class Store:
         custom_id = batch.custom_ids[index]
         params = batch.params[index]
         attempt = batch.attempts[index]
-        problem = param_problem(params)
+        problem = param_problem(params, batch.version)
         fate = "invalid_request_error" if problem else self.faults.request_fate(custom_id, attempt)
         if fate == "expired":
             return {"type": "expired"}
@@ -272,7 +299,9 @@ class Store:
         if not isinstance(answer, str):
             raise TypeError(f"a responder returns str or dict, not {type(answer).__name__}")
         if structured_kind(params) is not None:
-            answer = spoil_answer(answer, self.faults.answer_shape(custom_id, attempt))
+            shape = self.faults.answer_shape(custom_id, attempt)
+            if shape is not None:
+                batch.shapes[index] = shape
         return answer
 
     # --- the wire form --------------------------------------------------------------------
@@ -312,7 +341,10 @@ def _lines(
         outcome = outcomes[index]
         if isinstance(outcome, str):
             message_id = prefixed_id("msg_", batch.id, custom_id)
-            params = batch.params[index]
-            yield custom_id, result_from_text(custom_id, params, outcome, message_id=message_id)
+            shape = batch.shapes.get(index)
+            result = result_from_text(
+                custom_id, batch.params[index], outcome, message_id=message_id, shape=shape
+            )
+            yield custom_id, result
         else:
             yield custom_id, outcome

@@ -49,10 +49,17 @@ class SpecValidators:
 
 
 @pytest.fixture(scope="session")
-def spec() -> SpecValidators:
+def spec_document() -> dict[str, Any]:
+    """The official OpenAPI document, as parsed JSON."""
     if not SPEC_PATH.is_file():
         pytest.skip(
             "../shared/reference/anthropic-openapi.json not found: "
             "the OpenAPI spec lives beside the project, not in it"
         )
-    return SpecValidators(json.loads(SPEC_PATH.read_text()))
+    document: dict[str, Any] = json.loads(SPEC_PATH.read_text())
+    return document
+
+
+@pytest.fixture(scope="session")
+def spec(spec_document: dict[str, Any]) -> SpecValidators:
+    return SpecValidators(spec_document)

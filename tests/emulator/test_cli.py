@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import anthropic
 import pytest
 
+from dsbatch._cli import main
 from dsbatch._emulator import _state
 from dsbatch.testing import Emulator
 
@@ -108,3 +109,31 @@ def test_the_realtime_clock_of_the_cli_lets_delays_pass_on_their_own(
         assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
         elapsed[0] += 30
         assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
+
+
+def test_the_cli_scopes_batches_to_the_workspace_of_each_key() -> None:
+    process, url = _start("--workspace", "key-a=team", "--workspace", "key-b=team")
+    try:
+
+        def client(key: str) -> anthropic.Anthropic:
+            return anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+
+        batch = client("key-a").messages.batches.create(requests=requests(2))
+        assert client("key-b").messages.batches.retrieve(batch.id).id == batch.id
+        with pytest.raises(anthropic.NotFoundError):
+            client("key-c").messages.batches.retrieve(batch.id)
+        assert list(client("key-c").messages.batches.list()) == []
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("spec", [["oops"], ["=team"], ["key-a="], ["k=a", "k=b"]])
+def test_the_cli_refuses_a_bad_workspace(
+    spec: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["emulator", "--port", "0"]
+    for item in spec:
+        argv += ["--workspace", item]
+    assert main(argv) == 2
+    assert "--workspace" in capsys.readouterr().err

@@ -155,7 +155,10 @@ def test_delete_removes_an_ended_batch(emu: Emulator) -> None:
 
 def test_every_endpoint_through_the_async_client() -> None:
     async def scenario(emu: Emulator) -> None:
-        client = emu.async_client()
+        async with emu.async_client() as client:
+            await steps(emu, client)
+
+    async def steps(emu: Emulator, client: anthropic.AsyncAnthropic) -> None:
         batch = await client.messages.batches.create(requests=requests(3))
         emu.advance(10)
         running = await client.messages.batches.create(requests=requests(2, prefix="late"))

@@ -114,8 +114,8 @@ def test_a_lost_create_answer_without_retries_is_a_connection_error_but_the_batc
 # --- a results download cut midway ------------------------------------------------------------
 
 
-# The SDK does not wrap a broken body: iteration raises httpx2's own TransportError, usually
-# RemoteProtocolError ("incomplete chunked read"), sometimes ReadError with the async client.
+# The SDK does not wrap a broken body: iteration raises httpx2's own TransportError
+# (RemoteProtocolError, "incomplete chunked read").
 
 
 def test_a_cut_download_breaks_the_sdks_results_iteration_midway() -> None:
@@ -127,6 +127,16 @@ def test_a_cut_download_breaks_the_sdks_results_iteration_midway() -> None:
             for line in client.messages.batches.results(batch.id):
                 seen.append(line.custom_id)
         assert len(seen) == 5 < client.messages.batches.retrieve(batch.id).request_counts.succeeded
+        assert len(list(client.messages.batches.results(batch.id))) == 10  # the next one is whole
+
+
+def test_a_short_download_looks_complete_but_holds_half_the_lines() -> None:
+    with Emulator(faults=Faults(short_results=1)) as emu:
+        client = emu.client()
+        batch = client.messages.batches.create(requests=requests(10))
+        with client.messages.batches.with_streaming_response.results(batch.id) as response:
+            body = b"".join(response.iter_bytes())  # no transport error: the body ends cleanly
+        assert body.count(b"\n") == 5 and body.endswith(b"\n")
         assert len(list(client.messages.batches.results(batch.id))) == 10  # the next one is whole
 
 
@@ -150,10 +160,14 @@ def test_a_cut_download_fails_the_async_client_too() -> None:
 
     async def download(emu: Emulator, batch_id: str) -> list[str]:
         seen: list[str] = []
-        results = await emu.async_client().messages.batches.results(batch_id)
-        with pytest.raises(httpx2.TransportError):
-            async for line in results:
-                seen.append(line.custom_id)
+        # Hold the client through the download: an AsyncAnthropic nothing refers to any more
+        # closes its connection pool from __del__ when the garbage collector reaches it, and
+        # with it the connection the results stream on, maybe before the first line is read.
+        async with emu.async_client() as client:
+            results = await client.messages.batches.results(batch_id)
+            with pytest.raises(httpx2.TransportError):
+                async for line in results:
+                    seen.append(line.custom_id)
         return seen
 
     with Emulator(faults=Faults(cut_results=1)) as emu:
@@ -211,37 +225,67 @@ def test_a_retried_request_gets_a_fresh_draw_but_an_invalid_one_stays_invalid() 
     assert sum(again[cid] == "succeeded" for cid in transient) > len(transient) / 3
 
 
-def test_preamble_puts_prose_before_the_json_of_structured_answers() -> None:
-    reqs = [request("schema", **json_schema_params(LABEL_SCHEMA))]
-    reqs.append(request("tool", **forced_tool_params(LABEL_SCHEMA)))
-    reqs.append(request("plain"))
+def _spoiled(faults: Faults) -> dict[str, Any]:
+    """custom_id -> message, for a native, a forced-tool and a plain request under ``faults``."""
+    reqs = [
+        request("schema", **json_schema_params(LABEL_SCHEMA)),
+        request("tool", **forced_tool_params(LABEL_SCHEMA)),
+        request("plain"),
+    ]
+    with Emulator(faults=faults) as emu:
+        client = emu.client()
+        batch = client.messages.batches.create(requests=reqs)
+        client.messages.batches.retrieve(batch.id)
+        return {cid: result.message for cid, result in results_by_id(client, batch.id).items()}
+
+
+def test_preamble_puts_prose_before_the_json_of_a_native_structured_answer() -> None:
+    messages = _spoiled(Faults(preamble=1.0))
+    (block,) = messages["schema"].content
+    assert block.type == "text" and messages["schema"].stop_reason == "end_turn"
+    prose, _, payload = block.text.partition("\n\n")
+    assert prose == "Here is the JSON you asked for:"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(block.text)
+    validate(json.loads(payload), LABEL_SCHEMA)
+    assert messages["plain"].content[0].text.startswith("Summary of:")
+
+
+def test_preamble_in_tool_mode_is_a_sentence_before_a_valid_tool_call() -> None:
+    message = _spoiled(Faults(preamble=1.0))["tool"]
+    prose, call = message.content
+    assert prose.type == "text" and "{" not in prose.text and prose.text
+    assert call.type == "tool_use" and call.name == "record"
+    validate(call.input, LABEL_SCHEMA)
+    assert message.stop_reason == "tool_use"
+    assert message.usage.output_tokens > len(json.dumps(call.input)) // 4
+
+
+def test_no_json_answers_structured_requests_in_prose_only() -> None:
+    messages = _spoiled(Faults(no_json=1.0))
+    for custom_id in ("schema", "tool"):  # in tool mode: no tool call at all
+        message = messages[custom_id]
+        (block,) = message.content
+        assert block.type == "text" and "{" not in block.text
+        assert message.stop_reason == "end_turn"
+    assert messages["plain"].content[0].text.startswith("Summary of:")
+
+
+def test_a_spoiled_tool_answer_still_obeys_max_tokens() -> None:
+    reqs = [
+        request("in_prose", max_tokens=2, **forced_tool_params(LABEL_SCHEMA)),
+        request("in_call", max_tokens=14, **forced_tool_params(LABEL_SCHEMA)),
+    ]
     with Emulator(faults=Faults(preamble=1.0)) as emu:
         client = emu.client()
         batch = client.messages.batches.create(requests=reqs)
         client.messages.batches.retrieve(batch.id)
-        messages = {cid: result.message for cid, result in results_by_id(client, batch.id).items()}
-    for custom_id in ("schema", "tool"):
-        block = messages[custom_id].content[0]
-        assert block.type == "text"  # a forced tool answered in text, not tool_use
-        prose, _, payload = block.text.partition("\n\n")
-        assert prose == "Here is the JSON you asked for:"
-        with pytest.raises(json.JSONDecodeError):
-            json.loads(block.text)
-        validate(json.loads(payload), LABEL_SCHEMA)
-    assert messages["plain"].content[0].text.startswith("Summary of:")
-
-
-def test_no_json_answers_structured_requests_in_prose_only() -> None:
-    reqs = [request("schema", **json_schema_params(LABEL_SCHEMA))]
-    reqs.append(request("tool", **forced_tool_params(LABEL_SCHEMA)))
-    with Emulator(faults=Faults(no_json=1.0)) as emu:
-        client = emu.client()
-        batch = client.messages.batches.create(requests=reqs)
-        client.messages.batches.retrieve(batch.id)
-        for line in result_lines(client, batch.id):
-            block = line.result.message.content[0]
-            assert block.type == "text" and "{" not in block.text
-            assert line.result.message.stop_reason == "end_turn"
+        messages = {cid: r.message for cid, r in results_by_id(client, batch.id).items()}
+    assert [b.type for b in messages["in_prose"].content] == ["text"]
+    assert [b.type for b in messages["in_call"].content] == ["text", "tool_use"]
+    for message in messages.values():
+        assert message.stop_reason == "max_tokens"
+    assert messages["in_call"].content[1].input == {}
 
 
 def test_fractions_of_preamble_and_no_json_split_structured_answers() -> None:
@@ -267,6 +311,7 @@ def test_fractions_of_preamble_and_no_json_split_structured_answers() -> None:
 def test_parse_reads_every_fault_kind() -> None:
     faults = Faults.parse(
         "create=429x2,retrieve=500x1,results=529x1@0.25,*=503,lose_create=1,cut_results=2,"
+        "short_results=3,"
         "errored=0.1,invalid=0.05,expired=0.05,preamble=0.2,no_json=0.1"
     )
     assert faults.http == [
@@ -275,7 +320,7 @@ def test_parse_reads_every_fault_kind() -> None:
         HttpFault("results", 529, 1, retry_after=0.25),
         HttpFault("*", 503, 1),
     ]
-    assert (faults.lose_create, faults.cut_results) == (1, 2)
+    assert (faults.lose_create, faults.cut_results, faults.short_results) == (1, 2, 3)
     assert (faults.errored, faults.invalid, faults.expired) == (0.1, 0.05, 0.05)
     assert (faults.preamble, faults.no_json) == (0.2, 0.1)
     assert Faults.parse(faults.describe()) == faults

@@ -9,6 +9,9 @@ from typing import Any
 import anthropic
 import pytest
 
+from dsbatch import _limits as limits
+from dsbatch._emulator._validate import KNOWN_PARAMS
+from dsbatch._limits import CUSTOM_ID_PATTERN, MAX_BATCH_REQUESTS
 from dsbatch.testing import Emulator, Faults, HttpFault
 
 from .conftest import SpecValidators
@@ -167,3 +170,36 @@ def test_the_spec_check_would_catch_a_missing_required_nullable_field(
     del wire["archived_at"]
     with pytest.raises(jsonschema.ValidationError, match="archived_at"):
         spec.validate("MessageBatch", wire)
+
+
+# --- the constants the emulator takes from the spec ------------------------------------------
+
+
+def test_known_params_are_the_specs_create_message_params_and_output_format(
+    spec_document: dict[str, Any],
+) -> None:
+    schemas = spec_document["components"]["schemas"]
+    item = schemas["MessageBatchIndividualRequestParams"]
+    params = schemas[item["properties"]["params"]["$ref"].rsplit("/", 1)[1]]
+    assert params["additionalProperties"] is False
+    assert {*params["properties"], "output_format"} == KNOWN_PARAMS
+
+
+def test_the_shared_limits_match_the_spec(spec_document: dict[str, Any]) -> None:
+    schemas = spec_document["components"]["schemas"]
+    requests_schema = schemas["CreateMessageBatchParams"]["properties"]["requests"]
+    assert requests_schema["maxItems"] == MAX_BATCH_REQUESTS
+    custom_id = schemas["MessageBatchIndividualRequestParams"]["properties"]["custom_id"]
+    assert custom_id["pattern"] == CUSTOM_ID_PATTERN
+    assert limits.__all__ == sorted(limits.__all__)
+
+
+def test_spoiled_tool_answers_are_valid_result_lines(spec: SpecValidators) -> None:
+    reqs = requests(20, **forced_tool_params(LABEL_SCHEMA))
+    with Emulator(faults=Faults(preamble=0.5, no_json=0.5)) as emu:
+        batch = emu.client().messages.batches.create(requests=reqs)
+        shapes = set()
+        for line in _lines(emu, batch.id):
+            spec.validate("MessageBatchIndividualResponse", line)
+            shapes.add(tuple(block["type"] for block in line["result"]["message"]["content"]))
+    assert shapes == {("text", "tool_use"), ("text",)}

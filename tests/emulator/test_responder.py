@@ -226,3 +226,12 @@ def test_a_responder_returning_nonsense_makes_the_request_errored() -> None:
         client = emu.client()
         batch = client.messages.batches.create(requests=[request("a")])
         assert client.messages.batches.retrieve(batch.id).request_counts.errored == 1
+
+
+def test_a_strict_tool_is_accepted_and_called_like_any_forced_tool(emu: Emulator) -> None:
+    params = forced_tool_params(LABEL_SCHEMA)
+    params["tools"][0]["strict"] = True
+    (message,) = _messages(emu, [request("strict", **params)]).values()
+    (block,) = message.content
+    assert block.type == "tool_use" and message.stop_reason == "tool_use"
+    Draft202012Validator(LABEL_SCHEMA).validate(block.input)
