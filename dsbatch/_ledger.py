@@ -150,6 +150,26 @@ def _read_arrow(path: Path) -> pa.Table:
         return pa.ipc.open_file(source).read_all()
 
 
+def _record_from_journal(job: str, seq: int, entry: dict[str, Any]) -> BatchRecord | None:
+    """A lost batch record as the journal remembers it: submitted, to be polled again."""
+    try:
+        return BatchRecord.from_json(
+            {
+                "job": job,
+                "seq": seq,
+                "request_count": entry["request_count"],
+                "ids_digest": entry["ids_digest"],
+                "intent_at": entry.get("created_at") or 0.0,
+                "state": BatchState.SUBMITTED.value,
+                "key_hash": entry.get("key_hash") or "",
+                "batch_id": entry["batch_id"],
+                "created_at": entry.get("created_at"),
+            }
+        )
+    except (KeyError, RecordError):
+        return None
+
+
 def _file_name(split: str) -> str:
     """A file name for a split: the name itself when it is safe, else a hash of it."""
     if _SAFE_NAME.fullmatch(split):
@@ -234,40 +254,42 @@ class JobLedger:
     def _ids_path(self, seq: int) -> Path:
         return self.dir / "batches" / f"{seq:06d}.ids.arrow"
 
-    def records(self) -> list[BatchRecord]:
-        """Every batch record of the job, oldest first. A damaged one is a LedgerError; a
-        missing one that the journal knows is rebuilt (its batch is polled again)."""
-        records = {r.seq: r for r in map(self._read_record, self._record_paths())}
-        # The latest entry of a batch slot wins (an adopted batch may have been given back).
-        latest = {
-            e.get("seq"): e for e in self.ledger.journal() if e.get("job") == self.fingerprint
-        }
-        for seq, entry in latest.items():
-            if not isinstance(seq, int) or seq in records:
-                continue
+    def records(
+        self, *, strict: bool = True, journal: list[dict[str, Any]] | None = None
+    ) -> list[BatchRecord]:
+        """Every batch record of the job, oldest first. A missing one that the journal knows is
+        rebuilt (its batch is polled again). A damaged one is a LedgerError, or with
+        ``strict=False`` (another job's) skipped with a warning and left as it is."""
+        records: dict[int, BatchRecord] = {}
+        damaged: set[int] = set()
+        for path in self._record_paths():
             try:
-                record = BatchRecord.from_json(
-                    {
-                        "job": self.fingerprint,
-                        "seq": seq,
-                        "request_count": entry["request_count"],
-                        "ids_digest": entry["ids_digest"],
-                        "intent_at": entry.get("created_at") or 0.0,
-                        "state": BatchState.SUBMITTED.value,
-                        "key_hash": entry.get("key_hash") or "",
-                        "batch_id": entry["batch_id"],
-                        "created_at": entry.get("created_at"),
-                    }
-                )
-            except (KeyError, RecordError):
+                record = self._read_record(path)
+            except LedgerError as e:
+                if strict:
+                    raise
+                log.warning("dsbatch: skipping another job's batch record: %s", e)
+                with suppress(ValueError):
+                    damaged.add(int(path.name.split(".")[0]))
+                continue
+            records[record.seq] = record
+        # The latest entry of a batch slot wins (an adopted batch may have been given back).
+        entries = self.ledger.journal() if journal is None else journal
+        latest = {e.get("seq"): e for e in entries if e.get("job") == self.fingerprint}
+        for seq, entry in latest.items():
+            if not isinstance(seq, int) or seq in records or seq in damaged:
+                continue
+            rebuilt = _record_from_journal(self.fingerprint, seq, entry)
+            if rebuilt is None:
                 continue
             log.warning(
                 "dsbatch: the record of batch %s (job %s) was missing; rebuilt it from the journal",
-                record.batch_id,
+                rebuilt.batch_id,
                 self.fingerprint,
             )
-            self.save(record)
-            records[seq] = record
+            with suppress(LedgerError):  # a read-only cache still gets the rebuilt record
+                self.save(rebuilt)
+            records[seq] = rebuilt
         return [records[seq] for seq in sorted(records)]
 
     def _record_paths(self) -> list[Path]:
@@ -536,18 +558,12 @@ class Ledger:
     def all_records(self, own: str) -> list[BatchRecord]:
         """Every batch record in the cache. The job ``own``'s damage is a LedgerError; another
         job's damaged record is skipped with a warning (it must not stop this job)."""
-        records: list[BatchRecord] = []
-        for fingerprint in self.job_fingerprints():
-            job = self.job(fingerprint)
-            if fingerprint == own:
-                records.extend(job.records())
-                continue
-            for path in job._record_paths():
-                try:
-                    records.append(job._read_record(path))
-                except LedgerError as e:
-                    log.warning("dsbatch: skipping another job's batch record: %s", e)
-        return records
+        journal = self.journal()
+        return [
+            record
+            for fingerprint in self.job_fingerprints()
+            for record in self.job(fingerprint).records(strict=fingerprint == own, journal=journal)
+        ]
 
     # -- shared results -----------------------------------------------------------------------
     def _results_path(self, batch_id: str) -> Path:

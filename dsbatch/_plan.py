@@ -87,9 +87,17 @@ def survey(ledger: Ledger, own: str, needed: pa.Array) -> View:
         lost = record.state is BatchState.LOST and not ledger.has_results(record.batch_id or "")
         if not (record.state in IN_FLIGHT or refetch or lost):
             continue
-        ids = _record_ids(ledger, record, own)
+        try:
+            ids = _record_ids(ledger, record)
+        except LedgerError as e:
+            if record.job == own:
+                raise
+            # Another job's damaged ids file is for its owner to see to: it must not stop us.
+            log.warning("dsbatch: skipping a batch of another job: %s", e)
+            continue
         if ids is None:
-            if record.job == own and not lost:
+            # Its requests are not known until its results are: send nothing new till then.
+            if not lost:
                 view.waiting.append((record, None))
             continue
         mine = pc.filter(ids, pc.is_in(ids, value_set=needed))
@@ -104,16 +112,8 @@ def survey(ledger: Ledger, own: str, needed: pa.Array) -> View:
     return view
 
 
-def _record_ids(ledger: Ledger, record: BatchRecord, own: str) -> pa.Array | None:
-    job = ledger.job(record.job)
-    if record.job == own:
-        ids = job.record_ids(record)
-    else:
-        try:
-            ids = job.record_ids(record)
-        except LedgerError as e:
-            log.warning("dsbatch: skipping a batch of another job: %s", e)
-            return None
+def _record_ids(ledger: Ledger, record: BatchRecord) -> pa.Array | None:
+    ids = ledger.job(record.job).record_ids(record)
     return None if ids is None else pa.array(ids, pa.string())
 
 

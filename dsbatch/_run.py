@@ -159,11 +159,11 @@ class JobLoop:
         if info is None:
             self._missing(job, record, "the API does not know it")
             return
-        job.note_missing(record, None)
         if info.size != record.request_count:
             self._reject(job, record, f"it holds {info.size} requests, not {record.request_count}")
             return
         if not info.ended:
+            job.note_missing(record, None)  # found again; its results are not due yet
             return
         expected = job.record_ids(record)
         fetch = fetch_results(self.backend, self.ledger, info, expected, retrying=self.downloading)
@@ -221,8 +221,12 @@ class JobLoop:
 
     def _missing(self, job: JobLedger, record: BatchRecord, why: str) -> None:
         """The batch, or its results, was not found: gone only once missing for a while."""
+        now = self.clock()
+        since = record.missing_since if record.missing_since is not None else now
+        job.note_missing(record, since)
         mine = self.backend.key_hash
-        if record.key_hash and mine and record.key_hash != mine:
+        if record.key_hash and mine and record.key_hash != mine and now - since >= MISSING_SECONDS:
+            # Not gone: out of this key's sight (another workspace). Never bought again for that.
             raise BatchAPIError(
                 f"batch {record.batch_id} (job {record.job}) was created with another API key "
                 f"(key hash {record.key_hash}; this client's is {mine}) that this client cannot "
@@ -230,9 +234,6 @@ class JobLoop:
                 batch_id=record.batch_id,
                 status_code=404,
             )
-        now = self.clock()
-        since = record.missing_since if record.missing_since is not None else now
-        job.note_missing(record, since)
         if now - since < MISSING_SECONDS:
             log.warning(
                 "dsbatch: batch %s was not found (%s); looking again (it counts as gone once "
