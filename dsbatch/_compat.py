@@ -1,24 +1,20 @@
 """Every use of ``datasets`` internals, in one place, for every ``datasets`` version we support.
 
-``datasets`` has no public way to append Arrow columns to a dataset, read its fingerprint, or
-hash a function the way ``Dataset.map`` does; these few helpers do it, and CI runs them against
-the lowest ``datasets`` version ``pyproject.toml`` allows as well as the newest.
+``datasets`` has no public way to append Arrow columns to a dataset or read its fingerprint;
+these few helpers do it, and CI runs them against the lowest ``datasets`` version
+``pyproject.toml`` allows as well as the newest.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 from datasets import Dataset, Features
-from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable, concat_tables
 
-__all__ = ["attach_columns", "code_key", "fingerprint_of", "iter_rows"]
+__all__ = ["attach_columns", "fingerprint_of", "iter_rows"]
 
 _ITER_BATCH = 1000
 
@@ -34,26 +30,6 @@ def iter_rows(dataset: Dataset) -> Iterator[dict[str, Any]]:
 def fingerprint_of(dataset: Dataset) -> str:
     """The dataset's fingerprint (what ``datasets`` caches ``map`` results by)."""
     return str(dataset._fingerprint)
-
-
-def code_key(obj: Any) -> str | None:
-    """A key that changes when a function or class changes (its code, closure, validators);
-    None when it cannot be hashed (then whatever depends on it is simply recomputed)."""
-    if obj is None:
-        return "none"
-    parts: list[str] = []
-    try:
-        if inspect.isclass(obj):
-            parts.append(inspect.getsource(obj))
-            schema = getattr(obj, "model_json_schema", None)
-            if schema is not None:
-                parts.append(json.dumps(schema(), sort_keys=True))
-            return Hasher.hash(parts)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Hasher.hash(obj)
-    except Exception:  # dill or inspect cannot see it (a REPL class, a C callable)
-        return None
 
 
 def attach_columns(dataset: Dataset, new: pa.Table, *, fingerprint: str) -> Dataset:

@@ -78,7 +78,8 @@ def output_table(
         row = pc.index(missing, True).as_py()
         raise MissingResult(f"row {row}: no result for custom_id {ids[row].as_py()}")
 
-    status, error, response = _per_request(latest)
+    forced_tool = spec.response_format is not None and spec.structured_output == "tool"
+    status, error, response = _per_request(latest, tool_first=forced_tool)
     structured: dict[str, pa.Array] = {}
     if spec.response_format is not None:
         status, error, structured = _structured_columns(
@@ -95,7 +96,7 @@ def output_table(
     columns.update({name: fan(values) for name, values in structured.items()})
     if spec.parse is not None and rows is not None and messages is not None:
         parsed, row_status, row_error = _parse_columns(
-            spec.parse, ids, latest, index, row_status, row_error, rows, messages
+            spec.parse, ids, latest, index, row_status, row_error, rows, messages, _taken(spec)
         )
         columns.update(parsed)
     taken = latest.take(index)
@@ -117,8 +118,11 @@ def output_table(
     return pa.table(columns)
 
 
-def _per_request(latest: pa.Table) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """(status, error, answer text) of each distinct request."""
+def _per_request(
+    latest: pa.Table, *, tool_first: bool = False
+) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(status, error, answer text) of each distinct request; with ``tool_first`` (the forced
+    tool of ``structured_output="tool"``) the tool call's input is the answer when there is one."""
     kind = _arr(latest["type"])
     problem = _arr(latest["problem"])
     unreadable = pc.and_(pc.equal(kind, "succeeded"), pc.is_valid(problem)).fill_null(False)
@@ -140,8 +144,11 @@ def _per_request(latest: pa.Table) -> tuple[pa.Array, pa.Array, pa.Array]:
         pa.scalar(_CANCELED),
         problem,
     )
-    # Without text, a tool call's input is the answer (a forced tool still paid for it).
-    answer = pc.coalesce(_arr(latest["text"]), _arr(latest["tool_input"]))
+    # Without text, a tool call's input is the answer (a forced tool still paid for it). Under
+    # response_format's forced tool the call is the answer even after a sentence of prose: the
+    # column then holds what the fields were read from, on every row alike.
+    text, tool_input = _arr(latest["text"]), _arr(latest["tool_input"])
+    answer = pc.coalesce(tool_input, text) if tool_first else pc.coalesce(text, tool_input)
     response = pc.if_else(pc.equal(status, "succeeded"), answer, pa.nulls(len(kind), pa.string()))
     return _arr(status), _arr(error), _arr(response)
 
@@ -188,13 +195,20 @@ def _parse_columns(
     error: pa.Array,
     rows: Callable[[], Iterable[dict[str, Any]]],
     messages: Callable[[pa.Table], dict[str, dict[str, Any]]],
+    taken: Mapping[str, str],
 ) -> tuple[dict[str, pa.Array], pa.Array, pa.Array]:
-    """Run ``parse(row, message)`` on every answered row; an exception marks the row."""
+    """Run ``parse(row, message)`` on every answered row; an exception marks the row.
+
+    ``taken`` names the other new columns (name -> what it is); parse may not return those
+    names, nor the names of the row's own columns."""
     statuses, errors = status.to_pylist(), error.to_pylist()
     answered = latest.filter(pc.equal(latest["type"], "succeeded").fill_null(False))
     by_id = messages(answered)
     out: list[Mapping[str, Any] | None] = []
+    taken = dict(taken)
     for i, (row, custom_id) in enumerate(zip(rows(), ids.to_pylist(), strict=True)):
+        if i == 0:
+            taken.update({name: "the dataset's column" for name in row if name not in taken})
         message = by_id.get(custom_id) if custom_id else None
         if message is None or statuses[i] not in ("succeeded", "parse_error"):
             out.append(None)
@@ -209,6 +223,14 @@ def _parse_columns(
             continue
         out.append(values)
     names = list(dict.fromkeys(k for values in out if values for k in values))
+    for name in names:
+        if name in taken:
+            # Raised after the answers are stored: running again with a fixed parse is free.
+            raise ValueError(
+                f"parse returned a column {name!r}, which is also {taken[name]} {name!r}: "
+                "give it another name in the dict parse returns (the answers are cached, so "
+                "running again costs nothing)"
+            )
     if not names:
         return {}, pa.array(statuses, pa.string()), pa.array(errors, pa.string())
     try:
@@ -220,6 +242,18 @@ def _parse_columns(
         pa.array(statuses, pa.string()),
         pa.array(errors, pa.string()),
     )
+
+
+def _taken(spec: OutputSpec) -> dict[str, str]:
+    """The new columns besides parse's: name -> what it is, for parse's clash errors."""
+    taken = {
+        spec.output_column: "the output column",
+        spec.status_column: "the status column",
+    }
+    if spec.response_format is not None:
+        for name in _structured.arrow_schema(spec.response_format).names:
+            taken[name] = "the response_format field"
+    return taken
 
 
 def _zero_if_succeeded(values: pa.ChunkedArray | pa.Array, succeeded: pa.Array) -> pa.Array:

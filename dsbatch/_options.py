@@ -14,7 +14,6 @@ from typing import Any
 import xxhash
 
 from dsbatch import _structured
-from dsbatch._compat import code_key
 from dsbatch._join import OutputSpec
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._poll import PollSchedule, poll_schedule
@@ -188,17 +187,16 @@ class MapOptions:
                     )
 
     def output_key(self) -> str | None:
-        """What the finished columns depend on besides the results; None if it cannot be
-        known (a function dill cannot hash): the columns are then rebuilt on every call."""
+        """What the finished columns depend on besides the results; None when they depend on
+        the user's code (``parse``, a ``response_format``'s validators): no hash of code sees a
+        helper it calls or a global it reads, so those columns are joined again on every call,
+        from the cached results, at no API cost."""
         spec = self.output
-        keys = [code_key(spec.response_format), code_key(spec.parse)]
-        if None in keys:
+        if spec.parse is not None or spec.response_format is not None:
             return None
         described = [
             spec.output_column,
             spec.status_column,
-            spec.structured_output,
-            *keys,
             self.max_attempts,
             self.resend_canceled,
         ]

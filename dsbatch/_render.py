@@ -132,8 +132,9 @@ class _TextTemplate:
     _HOLE = "\x00dsbatch-messages\x00"
 
     def __init__(self, shape: RequestShape) -> None:
-        _to_params("a text", shape)  # the shape's own mistakes, named on the first row
-        skeleton = canonical_json({**shape.defaults, **shape.additions, "messages": self._HOLE})
+        # The shape's own mistakes are named on the first row.
+        params = _to_params("a text", shape)
+        skeleton = canonical_json({**params, "messages": self._HOLE})
         hole = json.dumps(self._HOLE).encode()
         if skeleton.count(hole) != 1:
             raise PromptError("the request's params hold dsbatch's own placeholder text")
@@ -158,15 +159,31 @@ def _to_params(answer: Any, shape: RequestShape) -> dict[str, Any]:
             "the prompt function must return a str, a list of messages, a dict of Messages "
             f"params or None, not {type(answer).__name__}"
         )
-    clash = sorted(k for k in shape.additions if k in params)
-    if clash:
-        raise PromptError(
-            f"the request already has {', '.join(map(repr, clash))}, and response_format adds "
-            "its own: drop one of them (response_format builds the structured output for you)"
-        )
-    params.update(shape.additions)
+    if shape.additions:
+        params = _with_structured_output(params, shape.additions)
     _check_params(params, shape.api_version)
     return params
+
+
+def _with_structured_output(params: dict[str, Any], additions: Mapping[str, Any]) -> dict[str, Any]:
+    """The request with response_format's output_config or forced tool; a request that already
+    asks for a structured answer (its own format, tools or tool_choice) is refused, while other
+    output_config settings (e.g. effort) are kept."""
+    own = params.get("output_config")
+    clash: list[str] = [k for k in ("tools", "tool_choice") if k in params]
+    if isinstance(own, Mapping) and "format" in own:
+        clash.append("output_config.format")
+    elif own is not None and not isinstance(own, Mapping):
+        clash.append("output_config")
+    if clash:
+        raise PromptError(
+            f"the request already has {', '.join(map(repr, clash))}, and response_format asks "
+            "for the structured answer itself: drop one of them"
+        )
+    merged = {**params, **additions}
+    if isinstance(own, Mapping) and "output_config" in additions:
+        merged["output_config"] = {**own, **additions["output_config"]}
+    return merged
 
 
 def _check_params(params: dict[str, Any], api_version: str) -> None:
