@@ -7,7 +7,7 @@ import random
 
 import pytest
 from datasets import Dataset, DatasetDict
-from support import MODEL, echo, prompt, run
+from support import MODEL, echo, prompt, run, virtual
 
 import dsbatch
 from dsbatch import BatchAPIError, PromptError, RequestTooLargeError, RowFailedError
@@ -330,8 +330,9 @@ def test_requests_unfinished_at_24_hours_expire_and_are_reported():
         assert "expired" in expired["error"] and out["response"][statuses.index("expired")] is None
 
 
-def test_batches_made_with_another_key_are_not_read():
-    with Emulator(delay=3600, responder=echo) as emu:
+def test_a_job_in_flight_continues_with_any_key_that_can_read_its_batches():
+    workspaces = {"key-one": "lab", "key-two": "lab", "key-three": "elsewhere"}
+    with Emulator(delay=3600, responder=echo, workspaces=workspaces) as emu:
         ds = Dataset.from_dict({"text": texts(5)})
         with pytest.raises(Crash):
             dsbatch.map(
@@ -342,15 +343,29 @@ def test_batches_made_with_another_key_are_not_read():
                 poll_interval=dsbatch.PollSchedule(sleep=crash),
                 progress=False,
             )
-        with pytest.raises(BatchAPIError, match="another API key"):
+        (batch_id,) = emu.batches
+        schedule = virtual(emu, 3600)
+        # A key of another workspace cannot read the batch: refused, nothing bought.
+        with pytest.raises(BatchAPIError, match=f"batch {batch_id} .*another API key"):
             dsbatch.map(
                 ds,
                 prompt,
                 model=MODEL,
-                client=emu.client(api_key="key-two"),
-                poll_interval=0,
+                client=emu.client(api_key="key-three", max_retries=0),
+                poll_interval=schedule,
                 progress=False,
             )
+        # A rotated key of the same workspace reads it and finishes the job.
+        out = dsbatch.map(
+            ds,
+            prompt,
+            model=MODEL,
+            client=emu.client(api_key="key-two", max_retries=0),
+            poll_interval=schedule,
+            progress=False,
+        )
+        assert out["response"] == [f"echo: {t}" for t in texts(5)]
+        assert emu.calls["create"] == 1
 
 
 def test_the_client_comes_from_the_environment(emu, monkeypatch, tmp_path):

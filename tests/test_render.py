@@ -179,21 +179,20 @@ def test_betas_change_the_custom_id_but_not_the_body():
 
 
 def test_response_format_additions_are_added_and_clashes_refused():
-    additions = {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}
-    rendered = render([{"t": "a"}], lambda r: r["t"], additions=additions)
-    assert params_of(rendered, 0)["output_config"] == additions["output_config"]
-    with pytest.raises(PromptError, match="row 0: the request already has 'output_config'"):
-        render(
-            [{"t": "a"}],
-            lambda r: {"messages": [{"role": "user", "content": "x"}], "output_config": {}},
-            additions=additions,
-        )
-
-
-def test_a_text_answer_is_byte_for_byte_the_canonical_request():
-    shape = {"system": "Be brief.", "stop_sequences": ["END"]}
-    texts = ["plain", 'quotes " and \\ slashes', "é 👋 \u2028 \x01", "{looks: like json}"]
-    rendered = render([{"t": t} for t in texts], lambda r: r["t"], defaults={**DEFAULTS, **shape})
-    for row, text in enumerate(texts):
-        params = {**DEFAULTS, **shape, "messages": [{"role": "user", "content": text}]}
-        assert rendered.bodies[rendered.row_custom_ids["data"][row]] == canonical_json(params)
+    fmt = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+    rendered = render([{"t": "a"}], lambda r: r["t"], additions={"output_config": fmt})
+    assert params_of(rendered, 0)["output_config"] == fmt
+    # Other output_config settings are kept beside the format.
+    effort = render(
+        [{"t": "a"}],
+        lambda r: {"messages": [{"role": "user", "content": "x"}], "output_config": {"e": 1}},
+        additions={"output_config": fmt},
+    )
+    assert params_of(effort, 0)["output_config"] == {"e": 1, **fmt}
+    for own in ({"output_config": fmt}, {"tools": []}, {"tool_choice": {"type": "any"}}):
+        with pytest.raises(PromptError, match="row 0: the request already has"):
+            render(
+                [{"t": "a"}],
+                lambda r, own=own: {"messages": [{"role": "user", "content": "x"}], **own},
+                additions={"output_config": fmt},
+            )
