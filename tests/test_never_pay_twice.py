@@ -907,11 +907,6 @@ def test_api_version_2026_refuses_sampling_params_up_front_and_2023_06_01_sends_
     assert emu.last_create_headers["anthropic-version"] == "2026-10-21"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README.md (step 6 of 'What dsbatch.map does') lists errored and expired as retried "
-    "but never says that canceled requests are final nor names resend_canceled=True",
-)
 def test_the_readme_says_exactly_which_failures_are_retried():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "invalid_request_error" in readme and "expired" in readme
