@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,7 +136,9 @@ def _api_error(action: str, e: anthropic.APIError, batch_id: str | None = None) 
 class Backend:
     """Batch calls over one ``anthropic.Anthropic`` client."""
 
-    def __init__(self, client: anthropic.Anthropic | None = None) -> None:
+    def __init__(
+        self, client: anthropic.Anthropic | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         if client is not None and not isinstance(client, anthropic.Anthropic):
             kind = type(client).__name__
             hint = " (dsbatch needs the synchronous client)" if "Async" in kind else ""
@@ -143,6 +146,21 @@ class Backend:
         # Built on first use: a job whose answers are all cached needs no key at all.
         self._given = client
         self._client: anthropic.Anthropic | None = None
+        self.clock = clock
+        # The server's clock minus ours, from the Date header of the latest answer (None until
+        # one came): intents are dated by the server's clock, which reconcile matches against.
+        self.skew: float | None = None
+
+    def _saw(self, headers: Any) -> float | None:
+        """Note the server's time from an answer's headers; returns it."""
+        server = _server_time(headers)
+        if server is not None:
+            self.skew = server - self.clock()
+        return server
+
+    def server_now(self) -> float | None:
+        """The server's time now, as far as the latest answer tells."""
+        return None if self.skew is None else self.clock() + self.skew
 
     @property
     def client(self) -> anthropic.Anthropic:
@@ -210,18 +228,30 @@ class Backend:
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         try:
-            return BatchInfo.from_sdk(self.client.messages.batches.retrieve(batch_id))
+            response = self.client.messages.batches.with_raw_response.retrieve(batch_id)
+            batch = response.parse()
         except anthropic.APIError as e:
             raise _api_error("retrieving batch", e, batch_id) from e
+        self._saw(response.headers)
+        return BatchInfo.from_sdk(batch)
 
-    def recent(self, limit: int = 1000) -> tuple[list[BatchInfo], float | None]:
-        """The newest batches of this key's workspace, newest first, and the server's time."""
-        try:
-            response = self.client.messages.batches.with_raw_response.list(limit=limit)
-            page = response.parse()
-        except anthropic.APIError as e:
-            raise _api_error("listing batches", e) from e
-        return [BatchInfo.from_sdk(b) for b in page.data], _server_time(response.headers)
+    def recent(self, since: float | None = None, *, limit: int = 1000) -> list[BatchInfo]:
+        """The batches of this key's workspace, newest first: one page, or with ``since``
+        (server time) every page back to the first batch created before that moment."""
+        batches: list[BatchInfo] = []
+        after: str | None = None
+        while True:
+            try:
+                kwargs = {"limit": limit} if after is None else {"limit": limit, "after_id": after}
+                response = self.client.messages.batches.with_raw_response.list(**kwargs)
+                page = response.parse()
+            except anthropic.APIError as e:
+                raise _api_error("listing batches", e) from e
+            self._saw(response.headers)
+            batches.extend(BatchInfo.from_sdk(b) for b in page.data)
+            if since is None or not page.has_more or not batches or batches[-1].created_at < since:
+                return batches
+            after = batches[-1].id
 
     def download(self, batch: BatchInfo) -> Iterator[bytes]:
         """The raw bytes of a batch's results, streamed; raises if the download is cut short."""

@@ -6,16 +6,13 @@ string, a float token count) is read again line by line: such a line keeps its r
 cannot be read is null, and ``problem`` says why. Only a line that is not JSON at all makes the
 download unreadable.
 
-A download is then one of: complete (our requests, all of them), incomplete (fewer lines than
-the batch holds: fetched again), someone else's (a reconcile adopted the wrong batch), or gone.
+A download is whole (as many lines as the batch has requests, the last one complete), else it
+is fetched again; a batch whose results the API no longer has is gone.
 """
 
 from __future__ import annotations
 
-import enum
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -25,12 +22,10 @@ import pyarrow.json as pj
 
 from dsbatch._backend import Backend, BatchInfo, is_transient
 from dsbatch._errors import BatchAPIError
-from dsbatch._ledger import RESULT_SCHEMA, Ledger
 from dsbatch._retry import Retrying
+from dsbatch._store import RESULT_SCHEMA, ResultsStore
 
 __all__ = [
-    "Fetch",
-    "Fetched",
     "IncompleteDownload",
     "UnreadableResults",
     "fetch_results",
@@ -271,36 +266,18 @@ def _text(value: Any) -> str | None:
 # -- fetching ----------------------------------------------------------------------------------
 
 
-class Fetched(enum.Enum):
-    COMPLETE = "complete"
-    FOREIGN = "foreign"  # the batch holds someone else's requests
-    GONE = "gone"  # the results are not there (404)
-
-
-@dataclass
-class Fetch:
-    kind: Fetched
-    table: pa.Table | None = None
-    detail: str = ""
-
-
 def fetch_results(
-    backend: Backend,
-    ledger: Ledger,
-    info: BatchInfo,
-    expected: Sequence[str] | None,
-    *,
-    retrying: Retrying,
-) -> Fetch:
-    """Download an ended batch's results whole, and say whose they are.
+    backend: Backend, store: ResultsStore, info: BatchInfo, *, retrying: Retrying
+) -> pa.Table | None:
+    """An ended batch's results, downloaded whole; None when the API no longer has them.
 
-    ``expected``: the batch record's custom_ids (None when its ids file was lost: then any
-    complete download is taken as ours and the ids are rebuilt from it). Transient failures and
-    incomplete downloads are fetched again by ``retrying``; what still fails is raised.
+    Transient failures and incomplete downloads (a cut line, fewer lines than the batch has
+    requests) are fetched again by ``retrying``; what still fails is raised. Whose results
+    they are is for the caller to check against the batch's record.
     """
 
     def download() -> pa.Table:
-        data = ledger.store_download(info.id, backend.download(info))
+        data = store.store_download(info.id, backend.download(info))
         table = parse_results(data, batch_id=info.id, batch_created_at=info.created_at)
         if table.num_rows < info.size:
             raise IncompleteDownload(
@@ -311,22 +288,11 @@ def fetch_results(
         return table
 
     try:
-        table = retrying.call(download)
+        return retrying.call(download)
     except BatchAPIError as e:
         if e.status_code == 404:
-            return Fetch(Fetched.GONE, detail=str(e))
+            return None
         raise
-    got = table["custom_id"].combine_chunks()
-    if expected is not None and (
-        len(got) != len(expected)
-        or not pc.all(pc.is_in(got, value_set=pa.array(expected, pa.string()))).as_py()
-    ):
-        ours = pc.sum(pc.is_in(got, value_set=pa.array(expected, pa.string()))).as_py() or 0
-        return Fetch(
-            Fetched.FOREIGN,
-            detail=f"its {len(got)} results hold {ours} of our {len(expected)} requests",
-        )
-    return Fetch(Fetched.COMPLETE, table)
 
 
 def retry_download(error: BaseException) -> bool:

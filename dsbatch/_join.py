@@ -34,6 +34,7 @@ STATUS_TYPE = pa.struct(
     ]
 )
 
+_RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")
 _EXPIRED = "the request expired: the batch did not reach it within 24 hours"
 _CANCELED = "the request was canceled before it was processed (resend_canceled=True sends it again)"
 
@@ -126,16 +127,23 @@ def _per_request(
     kind = _arr(latest["type"])
     problem = _arr(latest["problem"])
     unreadable = pc.and_(pc.equal(kind, "succeeded"), pc.is_valid(problem)).fill_null(False)
-    status = pc.if_else(unreadable, "parse_error", kind)
+    # A result of no known type (an odd line) is an answer we do not have: errored, saying why.
+    known = pc.is_in(kind, value_set=pa.array(_RESULT_TYPES)).fill_null(False)
+    status = pc.if_else(unreadable, "parse_error", pc.if_else(known, kind, "errored"))
+    problem = pc.if_else(
+        pc.or_(known, pc.is_valid(problem)), problem, "the result line has no result type"
+    )
     error_type = _arr(latest["error_type"])
     error = pc.case_when(
         pc.make_struct(
             unreadable,
+            pc.invert(known),
             pc.equal(kind, "errored").fill_null(False),
             pc.equal(kind, "expired").fill_null(False),
             pc.equal(kind, "canceled").fill_null(False),
             pc.is_valid(problem),
         ),
+        pc.binary_join_element_wise("the result line could not be read: ", problem, ""),
         pc.binary_join_element_wise("the result line could not be read: ", problem, ""),
         pc.binary_join_element_wise(
             error_type.fill_null("error"), _arr(latest["error_message"]).fill_null(""), ": "

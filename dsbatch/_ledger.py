@@ -26,25 +26,27 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 from filelock import FileLock, Timeout
 
 from dsbatch._errors import LedgerError
+from dsbatch._files import arrow_bytes, atomic_write, read_arrow, read_json, write_json
 from dsbatch._records import BatchRecord, BatchState, Manifest, RecordError
+from dsbatch._store import RESULT_SCHEMA, ResultsStore
 
 __all__ = [
     "FORMAT_VERSION",
     "RESULT_SCHEMA",
+    "CacheRecords",
     "JobLedger",
     "Ledger",
     "ids_digest",
@@ -55,29 +57,6 @@ log = logging.getLogger("dsbatch")
 
 FORMAT_VERSION = 2
 
-# One row per result of one attempt. `raw` keeps the whole result line, so anything derived
-# later (a new parse function, structured columns) never needs the request to be paid again.
-RESULT_SCHEMA = pa.schema(
-    [
-        ("custom_id", pa.string()),
-        ("type", pa.string()),
-        ("error_type", pa.string()),
-        ("error_message", pa.string()),
-        ("stop_reason", pa.string()),
-        ("text", pa.string()),  # the text blocks joined; null when there is none
-        ("tool_input", pa.string()),  # the first tool call's input as JSON text, if any
-        ("input_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("cache_read_input_tokens", pa.int64()),
-        ("cache_creation_input_tokens", pa.int64()),
-        ("batch_id", pa.string()),
-        ("batch_created_at", pa.float64()),
-        ("problem", pa.string()),  # why part of the line could not be read, if it could not
-        ("raw", pa.large_string()),
-    ]
-)
-_KEY_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "raw"]
-_IDS_SCHEMA = pa.schema([("custom_id", pa.string())])
 # A temporary file untouched this long belongs to a process that died.
 _STALE_TMP_SECONDS = 600.0
 _BATCH_ID = re.compile(rb"msgbatch_[A-Za-z0-9]+")
@@ -102,72 +81,37 @@ def ids_digest(custom_ids: Iterable[str]) -> str:
     return xxhash.xxh3_64_hexdigest("\n".join(sorted(custom_ids)).encode())
 
 
-# -- files -------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes | pa.Buffer | Iterable[bytes]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in [data] if isinstance(data, (bytes, pa.Buffer)) else data:
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
-
-
-def _read_json(path: Path) -> Any:
-    """The file's JSON; None when it does not exist; LedgerError when it cannot be read."""
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
-def _arrow_bytes(table: pa.Table) -> pa.Buffer:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
-
-
-def _read_arrow(path: Path) -> pa.Table:
-    """A memory-mapped Arrow file; raises OSError / ArrowInvalid for the caller to name."""
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()
-
-
 def _record_from_journal(job: str, seq: int, entry: dict[str, Any]) -> BatchRecord | None:
-    """A lost batch record as the journal remembers it: submitted, to be polled again."""
+    """A lost batch record as the journal remembers it: submitted (to be polled again), or an
+    intent again if its last batch was given back."""
     try:
+        released = bool(entry.get("released"))
         return BatchRecord.from_json(
             {
                 "job": job,
                 "seq": seq,
                 "request_count": entry["request_count"],
                 "ids_digest": entry["ids_digest"],
-                "intent_at": entry.get("created_at") or 0.0,
-                "state": BatchState.SUBMITTED.value,
+                "intent_at": entry.get("intent_at") or entry.get("created_at") or 0.0,
+                "intent_server_at": entry.get("intent_server_at"),
+                "state": (BatchState.INTENT if released else BatchState.SUBMITTED).value,
                 "key_hash": entry.get("key_hash") or "",
-                "batch_id": entry["batch_id"],
-                "created_at": entry.get("created_at"),
+                "batch_id": None if released else entry["batch_id"],
+                "created_at": None if released else entry.get("created_at"),
+                "adopted": bool(entry.get("adopted")),
+                "rejected": [entry["batch_id"]] if released else [],
             }
         )
     except (KeyError, RecordError):
         return None
+
+
+@dataclass
+class CacheRecords:
+    """Every batch record of a cache that can be read, and the record files that cannot."""
+
+    records: list[BatchRecord] = field(default_factory=list)
+    damaged: list[Path] = field(default_factory=list)  # other jobs' (this job's raise)
 
 
 def _file_name(split: str) -> str:
@@ -208,14 +152,14 @@ class JobLedger:
         """The manifest; None when it is missing or damaged (it is rebuilt from the call)."""
         path = self.dir / "manifest.json"
         try:
-            data = _read_json(path)
+            data = read_json(path)
             return None if data is None else Manifest.from_json(data)
         except (LedgerError, RecordError) as e:
             log.warning("dsbatch: the manifest %s is damaged (%s); rebuilding it", path, e)
             return None
 
     def write_manifest(self, manifest: Manifest) -> None:
-        _write_json(self.dir / "manifest.json", manifest.to_json())
+        write_json(self.dir / "manifest.json", manifest.to_json())
 
     # -- requests and rows --------------------------------------------------------------------
     def has_requests(self) -> bool:
@@ -230,20 +174,29 @@ class JobLedger:
         )
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        _atomic_write(self.dir / "requests.parquet", sink.getvalue())
+        atomic_write(self.dir / "requests.parquet", sink.getvalue())
+
+    def request_ids(self) -> pa.Array | None:
+        """Every custom_id the job asks for (None if its requests file cannot be read): a bound
+        on what any of its batches holds."""
+        try:
+            table = pq.read_table(self.dir / "requests.parquet", columns=["custom_id"])
+        except (OSError, pa.ArrowInvalid):
+            return None
+        return table["custom_id"].combine_chunks()
 
     def write_rows(self, split: str, custom_ids: Sequence[str | None]) -> None:
         """Row -> custom_id of one split, so the job can be collected without its dataset."""
         path = self.dir / "rows" / f"{_file_name(split)}.arrow"
         table = pa.table({"custom_id": pa.array(custom_ids, pa.string())})
-        _atomic_write(path, _arrow_bytes(table))
+        atomic_write(path, arrow_bytes(table))
 
     def read_rows(self, split: str) -> pa.Array | None:
         path = self.dir / "rows" / f"{_file_name(split)}.arrow"
         if not path.exists():
             return None
         try:
-            return _read_arrow(path)["custom_id"].combine_chunks()
+            return read_arrow(path)["custom_id"].combine_chunks()
         except (OSError, pa.ArrowInvalid) as e:
             raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
 
@@ -255,41 +208,52 @@ class JobLedger:
         return self.dir / "batches" / f"{seq:06d}.ids.arrow"
 
     def records(
-        self, *, strict: bool = True, journal: list[dict[str, Any]] | None = None
+        self,
+        *,
+        strict: bool = True,
+        journal: list[dict[str, Any]] | None = None,
+        damaged: list[Path] | None = None,
     ) -> list[BatchRecord]:
         """Every batch record of the job, oldest first. A missing one that the journal knows is
-        rebuilt (its batch is polled again). A damaged one is a LedgerError, or with
-        ``strict=False`` (another job's) skipped with a warning and left as it is."""
+        rebuilt (its batch is polled again). A damaged one is a LedgerError; with
+        ``strict=False`` (another job's) it is rebuilt in memory from the journal when the
+        journal knows it, else its path goes to ``damaged``."""
         records: dict[int, BatchRecord] = {}
-        damaged: set[int] = set()
+        unreadable: dict[int, Path] = {}
         for path in self._record_paths():
             try:
                 record = self._read_record(path)
             except LedgerError as e:
                 if strict:
                     raise
-                log.warning("dsbatch: skipping another job's batch record: %s", e)
+                log.warning("dsbatch: another job's batch record is damaged: %s", e)
                 with suppress(ValueError):
-                    damaged.add(int(path.name.split(".")[0]))
+                    unreadable[int(path.name.split(".")[0])] = path
                 continue
             records[record.seq] = record
         # The latest entry of a batch slot wins (an adopted batch may have been given back).
         entries = self.ledger.journal() if journal is None else journal
         latest = {e.get("seq"): e for e in entries if e.get("job") == self.fingerprint}
         for seq, entry in latest.items():
-            if not isinstance(seq, int) or seq in records or seq in damaged:
+            if not isinstance(seq, int) or seq in records:
                 continue
             rebuilt = _record_from_journal(self.fingerprint, seq, entry)
             if rebuilt is None:
                 continue
-            log.warning(
-                "dsbatch: the record of batch %s (job %s) was missing; rebuilt it from the journal",
-                rebuilt.batch_id,
-                self.fingerprint,
-            )
-            with suppress(LedgerError):  # a read-only cache still gets the rebuilt record
-                self.save(rebuilt)
+            if seq in unreadable:
+                unreadable.pop(seq)  # used in memory; its file is left for its owner to see
+            else:
+                log.warning(
+                    "dsbatch: the record of batch %s (job %s) was missing; rebuilt it from the "
+                    "journal",
+                    rebuilt.batch_id or rebuilt.name,
+                    self.fingerprint,
+                )
+                with suppress(LedgerError):  # a read-only cache still gets the rebuilt record
+                    self.save(rebuilt)
             records[seq] = rebuilt
+        if damaged is not None:
+            damaged.extend(unreadable.values())
         return [records[seq] for seq in sorted(records)]
 
     def _record_paths(self) -> list[Path]:
@@ -308,14 +272,16 @@ class JobLedger:
         except RecordError as e:
             raise LedgerError(
                 f"the batch record {path} is damaged ({e}). Delete it: dsbatch rebuilds it from "
-                f"the cache's journal ({self.ledger.root / 'journal.jsonl'}) and the batch's "
-                "results, at the cost of a download, never of a purchase.",
+                f"the cache's journal ({self.ledger.root / 'journal.jsonl'}), which holds every "
+                "batch ever created, and reads its results again (a download, never a "
+                "purchase). Only a create whose answer never came back is not in the journal: "
+                "its requests would then be sent again.",
                 path=str(path),
             ) from e
         return record
 
     def new_record(
-        self, custom_ids: Sequence[str], *, intent_at: float, key_hash: str
+        self, custom_ids: Sequence[str], *, intent_at: float, key_hash: str = ""
     ) -> BatchRecord:
         """Write the intent to send ``custom_ids`` as a new batch (ids file first)."""
         seq = max((r.seq for r in self.records()), default=-1) + 1
@@ -332,7 +298,7 @@ class JobLedger:
         return record
 
     def save(self, record: BatchRecord) -> None:
-        _write_json(self._record_path(record.seq), record.to_json())
+        write_json(self._record_path(record.seq), record.to_json())
 
     def record_ids(self, record: BatchRecord) -> list[str] | None:
         """The custom_ids of a batch, checked against its record; None when the ids file is
@@ -341,7 +307,7 @@ class JobLedger:
         if not path.exists():
             return None
         try:
-            ids = _read_arrow(path)["custom_id"].to_pylist()
+            ids = read_arrow(path)["custom_id"].to_pylist()
             problem = ""
         except (OSError, pa.ArrowInvalid, KeyError) as e:
             ids, problem = [], str(e)
@@ -367,12 +333,17 @@ class JobLedger:
 
     def write_ids(self, seq: int, custom_ids: Sequence[str]) -> None:
         table = pa.table({"custom_id": pa.array(list(custom_ids), pa.string())})
-        _atomic_write(self._ids_path(seq), _arrow_bytes(table))
+        atomic_write(self._ids_path(seq), arrow_bytes(table))
 
     # -- transitions (each persisted atomically) ---------------------------------------------
-    def mark_submitted(self, record: BatchRecord, batch_id: str, created_at: float) -> None:
+    def mark_submitted(
+        self, record: BatchRecord, batch_id: str, created_at: float, *, adopted: bool = False
+    ) -> None:
+        """The record's batch exists: ``batch_id``, created by our create or, ``adopted``,
+        found by a reconcile (only an adopted batch may later turn out to be someone else's)."""
         record.moved(BatchState.SUBMITTED)
         record.batch_id, record.created_at, record.missing_since = batch_id, created_at, None
+        record.adopted = adopted
         self.save(record)
         self.ledger.journal_append(record)
 
@@ -388,11 +359,14 @@ class JobLedger:
 
     def mark_rejected(self, record: BatchRecord) -> None:
         """The batch a reconcile adopted holds someone else's requests: ours may still exist."""
-        rejected = record.batch_id
+        given_back = record.batch_id or ""
         record.moved(BatchState.INTENT)
-        record.rejected.append(rejected or "")
+        record.rejected.append(given_back)
         record.batch_id = record.created_at = record.missing_since = None
+        record.adopted = False
         self.save(record)
+        # The journal says it is free again: its real owner's reconcile may take it.
+        self.ledger.journal_append(record, released=given_back)
 
     def mark_unsent(self, record: BatchRecord, why: str) -> None:
         record.moved(BatchState.UNSENT)
@@ -407,8 +381,8 @@ class JobLedger:
     # -- output -------------------------------------------------------------------------------
     def write_output(self, split: str, table: pa.Table) -> str:
         """Store a split's finished columns; returns a digest that changes when they do."""
-        data = _arrow_bytes(table)
-        _atomic_write(self.dir / "output" / f"{_file_name(split)}.arrow", data)
+        data = arrow_bytes(table)
+        atomic_write(self.dir / "output" / f"{_file_name(split)}.arrow", data)
         return xxhash.xxh3_64_hexdigest(memoryview(data))
 
     def read_output(self, split: str) -> pa.Table | None:
@@ -417,7 +391,7 @@ class JobLedger:
         if not path.exists():
             return None
         try:
-            return _read_arrow(path)
+            return read_arrow(path)
         except (OSError, pa.ArrowInvalid) as e:
             log.warning("dsbatch: the output %s is damaged (%s); rebuilding it", path, e)
             return None
@@ -438,7 +412,15 @@ class JobLedger:
         lock = FileLock(str(self.dir / "lock"))
         try:
             lock.acquire(timeout=0)
-        except (Timeout, OSError):
+        except Timeout:
+            yield False
+            return
+        except OSError as e:
+            log.warning(
+                "dsbatch: cannot take over job %s to read the batches it left (%s)",
+                self.fingerprint,
+                e,
+            )
             yield False
             return
         try:
@@ -452,6 +434,7 @@ class Ledger:
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.root = resolve_cache_dir(cache_dir)
+        self.store = ResultsStore(self.root)
         self._open()
 
     def _open(self) -> None:
@@ -471,8 +454,10 @@ class Ledger:
             from dsbatch._migrate import migrate_format_1
 
             with self.locked():
-                migrate_format_1(self)
-                _atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
+                # Another process may have migrated it while we waited for the lock.
+                if fmt.read_text().strip() == "1":
+                    migrate_format_1(self)
+                    atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
         elif found is not None and found != str(FORMAT_VERSION):
             raise LedgerError(
                 f"the cache at {self.root} is in format {found!r}; this dsbatch reads format "
@@ -486,7 +471,7 @@ class Ledger:
                 raise LedgerError(
                     f"cannot create the cache directory {self.root}: {e}", path=str(self.root)
                 ) from e
-            _atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
+            atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
         self._sweep()
 
     def _sweep(self) -> None:
@@ -509,12 +494,17 @@ class Ledger:
         return _lock(self.root / "lock", f"the cache {self.root}", "waiting for the cache lock")
 
     # -- the journal: every batch id ever created in this cache -------------------------------
-    def journal_append(self, record: BatchRecord) -> None:
+    def journal_append(self, record: BatchRecord, *, released: str = "") -> None:
+        """Remember the record's batch (or, ``released``, that it gave that batch back)."""
         entry = {
-            "batch_id": record.batch_id,
+            "batch_id": released or record.batch_id,
+            "released": bool(released),
             "job": record.job,
             "seq": record.seq,
             "created_at": record.created_at,
+            "adopted": record.adopted,
+            "intent_at": record.intent_at,
+            "intent_server_at": record.intent_server_at,
             "key_hash": record.key_hash,
             "request_count": record.request_count,
             "ids_digest": record.ids_digest,
@@ -545,104 +535,26 @@ class Ledger:
                     entries.append(entry)
         return entries
 
-    def claimed_batch_ids(self) -> set[str]:
-        """Every batch id this cache knows as its own: the journal's, and any a record names,
-        even a damaged record (it is read for ids only), so reconcile never adopts one."""
-        claimed = {e["batch_id"] for e in self.journal()}
-        for fingerprint in self.job_fingerprints():
-            for path in self.job(fingerprint)._record_paths():
-                with suppress(OSError):
-                    claimed.update(m.decode() for m in _BATCH_ID.findall(path.read_bytes()))
+    def claimed_batch_ids(self, scan: CacheRecords | None = None) -> set[str]:
+        """The batch ids some record of this cache holds now (a damaged record is searched for
+        ids too), so reconcile never adopts one. A batch given back is free again."""
+        scan = scan or self.all_records("")
+        claimed = {r.batch_id for r in scan.records if r.batch_id}
+        for path in scan.damaged:
+            with suppress(OSError):
+                claimed.update(m.decode() for m in _BATCH_ID.findall(path.read_bytes()))
         return claimed
 
-    def all_records(self, own: str) -> list[BatchRecord]:
+    def all_records(self, own: str) -> CacheRecords:
         """Every batch record in the cache. The job ``own``'s damage is a LedgerError; another
-        job's damaged record is skipped with a warning (it must not stop this job)."""
+        job's damaged record is rebuilt in memory from the journal, or reported in
+        ``damaged`` (it must not stop this job)."""
         journal = self.journal()
-        return [
-            record
-            for fingerprint in self.job_fingerprints()
-            for record in self.job(fingerprint).records(strict=fingerprint == own, journal=journal)
-        ]
-
-    # -- shared results -----------------------------------------------------------------------
-    def _results_path(self, batch_id: str) -> Path:
-        return self.root / "results" / f"{batch_id}.parquet"
-
-    def has_results(self, batch_id: str) -> bool:
-        """Whether the batch's results are stored and readable."""
-        path = self._results_path(batch_id)
-        if not path.exists():
-            return False
-        try:
-            pq.read_metadata(path)
-        except (OSError, pa.ArrowInvalid):
-            return False
-        return True
-
-    def write_results(self, batch_id: str, table: pa.Table) -> None:
-        # A batch downloaded twice (a crash between write and record) rewrites the same rows.
-        sink = pa.BufferOutputStream()
-        pq.write_table(table.cast(RESULT_SCHEMA), sink)
-        _atomic_write(self._results_path(batch_id), sink.getvalue())
-
-    def results_for(self, custom_ids: pa.Array) -> tuple[pa.Table, set[str]]:
-        """Every stored result of every attempt for these custom_ids (without ``raw``), and the
-        ids of batches whose results file cannot be read (they are downloaded again)."""
-        value_set = pa.array(custom_ids, pa.string())
-        parts, unreadable = [], set()
-        rdir = self.root / "results"
-        for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
-            try:
-                # The small key column first: most files hold nothing for this job.
-                keys = pq.read_table(path, columns=["custom_id"])["custom_id"]
-                mask = pc.is_in(keys, value_set=value_set)
-                if not pc.any(mask).as_py():
-                    continue
-                table = pq.read_table(path, columns=_KEY_COLUMNS, schema=RESULT_SCHEMA)
-                parts.append(table.filter(mask))
-            except (OSError, pa.ArrowInvalid) as e:
-                log.warning("dsbatch: the results file %s cannot be read (%s)", path, e)
-                unreadable.add(path.stem)
-        if not parts:
-            return RESULT_SCHEMA.empty_table().drop_columns(["raw"]), unreadable
-        return pa.concat_tables(parts), unreadable
-
-    def results_table(
-        self, batch_id: str, columns: Sequence[str] = ("custom_id", "type")
-    ) -> pa.Table:
-        """Some columns of one batch's stored results."""
-        path = self._results_path(batch_id)
-        try:
-            return pq.read_table(path, columns=list(columns))
-        except (OSError, pa.ArrowInvalid) as e:
-            raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
-
-    def raw_lines(self, batch_id: str, custom_ids: pa.Array) -> dict[str, str]:
-        """The raw result lines of these custom_ids in one batch."""
-        path = self._results_path(batch_id)
-        try:
-            table = pq.read_table(path, columns=["custom_id", "raw"])
-        except (OSError, pa.ArrowInvalid) as e:
-            raise LedgerError(f"cannot read results file {path}: {e}", path=str(path)) from e
-        table = table.filter(pc.is_in(table["custom_id"], value_set=custom_ids))
-        return dict(zip(table["custom_id"].to_pylist(), table["raw"].to_pylist(), strict=True))
-
-    # -- downloads ----------------------------------------------------------------------------
-    def store_download(self, batch_id: str, chunks: Iterable[bytes]) -> pa.Buffer:
-        """Write a results download to disk as it streams in; once complete, return it
-        memory-mapped (a large download is never held in memory twice). A download that fails
-        midway leaves no file behind."""
-        path = self.root / "downloads" / f"{batch_id}.jsonl"
-        _atomic_write(path, chunks)
-        try:
-            if path.stat().st_size == 0:
-                return pa.py_buffer(b"")
-            with pa.memory_map(str(path)) as source:
-                return source.read_buffer()
-        except OSError as e:
-            raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
-
-    def discard_download(self, batch_id: str) -> None:
-        """Forget a download once its results are stored for good."""
-        (self.root / "downloads" / f"{batch_id}.jsonl").unlink(missing_ok=True)
+        scan = CacheRecords()
+        for fingerprint in self.job_fingerprints():
+            scan.records.extend(
+                self.job(fingerprint).records(
+                    strict=fingerprint == own, journal=journal, damaged=scan.damaged
+                )
+            )
+        return scan

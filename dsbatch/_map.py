@@ -272,7 +272,7 @@ def _messages(ledger: Ledger, answered: pa.Table) -> dict[str, dict[str, Any]]:
     messages: dict[str, dict[str, Any]] = {}
     for batch_id in pc.unique(answered["batch_id"]).to_pylist():
         ids = answered.filter(pc.equal(answered["batch_id"], batch_id))["custom_id"]
-        for custom_id, line in ledger.raw_lines(batch_id, ids.combine_chunks()).items():
+        for custom_id, line in ledger.store.raw_lines(batch_id, ids.combine_chunks()).items():
             message = json.loads(line).get("result", {}).get("message")
             if isinstance(message, dict):
                 messages[custom_id] = message

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dsbatch._errors import LedgerError
-from dsbatch._ledger import RESULT_SCHEMA, ids_digest
+from dsbatch._ledger import ids_digest
 from dsbatch._records import BatchRecord, RecordError
 
 if TYPE_CHECKING:
@@ -90,23 +90,23 @@ def _migrate_job(job: JobLedger) -> dict[str, float]:
 
 
 def _migrate_results(ledger: Ledger, created_at: dict[str, float]) -> None:
+    # The ingest stage's own parser reads the stored raw lines again: imported here only, for
+    # this one-time step, so the ledger does not otherwise depend on a stage.
+    from dsbatch._ingest import parse_results
+
     old_dir = ledger.root / "requests"
     if not old_dir.is_dir():
         return
     for path in sorted(old_dir.glob("*.parquet")):
         try:
-            table = pq.read_table(path)
-        except (OSError, pa.ArrowInvalid) as e:
+            raw = pq.read_table(path, columns=["raw"])["raw"].to_pylist()
+        except (OSError, pa.ArrowInvalid, KeyError) as e:
             log.warning("dsbatch: %s cannot be read (%s); it will be downloaded again", path, e)
             continue
-        n = table.num_rows
-        moment = created_at.get(path.stem)
-        for name in ("tool_input", "problem"):
-            table = table.append_column(name, pa.nulls(n, pa.string()))
-        table = table.append_column(
-            "batch_created_at", pa.array([moment] * n, pa.float64())
-        ).select(RESULT_SCHEMA.names)
-        ledger.write_results(path.stem, table)
+        # Read again from the raw lines: format 2 knows more of each (tool calls, odd shapes).
+        data = "".join(line + "\n" for line in raw).encode()
+        table = parse_results(data, batch_id=path.stem, batch_created_at=created_at.get(path.stem))
+        ledger.store.write(path.stem, table)
     shutil.rmtree(old_dir, ignore_errors=True)
 
 

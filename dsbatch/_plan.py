@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,31 +61,28 @@ class View:
     records: list[BatchRecord]
     # Every result of every attempt of the needed requests (lost batches' stand-ins included).
     results: pa.Table
-    # Batches that hold needed requests and are in flight, or whose stored results are missing
-    # or unreadable (downloaded again): record -> its needed custom_ids (None: not known yet).
-    waiting: list[tuple[BatchRecord, list[str] | None]] = field(default_factory=list)
+    # Batches that may hold needed requests and are in flight, or whose stored results are
+    # missing or unreadable (downloaded again): record -> the needed custom_ids it may hold
+    # (when its own ids file is lost: those its job asks for).
+    waiting: list[tuple[BatchRecord, list[str]]] = field(default_factory=list)
 
     @property
     def waiting_ids(self) -> set[str]:
-        return {c for _, ids in self.waiting if ids for c in ids}
-
-    @property
-    def blind(self) -> bool:
-        """A batch in flight whose requests are not known: nothing may be sent until it ends."""
-        return any(ids is None for _, ids in self.waiting)
+        return {c for _, ids in self.waiting for c in ids}
 
 
 def survey(ledger: Ledger, own: str, needed: pa.Array) -> View:
     """Everything the cache knows of ``needed`` (the custom_ids of job ``own``)."""
-    records = ledger.all_records(own)
-    results, unreadable = ledger.results_for(needed)
-    view = View(records, results)
+    scan = ledger.all_records(own)
+    store = ledger.store
+    results, unreadable = store.results_for(needed)
+    view = View(scan.records, results)
     stand_ins: list[pa.Table] = []
-    for record in records:
+    for record in scan.records:
         refetch = record.state is BatchState.INGESTED and (
-            record.batch_id in unreadable or not ledger.has_results(record.batch_id or "")
+            record.batch_id in unreadable or not store.has(record.batch_id or "")
         )
-        lost = record.state is BatchState.LOST and not ledger.has_results(record.batch_id or "")
+        lost = record.state is BatchState.LOST and not store.has(record.batch_id or "")
         if not (record.state in IN_FLIGHT or refetch or lost):
             continue
         try:
@@ -92,14 +90,12 @@ def survey(ledger: Ledger, own: str, needed: pa.Array) -> View:
         except LedgerError as e:
             if record.job == own:
                 raise
-            # Another job's damaged ids file is for its owner to see to: it must not stop us.
-            log.warning("dsbatch: skipping a batch of another job: %s", e)
-            continue
+            log.warning("dsbatch: %s", e)  # another job's damaged ids: bounded below
+            ids = None
         if ids is None:
-            # Its requests are not known until its results are: send nothing new till then.
-            if not lost:
-                view.waiting.append((record, None))
-            continue
+            if lost:
+                continue
+            ids = _bound(ledger, record.job, needed)
         mine = pc.filter(ids, pc.is_in(ids, value_set=needed))
         if len(mine) == 0 and record.job != own:
             continue
@@ -107,6 +103,8 @@ def survey(ledger: Ledger, own: str, needed: pa.Array) -> View:
             stand_ins.append(_lost_results(record, mine))
         else:
             view.waiting.append((record, mine.to_pylist()))
+    for path in scan.damaged:
+        _refuse_if_needed(ledger, path, needed)
     if stand_ins:
         view.results = pa.concat_tables([results, *stand_ins])
     return view
@@ -115,6 +113,29 @@ def survey(ledger: Ledger, own: str, needed: pa.Array) -> View:
 def _record_ids(ledger: Ledger, record: BatchRecord) -> pa.Array | None:
     ids = ledger.job(record.job).record_ids(record)
     return None if ids is None else pa.array(ids, pa.string())
+
+
+def _bound(ledger: Ledger, job: str, needed: pa.Array) -> pa.Array:
+    """What a batch of ``job`` whose own list is lost may hold: what its job asks for (all of
+    ``needed`` if even that is unreadable). Its requests wait until its results tell."""
+    asked = ledger.job(job).request_ids()
+    return needed if asked is None else asked
+
+
+def _refuse_if_needed(ledger: Ledger, path: Path, needed: pa.Array) -> None:
+    """Another job's batch record that cannot be read and that the journal does not know (an
+    intent whose create may have gone out): never send what it may hold."""
+    job = path.parent.parent.name
+    bound = _bound(ledger, job, needed)
+    overlap = pc.sum(pc.is_in(bound, value_set=needed)).as_py() or 0
+    if overlap:
+        raise LedgerError(
+            f"this job needs {overlap} requests that job {job} may have in flight, but its "
+            f"batch record {path} is damaged. Run job {job}'s call again (it says what to do), "
+            f"or delete {path}: its requests are then sent again, and paid again if that batch "
+            "was created.",
+            path=str(path),
+        )
 
 
 def _lost_results(record: BatchRecord, custom_ids: pa.Array) -> pa.Table:
@@ -133,9 +154,7 @@ def _lost_results(record: BatchRecord, custom_ids: pa.Array) -> pa.Table:
 
 
 def decide(view: View, needed: pa.Array, *, max_attempts: int, resend_canceled: bool) -> list[str]:
-    """The custom_ids to send now (none while a batch of unknown requests is in flight)."""
-    if view.blind:
-        return []
+    """The custom_ids to send now: none that any batch of the cache may hold in flight."""
     return to_send(
         needed,
         view.results,

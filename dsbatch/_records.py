@@ -68,8 +68,11 @@ class BatchRecord:
     state: BatchState = BatchState.INTENT
     # The key of the last create attempt (an intent binds nothing), then of the batch's creator.
     key_hash: str = ""
+    # The intent's moment by the server's clock (local clocks drift): reconcile matches by it.
+    intent_server_at: float | None = None
     batch_id: str | None = None
     created_at: float | None = None  # server time
+    adopted: bool = False  # found by a reconcile rather than returned by our own create
     counts: dict[str, int] = field(default_factory=dict)
     # Batches a reconcile adopted that turned out to hold someone else's requests.
     rejected: list[str] = field(default_factory=list)

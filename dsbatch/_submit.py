@@ -1,31 +1,33 @@
 """Submit: create a batch without ever paying twice.
 
-The ledger holds the intent (custom_ids, time) before the create call, and the batch id right
-after it. A create that got no answer (or a 5xx) may have made the batch: we look for it with
-``list`` before creating again. A create refused outright (4xx: a bad key, a rate limit) made
-nothing: its intent binds nothing and is marked unsent.
+The ledger holds the intent (custom_ids, and the moment by the server's clock) before the create
+call, and the batch id right after it. A create that got no answer (or a 5xx) may have made the
+batch: we look for it with ``list`` before creating again. A create refused outright (a 4xx: a
+bad key, a rate limit) made nothing: its intent binds nothing and is marked unsent.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, is_transient
 from dsbatch._errors import BatchAPIError
-from dsbatch._ledger import JobLedger
+from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._records import BatchRecord
 from dsbatch._retry import Retrying
 
-__all__ = ["adopt", "reconcile", "submit"]
+__all__ = ["adopt", "reconcile", "same_workspace", "submit"]
 
 log = logging.getLogger("dsbatch")
 
-_LIST_LIMIT = 1000
-# Slack for the server Date header's one-second resolution and the list call's own latency.
-_DATE_SLACK = 60.0
-# With no server time to go by, how far before the intent (local clock) a batch may be ours.
+# A batch created this long before the intent (by the server's clock) may still be ours: the
+# Date header has a one-second resolution, and an intent dated from an older answer drifts.
+_SLACK = 60.0
+# With no server time for the intent, how far before it (local clock) a batch may be ours.
 _UNKNOWN_SKEW = 300.0
+# A key the API does not know, or that may not create batches, created nothing.
+_NO_SUCH_KEY = (401, 403)
 
 
 def submit(
@@ -36,22 +38,27 @@ def submit(
     *,
     betas: Sequence[str],
     retrying: Retrying,
-    clock: Callable[[], float],
     resumed: bool = False,
 ) -> BatchInfo:
     """Create the batch of an intent record (``resumed``: an earlier process may have created
     it before dying, so look for it first). Returns the batch, recorded as submitted."""
     maybe_created = resumed
+    adopted = False
 
     def attempt() -> BatchInfo:
-        nonlocal maybe_created
+        nonlocal maybe_created, adopted
         if maybe_created:
             # One list per attempt: the retries around `attempt` wait out a list outage too.
-            found = reconcile(backend, job, record, clock=clock)
+            found = reconcile(backend, job, record)
             if found is not None:
+                adopted = True
                 return found
             maybe_created = False
-        record.key_hash = backend.key_hash  # who tried; binds nothing until a batch exists
+        if record.key_hash != backend.key_hash:
+            # Who tries, written before trying: a create cut short by a crash may have been
+            # made with this key. It binds nothing once a create is refused.
+            record.key_hash = backend.key_hash
+            job.save(record)
         try:
             return backend.create(body, betas)
         except CreateOutcomeUnknown as e:
@@ -62,7 +69,7 @@ def submit(
     try:
         info = retrying.call(attempt)
     except BatchAPIError as e:
-        if maybe_created:
+        if maybe_created and e.status_code not in _NO_SUCH_KEY:
             raise BatchAPIError(
                 f"could not create batch #{record.seq} of job {job.fingerprint} "
                 f"({record.request_count} requests): {e}. It may exist: run the same call "
@@ -77,42 +84,61 @@ def submit(
             "cause and run the same call again.",
             status_code=e.status_code,
         ) from e
-    adopt(job, record, info)
+    adopt(job, record, info, adopted=adopted)
     log.info("dsbatch: created %s (%d requests)", info.id, record.request_count)
     return info
 
 
-def adopt(job: JobLedger, record: BatchRecord, info: BatchInfo) -> None:
+def adopt(job: JobLedger, record: BatchRecord, info: BatchInfo, *, adopted: bool) -> None:
     """Record ``info`` as the batch of ``record`` (and in the cache's journal)."""
-    job.mark_submitted(record, info.id, info.created_at)
+    job.mark_submitted(record, info.id, info.created_at, adopted=adopted)
 
 
 def reconcile(
-    backend: Backend,
-    job: JobLedger,
-    record: BatchRecord,
-    *,
-    clock: Callable[[], float],
-    retrying: Retrying | None = None,
+    backend: Backend, job: JobLedger, record: BatchRecord, *, retrying: Retrying | None = None
 ) -> BatchInfo | None:
     """The batch this record's create made, if the API has one; None if nothing was created.
 
     Batches carry no metadata, so a batch is ours when it holds exactly our number of requests,
-    was created after our intent (by the server's clock: local clocks drift), and is not known
-    to the cache as any job's (nor was already found to hold someone else's requests).
+    is held by no record of the cache (nor was already found to hold someone else's requests),
+    and was created after our intent by the server's clock: the first such batch, else the
+    closest one created just before it (within a minute). A wrong match is found out when its
+    results come in, and given back.
     """
-    batches, server_now = (
-        retrying.call(backend.recent, _LIST_LIMIT) if retrying else backend.recent(_LIST_LIMIT)
-    )
+    intent = record.intent_server_at
+    if intent is None:  # an intent from before the server's time was known: date it now
+        server = backend.server_now()
+        intent = None if server is None else record.intent_at + (server - backend.clock())
+    since = None if intent is None else intent - _SLACK
+    batches = retrying.call(backend.recent, since) if retrying else backend.recent(since)
+    if intent is None:
+        server = backend.server_now()
+        if server is None:
+            log.warning("dsbatch: the API sent no Date header; matching batches by local time")
+            intent = record.intent_at - _UNKNOWN_SKEW + _SLACK
+        else:
+            intent = record.intent_at + (server - backend.clock())
     taken = job.ledger.claimed_batch_ids() | set(record.rejected)
-    candidates = [b for b in batches if b.id not in taken and b.size == record.request_count]
-    if server_now is not None:
-        intent = record.intent_at + (server_now - clock())
-        after = [b for b in candidates if b.created_at >= intent - _DATE_SLACK]
-    else:
-        log.warning("dsbatch: the API sent no Date header; matching batches by the local clock")
-        after = [b for b in candidates if b.created_at >= record.intent_at - _UNKNOWN_SKEW]
-    if not after:
-        return None
-    # The oldest match is the one closest to our intent.
-    return min(after, key=lambda b: b.created_at)
+    fits = [b for b in batches if b.id not in taken and b.size == record.request_count]
+    after = [b for b in fits if b.created_at >= intent]
+    if after:
+        return min(after, key=lambda b: b.created_at)
+    before = [b for b in fits if b.created_at >= intent - _SLACK]
+    return max(before, key=lambda b: b.created_at) if before else None
+
+
+def same_workspace(backend: Backend, ledger: Ledger, key_hash: str) -> bool | None:
+    """Whether this client sees the batches of the key with ``key_hash`` (one workspace):
+    asked of a batch that key created, if the journal knows one; None if it knows none."""
+    for entry in reversed(ledger.journal()):
+        batch_id = entry.get("batch_id")
+        if entry.get("key_hash") != key_hash or entry.get("released") or not batch_id:
+            continue
+        try:
+            backend.retrieve(batch_id)
+        except BatchAPIError as e:
+            if e.status_code == 404:
+                return False
+            raise
+        return True
+    return None

@@ -181,3 +181,14 @@ def test_structured_answers_become_typed_columns_or_parse_errors():
     ]
     assert "no JSON object" in status[2]["error"] and "max_tokens" in status[3]["error"]
     assert out["response"].to_pylist()[2] == "no json here"  # the raw answer stays
+
+
+def test_a_result_of_no_known_type_is_an_error_that_on_error_sees():
+    rows = [
+        result("weird", "mystery", text=None, problem="unknown result type 'mystery'"),
+        result("none", None, text=None, problem="the line's result is not an object"),
+    ]
+    status = join(["weird", "none"], rows)["dsbatch"].to_pylist()
+    assert [s["status"] for s in status] == ["errored", "errored"]
+    assert status[0]["error"] == "the result line could not be read: unknown result type 'mystery'"
+    assert status[1]["error"].endswith("the line's result is not an object")

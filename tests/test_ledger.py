@@ -126,7 +126,7 @@ def test_a_torn_journal_line_is_skipped(tmp_path):
     assert [e["batch_id"] for e in ledger.journal()] == ["msgbatch_a"]
 
 
-def test_another_jobs_damage_is_skipped_but_its_batch_ids_stay_claimed(tmp_path, caplog):
+def test_another_jobs_damage_is_reported_and_its_batch_ids_stay_claimed(tmp_path, caplog):
     ledger, mine = fresh(tmp_path, "mine")
     other = ledger.job("other")
     record = other.new_record(IDS, intent_at=1.0, key_hash="k")
@@ -135,11 +135,42 @@ def test_another_jobs_damage_is_skipped_but_its_batch_ids_stay_claimed(tmp_path,
     path.write_text(path.read_text()[:-40])  # torn, but the batch id is still readable
     (ledger.root / "journal.jsonl").unlink()  # and the journal lost too
     mine.new_record(IDS[:2], intent_at=3.0, key_hash="k")
-    assert [r.job for r in ledger.all_records("mine")] == ["mine"]
-    assert "skipping another job's batch record" in caplog.text
+    scan = ledger.all_records("mine")
+    assert [r.job for r in scan.records] == ["mine"] and scan.damaged == [path]
+    assert "another job's batch record is damaged" in caplog.text
     assert "msgbatch_theirs" in ledger.claimed_batch_ids()
     with pytest.raises(LedgerError, match="000000.json is damaged"):
         ledger.all_records("other")
+
+
+def test_another_jobs_damaged_record_is_read_from_the_journal_and_left_as_it_is(tmp_path):
+    ledger, _ = fresh(tmp_path, "mine")
+    other = ledger.job("other")
+    record = other.new_record(IDS, intent_at=1.0, key_hash="k")
+    other.mark_submitted(record, "msgbatch_theirs", created_at=2.0)
+    path = other.dir / "batches" / "000000.json"
+    path.write_text("{not json")
+    scan = ledger.all_records("mine")
+    assert [(r.job, r.batch_id, r.state) for r in scan.records] == [
+        ("other", "msgbatch_theirs", BatchState.SUBMITTED)
+    ]
+    assert scan.damaged == [] and path.read_text() == "{not json"
+
+
+def test_a_batch_given_back_is_free_for_its_real_owner(tmp_path):
+    ledger, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=1.0, key_hash="k")
+    job.mark_submitted(record, "msgbatch_not_ours", created_at=2.0, adopted=True)
+    assert "msgbatch_not_ours" in ledger.claimed_batch_ids()
+    job.mark_rejected(record)
+    assert "msgbatch_not_ours" not in ledger.claimed_batch_ids()
+    (job.dir / "batches" / "000000.json").unlink()
+    (rebuilt,) = job.records()  # from the journal: an intent again, that batch given back
+    assert (rebuilt.state, rebuilt.batch_id, rebuilt.rejected) == (
+        BatchState.INTENT,
+        None,
+        ["msgbatch_not_ours"],
+    )
 
 
 def test_orphaned_temporary_files_are_swept_when_the_cache_is_opened(tmp_path):

@@ -484,15 +484,16 @@ def test_empty_and_fully_skipped_datasets_need_no_batch(emu):
     assert sum(emu.calls.values()) == 0
 
 
-def test_a_batch_adopted_by_mistake_is_given_back_and_ours_found(emu, tmp_path, caplog):
-    # Another user of the same workspace (another cache) has a batch of the same size, just
-    # made; our create's answer is lost, so reconciling first finds theirs.
+def test_a_same_size_batch_made_just_before_ours_is_passed_over(emu, tmp_path, caplog):
+    # Another user of the same workspace (another cache) has a batch of the same size, made
+    # ten seconds before our intent; our create's answer is lost: reconcile takes the batch
+    # made after the intent, by the server's clock, and never theirs.
     theirs = Dataset.from_dict({"text": [f"theirs {i}" for i in range(20)]})
     run(theirs, emu, cache_dir=tmp_path / "their-cache")
-    emu.advance(10)  # theirs is ten seconds older than ours: the closest to our intent
+    emu.advance(10)
     ours = Dataset.from_dict({"text": [f"ours {i}" for i in range(20)]})
     emu.faults.lose_create = 1
     out = run(ours, emu)
     assert out["response"] == [f"echo: ours {i}" for i in range(20)]
     assert len(emu.batches) == 2 and not emu.duplicate_custom_ids
-    assert "someone else's" in caplog.text
+    assert "someone else's" not in caplog.text

@@ -1,0 +1,247 @@
+"""One batch's life after its intent: create it (or find the one a lost answer made), watch it,
+read its results whole, and give it back if it is someone else's or up if it is gone for good.
+
+A job advances its own batches, and the batches of another job whose process is gone when they
+hold requests it needs: it then holds that job's lock and re-reads the record first, so it never
+acts on a stale copy of another process's work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dsbatch._backend import Backend, is_transient
+from dsbatch._errors import BatchAPIError, LedgerError
+from dsbatch._ingest import fetch_results, retry_download
+from dsbatch._ledger import JobLedger
+from dsbatch._plan import batch_body
+from dsbatch._poll import MISSING_SECONDS, PollSchedule, call_retrying, poll_batch
+from dsbatch._records import IN_FLIGHT, BatchRecord, BatchState
+from dsbatch._submit import adopt, reconcile, same_workspace, submit
+
+__all__ = ["BatchKeeper"]
+
+log = logging.getLogger("dsbatch")
+
+
+class BatchKeeper:
+    """Advances the batches one job waits for."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        job: JobLedger,
+        bodies: Mapping[str, bytes],
+        *,
+        betas: Sequence[str],
+        schedule: PollSchedule,
+    ) -> None:
+        self.backend = backend
+        self.job = job
+        self.ledger = job.ledger
+        self.bodies = bodies
+        self.betas = betas
+        self.clock = schedule.clock
+        self.retrying = call_retrying(schedule, is_transient)
+        self.downloading = call_retrying(schedule, retry_download)
+
+    def advance(self, record: BatchRecord) -> None:
+        """Bring one batch forward, if it is ours to bring (see the module's docstring)."""
+        if record.job == self.job.fingerprint:
+            self._advance(self.job, record)
+            return
+        owner = self.ledger.job(record.job)
+        with owner.taken_over() as ours:
+            if not ours:
+                return  # a live owner advances its own batches; we read what it writes
+            fresh = {r.seq: r for r in owner.records(strict=False)}.get(record.seq)
+            if fresh is not None and (fresh.state in IN_FLIGHT or self._refetch(fresh)):
+                self._advance(owner, fresh)
+
+    def create(self, record: BatchRecord, *, resumed: bool) -> None:
+        """Create an intent of this job (``resumed``: written by a process that stopped)."""
+        mine = self.backend.key_hash
+        if resumed and record.key_hash and record.key_hash != mine:
+            self._check_other_key(record)
+        if not resumed and record.intent_server_at is None:
+            # Dated by the server's clock before the create: reconcile matches by it.
+            try:
+                record.intent_server_at = self._server_now()
+            except BatchAPIError as e:
+                self.job.mark_unsent(record, f"the API could not be reached: {e}")
+                raise BatchAPIError(
+                    f"could not create batch #{record.seq} of job {self.job.fingerprint}: {e}. "
+                    "Nothing was bought: fix the cause and run the same call again.",
+                    status_code=e.status_code,
+                ) from e
+            self.job.save(record)
+        submit(
+            self.backend,
+            self.job,
+            record,
+            batch_body(self.job.record_ids(record) or [], self.bodies),
+            betas=self.betas,
+            retrying=self.retrying,
+            resumed=resumed,
+        )
+
+    # -- one batch ------------------------------------------------------------------------------
+    def _refetch(self, record: BatchRecord) -> bool:
+        return record.state is BatchState.INGESTED and not self.ledger.store.has(
+            record.batch_id or ""
+        )
+
+    def _advance(self, job: JobLedger, record: BatchRecord) -> None:
+        if record.state is BatchState.INTENT:
+            self._resolve_intent(job, record)
+            return
+        batch_id = record.batch_id or ""
+        if record.state is BatchState.SUBMITTED and self.ledger.store.has(batch_id):
+            # Stored before a crash, not yet recorded.
+            table = self.ledger.store.table(batch_id)
+            if self._ours(job, record, table["custom_id"]):
+                job.mark_ingested(record, _counts(table))
+            return
+        info = poll_batch(self.backend, batch_id, self.retrying)
+        if info is None:
+            self._missing(job, record, "the API does not know it")
+            return
+        if info.size != record.request_count:
+            self._not_ours(job, record, f"it holds {info.size} requests")
+            return
+        if not info.ended:
+            job.note_missing(record, None)  # found again; its results are not due yet
+            return
+        table = fetch_results(self.backend, self.ledger.store, info, retrying=self.downloading)
+        if table is None:
+            self._missing(job, record, "its results can no longer be downloaded")
+        elif self._ours(job, record, table["custom_id"]):
+            self.ledger.store.write(info.id, table)
+            if record.state is BatchState.SUBMITTED:
+                job.mark_ingested(record, info.counts)
+            else:
+                job.note_missing(record, None)
+            self.ledger.store.discard_download(info.id)
+
+    def _ours(self, job: JobLedger, record: BatchRecord, custom_ids: pa.ChunkedArray) -> bool:
+        """Whether results hold exactly the record's requests (its ids file is rebuilt from
+        them when lost); if not, the batch is given back (or the mismatch reported)."""
+        ids = custom_ids.to_pylist()
+        known = self._ids(job, record)
+        if known is None and job.restore_ids(record, ids):
+            return True
+        if known is not None and sorted(known) == sorted(ids):
+            return True
+        self._not_ours(job, record, f"its {len(ids)} results are not this batch's requests")
+        return False
+
+    def _ids(self, job: JobLedger, record: BatchRecord) -> list[str] | None:
+        """The record's custom_ids; another job's damaged ids file counts as lost (it is
+        rewritten from the batch's results), this job's is a LedgerError saying what to do."""
+        try:
+            return job.record_ids(record)
+        except LedgerError:
+            if job is self.job:
+                raise
+            return None
+
+    def _resolve_intent(self, job: JobLedger, record: BatchRecord) -> None:
+        """An intent left by a process that stopped: its batch may exist."""
+        if job is self.job and self._ids(job, record) is not None:
+            self.create(record, resumed=True)
+            return
+        if record.key_hash and record.key_hash != self.backend.key_hash:
+            self._check_other_key(record)
+        found = reconcile(self.backend, job, record, retrying=self.retrying)
+        if found is not None:
+            adopt(job, record, found, adopted=True)
+        else:
+            job.mark_unsent(record, "its process stopped before creating it")
+
+    def _check_other_key(self, record: BatchRecord) -> None:
+        """An intent whose create was tried with another key: this key may look for its batch
+        only if it sees that key's batches (one workspace)."""
+        if same_workspace(self.backend, self.ledger, record.key_hash):
+            return
+        path = self.ledger.job(record.job).dir / "batches" / f"{record.seq:06d}.json"
+        raise BatchAPIError(
+            f"batch #{record.seq} of job {record.job} may have been created with another API "
+            f"key (key hash {record.key_hash}; this client's is {self.backend.key_hash}), whose "
+            "batches this key cannot see. Run the same call with that key; or, if that key is "
+            f"gone, delete {path}: its requests are then sent again (paid again if that batch "
+            "was created)."
+        )
+
+    def _missing(self, job: JobLedger, record: BatchRecord, why: str) -> None:
+        """The batch, or its results, was not found: gone only once missing for a while."""
+        now = self.clock()
+        since = record.missing_since if record.missing_since is not None else now
+        job.note_missing(record, since)
+        mine = self.backend.key_hash
+        if now - since < MISSING_SECONDS:
+            log.warning(
+                "dsbatch: batch %s was not found (%s); looking again (it counts as gone once "
+                "missing for %.0f minutes)",
+                record.batch_id,
+                why,
+                MISSING_SECONDS / 60,
+            )
+            return
+        if record.key_hash and mine and record.key_hash != mine:
+            # Not gone: out of this key's sight (another workspace). Never bought again for that.
+            raise BatchAPIError(
+                f"batch {record.batch_id} (job {record.job}) was created with another API key "
+                f"(key hash {record.key_hash}; this client's is {mine}) that this client cannot "
+                "read: run the same call with the key that created it",
+                batch_id=record.batch_id,
+                status_code=404,
+            )
+        log.warning(
+            "dsbatch: batch %s (job %s) has been missing for %.0f minutes (%s): its %d requests "
+            "will be sent again in a new batch, and paid for again",
+            record.batch_id,
+            record.job,
+            (now - since) / 60,
+            why,
+            record.request_count,
+        )
+        job.mark_lost(record, why)
+
+    def _not_ours(self, job: JobLedger, record: BatchRecord, why: str) -> None:
+        """A batch whose requests are not the record's: given back if a reconcile adopted it
+        (ours may still exist), never bought again if our own create made it."""
+        self.ledger.store.discard_download(record.batch_id or "")
+        if not record.adopted or record.state is not BatchState.SUBMITTED:
+            raise BatchAPIError(
+                f"batch {record.batch_id} (#{record.seq} of job {record.job}) does not hold the "
+                f"requests it was created with ({why}); nothing is sent again for it. Report "
+                "this: the API answered with another batch's data.",
+                batch_id=record.batch_id,
+            )
+        log.warning(
+            "dsbatch: batch %s is not batch #%d of job %s (%s): it is someone else's; "
+            "looking for ours again",
+            record.batch_id,
+            record.seq,
+            record.job,
+            why,
+        )
+        job.mark_rejected(record)
+
+    def _server_now(self) -> float | None:
+        """The server's time, asked of the API if no answer has told it yet (None if the API
+        sends no Date header)."""
+        if self.backend.server_now() is None:
+            self.retrying.call(self.backend.recent, None, limit=1)
+        return self.backend.server_now()
+
+
+def _counts(table: pa.Table) -> dict[str, int]:
+    counts = pc.value_counts(table["type"].combine_chunks())
+    return dict(
+        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    )

@@ -1,0 +1,64 @@
+"""Part of the ledger: how every file of the cache is written and read (atomically, and with
+errors that name the file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from dsbatch._errors import LedgerError
+
+__all__ = ["arrow_bytes", "atomic_write", "read_arrow", "read_json", "write_json"]
+
+
+def atomic_write(path: Path, data: bytes | pa.Buffer | Iterable[bytes]) -> None:
+    """Write a file whole or not at all: a temporary file, fsynced, then ``os.replace``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in [data] if isinstance(data, (bytes, pa.Buffer)) else data:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+
+
+def read_json(path: Path) -> Any:
+    """The file's JSON; None when it does not exist; LedgerError when it cannot be read."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def arrow_bytes(table: pa.Table) -> pa.Buffer:
+    """A table as an Arrow IPC file (memory-mappable)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def read_arrow(path: Path) -> pa.Table:
+    """A memory-mapped Arrow file; raises OSError / ArrowInvalid for the caller to name."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
