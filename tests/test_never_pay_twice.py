@@ -19,6 +19,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+import format1
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -921,76 +922,36 @@ def test_the_readme_says_exactly_which_failures_are_retried():
 
 # -- format-1 caches -------------------------------------------------------------------------------
 
-_FORMAT_1_RESULTS = pa.schema(
-    [
-        ("custom_id", pa.string()),
-        ("type", pa.string()),
-        ("error_type", pa.string()),
-        ("error_message", pa.string()),
-        ("stop_reason", pa.string()),
-        ("text", pa.string()),
-        ("input_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("cache_read_input_tokens", pa.int64()),
-        ("cache_creation_input_tokens", pa.int64()),
-        ("batch_id", pa.string()),
-        ("raw", pa.large_string()),
-    ]
-)
 _OLD_JOB = xxhash.xxh3_128_hexdigest(b"dsbatch-job-v1 an old job")
 
 
 def _format_1_record(seq, ids, *, state, batch_id, created_at, counts=None):
-    job = cache_root() / "jobs" / _OLD_JOB / "batches"
-    job.mkdir(parents=True, exist_ok=True)
-    (job / f"{seq:06d}.ids").write_text("\n".join(ids))
-    record = {
-        "seq": seq,
-        "request_count": len(ids),
-        "intent_at": created_at - 1,
-        "key_hash": "0123456789ab",
-        "custom_ids_file": f"{seq:06d}.ids",
-        "batch_id": batch_id,
-        "created_at": created_at,
-        "state": state,
-        "counts": counts or {},
-        "rejected": [],
-    }
-    (job / f"{seq:06d}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+    format1.write_record(
+        cache_root(),
+        _OLD_JOB,
+        seq,
+        ids,
+        state=state,
+        batch_id=batch_id,
+        created_at=created_at,
+        counts=counts,
+    )
 
 
 def _format_1_cache(answered, batch_id="msgbatch_01formatone"):
     """A cache as format 1 wrote it: one finished job whose batch answered ``answered``."""
     root = cache_root()
-    (root / "requests").mkdir(parents=True)
-    (root / "FORMAT").write_text("1\n")
     ids = ids_of(answered)
-    lines = [
-        json.dumps({"custom_id": c, "result": _message(f"echo: {t}")})
-        for c, t in zip(ids, answered)
-    ]
-    n = len(ids)
-    table = pa.table(
-        {
-            "custom_id": ids,
-            "type": ["succeeded"] * n,
-            "error_type": [None] * n,
-            "error_message": [None] * n,
-            "stop_reason": ["end_turn"] * n,
-            "text": answers(answered),
-            "input_tokens": [5] * n,
-            "output_tokens": [7] * n,
-            "cache_read_input_tokens": [0] * n,
-            "cache_creation_input_tokens": [0] * n,
-            "batch_id": [batch_id] * n,
-            "raw": lines,
-        },
-        schema=_FORMAT_1_RESULTS,
-    )
-    pq.write_table(table, root / "requests" / f"{batch_id}.parquet")
+    results = {c: _message(f"echo: {t}") for c, t in zip(ids, answered)}
+    format1.write_results(root, batch_id, results, texts=answers(answered))
     job = root / "jobs" / _OLD_JOB
     _format_1_record(
-        0, ids, state="ingested", batch_id=batch_id, created_at=1.7e9, counts={"succeeded": n}
+        0,
+        ids,
+        state="ingested",
+        batch_id=batch_id,
+        created_at=1.7e9,
+        counts={"succeeded": len(ids)},
     )
     (job / "manifest.json").write_text(json.dumps({"format": 1, "state": "finished"}))
     (job / "output").mkdir()

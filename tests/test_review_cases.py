@@ -17,8 +17,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import format1
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import xxhash
 from datasets import Dataset
@@ -465,51 +465,25 @@ def tool_request_id(text: str) -> str:
     return "dsb_" + xxhash.xxh3_128_hexdigest(canonical.encode())
 
 
-_FORMAT_1_RESULTS = pa.schema(
-    [
-        ("custom_id", pa.string()),
-        ("type", pa.string()),
-        ("error_type", pa.string()),
-        ("error_message", pa.string()),
-        ("stop_reason", pa.string()),
-        ("text", pa.string()),
-        ("input_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("cache_read_input_tokens", pa.int64()),
-        ("cache_creation_input_tokens", pa.int64()),
-        ("batch_id", pa.string()),
-        ("raw", pa.large_string()),
-    ]
-)
-
-
 def _format_1_record(name, seq, ids, *, state, batch_id, created_at, counts=None):
-    batches = cache_root() / "jobs" / xxhash.xxh3_128_hexdigest(name.encode()) / "batches"
-    batches.mkdir(parents=True, exist_ok=True)
-    (batches / f"{seq:06d}.ids").write_text("\n".join(ids))
-    record = {
-        "seq": seq,
-        "request_count": len(ids),
-        "intent_at": created_at - 1,
-        "key_hash": "0123456789ab",
-        "custom_ids_file": f"{seq:06d}.ids",
-        "batch_id": batch_id,
-        "created_at": created_at,
-        "state": state,
-        "counts": counts or {},
-        "rejected": [],
-    }
-    (batches / f"{seq:06d}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+    job = xxhash.xxh3_128_hexdigest(name.encode())
+    format1.write_record(
+        cache_root(),
+        job,
+        seq,
+        ids,
+        state=state,
+        batch_id=batch_id,
+        created_at=created_at,
+        counts=counts,
+    )
 
 
 def _format_1_tool_answers(topics: dict[str, dict], batch_id: str) -> None:
     """What format 1 stored of a finished tool-mode job: no text (a tool call has none), the
     answer only in the raw lines."""
-    root = cache_root()
-    (root / "requests").mkdir(parents=True)
-    (root / "FORMAT").write_text("1\n")
     ids = [tool_request_id(t) for t in topics]
-    lines = []
+    results = {}
     for custom_id, topic in zip(ids, topics.values()):
         message = {
             "id": "msg_1",
@@ -521,27 +495,8 @@ def _format_1_tool_answers(topics: dict[str, dict], batch_id: str) -> None:
             "stop_sequence": None,
             "usage": {"input_tokens": 30, "output_tokens": 9},
         }
-        result = {"type": "succeeded", "message": message}
-        lines.append(json.dumps({"custom_id": custom_id, "result": result}))
-    n = len(ids)
-    table = pa.table(
-        {
-            "custom_id": ids,
-            "type": ["succeeded"] * n,
-            "error_type": [None] * n,
-            "error_message": [None] * n,
-            "stop_reason": ["tool_use"] * n,
-            "text": [None] * n,
-            "input_tokens": [30] * n,
-            "output_tokens": [9] * n,
-            "cache_read_input_tokens": [0] * n,
-            "cache_creation_input_tokens": [0] * n,
-            "batch_id": [batch_id] * n,
-            "raw": lines,
-        },
-        schema=_FORMAT_1_RESULTS,
-    )
-    pq.write_table(table, root / "requests" / f"{batch_id}.parquet")
+        results[custom_id] = {"type": "succeeded", "message": message}
+    format1.write_results(cache_root(), batch_id, results, texts=[None] * len(ids), tokens=(30, 9))
     _format_1_record(
         "old F",
         0,
@@ -549,7 +504,7 @@ def _format_1_tool_answers(topics: dict[str, dict], batch_id: str) -> None:
         state="ingested",
         batch_id=batch_id,
         created_at=1.7e9,
-        counts={"succeeded": n},
+        counts={"succeeded": len(ids)},
     )
 
 
