@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 __all__ = [
@@ -187,9 +187,3 @@ class Retrying:
             # Capped: a server asking for an hour must not freeze a job; the next failure retries.
             return max(0.0, min(float(retry_after), self.max_retry_after))
         return max(0.0, self.wait(state))
-
-    def with_sleep(
-        self, sleep: Callable[[float], object], clock: Callable[[], float] | None = None
-    ) -> Retrying:
-        """A copy that sleeps with ``sleep`` (and reads ``clock``, if given) instead."""
-        return replace(self, sleep=sleep, clock=self.clock if clock is None else clock)

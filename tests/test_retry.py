@@ -246,31 +246,6 @@ def test_before_sleep_sees_each_retry_with_its_state_and_delay():
     assert fake.sleeps == [4, 9]
 
 
-def test_with_sleep_returns_a_copy_on_other_time_and_leaves_the_original_untouched():
-    job_time, other_time = FakeTime(), FakeTime()
-    original = retrying(job_time, stop=stop_after_delay(5), wait=wait_fixed(2))
-
-    copy = original.with_sleep(other_time.sleep, other_time.clock)
-    with pytest.raises(Transient):
-        copy.call(Flaky(*(Transient() for _ in range(10))))
-
-    assert other_time.sleeps == [2, 2, 2]
-    assert job_time.sleeps == []
-    assert original.sleep == job_time.sleep
-    assert original.clock == job_time.clock
-    assert (copy.stop, copy.wait, copy.retry) == (original.stop, original.wait, original.retry)
-
-
-def test_with_sleep_without_a_clock_keeps_the_original_clock():
-    job_time, other_time = FakeTime(), FakeTime()
-    original = retrying(job_time)
-
-    copy = original.with_sleep(other_time.sleep)
-
-    assert copy.sleep == other_time.sleep
-    assert copy.clock == job_time.clock
-
-
 def test_exponential_wait_stays_at_the_maximum_through_a_very_long_outage():
     wait = wait_exponential(initial=1, maximum=60)
 
