@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
 import dsbatch
 
 MODEL = "claude-haiku-4-5"
@@ -49,3 +54,22 @@ def run(ds, emu, fn=prompt, *, wait=None, retries=None, **kwargs):
     kwargs.setdefault("progress", False)
     client = _client(emu, retries)
     return dsbatch.map(ds, fn, model=MODEL, max_tokens=256, client=client, **kwargs)
+
+
+def sent(emu, batch_id=None) -> Counter[str]:
+    """custom_id -> how many times it was received in an accepted create (of one batch)."""
+    return Counter(c for b, c in emu.received if batch_id is None or b == batch_id)
+
+
+def cache_root() -> Path:
+    """The test's cache (the autouse fixture points DSBATCH_CACHE at a temporary folder)."""
+    return Path(os.environ["DSBATCH_CACHE"])
+
+
+def job_dirs() -> list[Path]:
+    return sorted(p for p in (cache_root() / "jobs").iterdir() if p.is_dir())
+
+
+def records(job: Path) -> list[dict]:
+    """The batch records of a job folder, as stored."""
+    return [json.loads(p.read_bytes()) for p in sorted((job / "batches").glob("*.json"))]

@@ -3,13 +3,12 @@ caches, and what the output dataset does afterwards."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
-from support import MODEL, echo, prompt, run, virtual
+from support import MODEL, cache_root, echo, prompt, run, virtual
 
 import dsbatch
 from dsbatch import BatchAPIError, LedgerError, PromptError, RequestTooLargeError, RowFailedError
@@ -22,10 +21,6 @@ def texts(n, prefix="text"):
 
 def answers(values):
     return [f"echo: {v}" for v in values]
-
-
-def cache_root() -> Path:
-    return Path(os.environ["DSBATCH_CACHE"])
 
 
 class Stop(BaseException):

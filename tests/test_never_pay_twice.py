@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import xxhash
 from datasets import Dataset, DatasetDict
-from support import MODEL, echo, prompt, run
+from support import MODEL, cache_root, echo, job_dirs, prompt, records, run, sent
 
 import dsbatch
 from dsbatch import BatchAPIError, LedgerError, PromptError, RowFailedError
@@ -41,23 +41,6 @@ def texts(n, prefix="row"):
 
 def answers(values):
     return [f"echo: {v}" for v in values]
-
-
-def sent(emu, batch_id=None) -> Counter[str]:
-    """custom_id -> how many times it was received in an accepted create (of one batch)."""
-    return Counter(c for b, c in emu.received if batch_id is None or b == batch_id)
-
-
-def cache_root() -> Path:
-    return Path(os.environ["DSBATCH_CACHE"])
-
-
-def job_dirs() -> list[Path]:
-    return sorted(p for p in (cache_root() / "jobs").iterdir() if p.is_dir())
-
-
-def records(job: Path) -> list[dict]:
-    return [json.loads(p.read_bytes()) for p in sorted((job / "batches").glob("*.json"))]
 
 
 def request_for(text: str) -> dict:

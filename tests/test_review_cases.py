@@ -13,16 +13,14 @@ reached the API (``dies_right_after_its_create``): the same intent with a batch 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import format1
 import pyarrow as pa
 import pytest
 import xxhash
 from datasets import Dataset
-from support import MODEL, echo, prompt, run
+from support import MODEL, cache_root, echo, job_dirs, prompt, records, run, sent
 
 import dsbatch
 from dsbatch import BatchAPIError, RowFailedError
@@ -54,23 +52,6 @@ def request_for(text: str) -> dict:
 
 def ids_of(values) -> list[str]:
     return [request_for(v)["custom_id"] for v in values]
-
-
-def sent(emu) -> Counter[str]:
-    """custom_id -> how many times it was received in an accepted create."""
-    return Counter(cid for _, cid in emu.received)
-
-
-def cache_root() -> Path:
-    return Path(os.environ["DSBATCH_CACHE"])
-
-
-def job_dirs() -> list[Path]:
-    return sorted(p for p in (cache_root() / "jobs").iterdir() if p.is_dir())
-
-
-def records(job: Path) -> list[dict]:
-    return [json.loads(p.read_bytes()) for p in sorted((job / "batches").glob("*.json"))]
 
 
 class Died(BaseException):

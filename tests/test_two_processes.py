@@ -16,13 +16,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import xxhash
 from datasets import Dataset
-from support import MODEL, echo, prompt, virtual
+from support import MODEL, echo, prompt, sent, virtual
 
 import dsbatch
 from dsbatch.testing import Emulator
@@ -192,10 +191,6 @@ def texts(n, prefix="row"):
 
 def answers(values):
     return [f"echo: {v}" for v in values]
-
-
-def sent(emu) -> Counter[str]:
-    return Counter(c for _, c in emu.received)
 
 
 def record_of(cache: Path, batch_id: str) -> dict:
