@@ -4,10 +4,13 @@ pays twice."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 from datasets import Dataset
@@ -110,23 +113,37 @@ WORKER = textwrap.dedent("""
 """)
 
 
+def _printed(process: subprocess.Popen, needle: str, *, timeout: float) -> bool:
+    """Whether the process prints a line holding ``needle`` within ``timeout`` seconds (read
+    by a thread: a worker that hangs silently must not hang the test)."""
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    ).start()
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            if needle in lines.get(timeout=left):
+                return True
+        except queue.Empty:
+            return False
+    return False
+
+
 @pytest.mark.slow
 def test_a_killed_process_is_resumed_by_the_next_one(tmp_path):
     with Emulator(delay=3600, responder=echo, api_key="worker-key") as emu:
         worker = subprocess.Popen(
             [sys.executable, "-c", WORKER, emu.base_url, str(tmp_path / "cache")],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one pipe, drained by the reader thread
             text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
         )
         try:
-            assert worker.stdout is not None
-            for line in worker.stdout:
-                if "created msgbatch_" in line:
-                    break
-            else:
-                pytest.fail(f"the worker never created a batch: {worker.stderr.read()}")
+            if not _printed(worker, "created msgbatch_", timeout=120):
+                pytest.fail("the worker never said it created a batch")
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=30)
