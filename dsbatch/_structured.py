@@ -219,8 +219,8 @@ def _plan(model_cls: type[BaseModel]) -> _Plan:
             "so use a BaseModel with named fields"
         )
     node = _model_node(model_cls, name, ())
-    struct, convert = node.type, node.convert
-    assert isinstance(convert, _StructConvert)
+    # A model's node always converts with a _StructConvert (see _model_node).
+    struct, convert = node.type, typing.cast(_StructConvert, node.convert)
     fields = tuple(
         (field_name, _Node(struct.field(field_name).type, field_convert))
         for field_name, field_convert in zip(convert.names, convert.fields)
