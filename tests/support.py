@@ -7,6 +7,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import xxhash
+
 import dsbatch
 
 MODEL = "claude-haiku-4-5"
@@ -22,6 +24,24 @@ def text_of(content):
 def echo(custom_id, params):
     """Answer with the prompt itself, so each row's answer proves which request it came from."""
     return "echo: " + text_of(params["messages"][-1]["content"])
+
+
+def answers(values):
+    """What ``echo`` answers to each of these texts."""
+    return [f"echo: {v}" for v in values]
+
+
+def request_for(text: str) -> dict:
+    """The request dsbatch makes of a row answered by ``prompt`` under ``run``, with its
+    documented custom_id: ``dsb_`` + xxh3-128 of the canonical JSON of the params."""
+    params = {"max_tokens": 256, "messages": [{"content": text, "role": "user"}], "model": MODEL}
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return {"custom_id": "dsb_" + xxhash.xxh3_128_hexdigest(canonical.encode()), "params": params}
+
+
+def ids_of(values) -> list[str]:
+    """The custom_id of each text's request."""
+    return [request_for(v)["custom_id"] for v in values]
 
 
 def prompt(row):

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 from datasets import Dataset, DatasetDict
-from support import MODEL, echo, prompt, run, virtual
+from support import MODEL, answers, echo, prompt, run, virtual
 
 import dsbatch
 from dsbatch._backend import Backend, BatchInfo
@@ -19,10 +19,6 @@ from dsbatch.testing import Emulator, Faults, HttpFault
 
 def texts(n, prefix="text"):
     return [f"{prefix} {i}" for i in range(n)]
-
-
-def answers(values):
-    return [f"echo: {v}" for v in values]
 
 
 class Sleeps:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
-from support import MODEL, cache_root, echo, prompt, run, virtual
+from support import MODEL, answers, cache_root, echo, prompt, run, virtual
 
 import dsbatch
 from dsbatch import BatchAPIError, LedgerError, PromptError, RequestTooLargeError, RowFailedError
@@ -17,10 +17,6 @@ from dsbatch.testing import Emulator, Faults, HttpFault
 
 def texts(n, prefix="text"):
     return [f"{prefix} {i}" for i in range(n)]
-
-
-def answers(values):
-    return [f"echo: {v}" for v in values]
 
 
 class Stop(BaseException):

@@ -20,7 +20,19 @@ import pyarrow as pa
 import pytest
 import xxhash
 from datasets import Dataset
-from support import MODEL, cache_root, echo, job_dirs, prompt, records, run, sent
+from support import (
+    MODEL,
+    answers,
+    cache_root,
+    echo,
+    ids_of,
+    job_dirs,
+    prompt,
+    records,
+    request_for,
+    run,
+    sent,
+)
 
 import dsbatch
 from dsbatch import BatchAPIError, RowFailedError
@@ -36,22 +48,6 @@ POLL = 60.0
 
 def dataset(values) -> Dataset:
     return Dataset.from_dict({"text": list(values)})
-
-
-def answers(values) -> list[str]:
-    return [f"echo: {v}" for v in values]
-
-
-def request_for(text: str) -> dict:
-    """The request dsbatch makes of a row answered by ``support.prompt`` under ``run``, with its
-    documented custom_id: ``dsb_`` + xxh3-128 of the canonical JSON of the params."""
-    params = {"max_tokens": 256, "messages": [{"content": text, "role": "user"}], "model": MODEL}
-    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return {"custom_id": "dsb_" + xxhash.xxh3_128_hexdigest(canonical.encode()), "params": params}
-
-
-def ids_of(values) -> list[str]:
-    return [request_for(v)["custom_id"] for v in values]
 
 
 class Died(BaseException):

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 from datasets import Dataset
-from support import echo, run
+from support import answers, echo, run
 
 import dsbatch
 from dsbatch._backend import Backend
@@ -19,10 +19,6 @@ from dsbatch.testing import Emulator
 
 def texts(n, prefix="text"):
     return [f"{prefix} {i}" for i in range(n)]
-
-
-def answers(values):
-    return [f"echo: {v}" for v in values]
 
 
 class _Blocked(logging.Handler):

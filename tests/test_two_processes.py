@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-import xxhash
 from datasets import Dataset
-from support import MODEL, echo, prompt, sent, virtual
+from support import MODEL, answers, echo, ids_of, prompt, sent, virtual
 
 import dsbatch
 from dsbatch.testing import Emulator
@@ -189,30 +188,11 @@ def texts(n, prefix="row"):
     return [f"{prefix} {i}" for i in range(n)]
 
 
-def answers(values):
-    return [f"echo: {v}" for v in values]
-
-
 def record_of(cache: Path, batch_id: str) -> dict:
     """The batch record, of whichever job, that holds ``batch_id``."""
     found = [json.loads(p.read_bytes()) for p in cache.glob("jobs/*/batches/*.json")]
     (record,) = [r for r in found if r["batch_id"] == batch_id]
     return record
-
-
-def ids_of(values) -> list[str]:
-    """The documented custom_id of each row's request: ``dsb_`` + xxh3-128 of its canonical
-    params (those of ``support.prompt`` with max_tokens=256)."""
-    out = []
-    for text in values:
-        params = {
-            "max_tokens": 256,
-            "messages": [{"content": text, "role": "user"}],
-            "model": MODEL,
-        }
-        canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        out.append("dsb_" + xxhash.xxh3_128_hexdigest(canonical.encode()))
-    return out
 
 
 # -- case 2: two processes, two jobs sharing requests, one cache --------------------------------
