@@ -73,6 +73,7 @@ class JobLoop:
         self.options = options
         self.first_row = first_row
         self.needed = pa.array(list(bodies), pa.string())
+        self._view: View | None = None  # the last step's, taken under the cache lock
         self.batches = BatchKeeper(
             backend, job, bodies, betas=options.betas, schedule=options.schedule
         )
@@ -118,10 +119,14 @@ class JobLoop:
             ]
         for record in intents:
             self.batches.create(record, resumed=False)
+        self._view = view if not pending else None  # nothing sent: still what the cache holds
         return self._standing(view, len(pending))
 
     def results(self) -> pa.Table:
-        """Every result of every attempt of the job's requests (no raw lines)."""
+        """Every result of every attempt of the job's requests (no raw lines): after a step that
+        found the job done, the survey that step made (nothing has changed since)."""
+        if self._view is not None:
+            return self._view.results
         return survey(self.job.ledger, self.job.fingerprint, self.needed).results
 
     def _standing(self, view: View, sent: int) -> Standing:
