@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,16 +29,29 @@ except ImportError:  # pragma: no cover - an SDK that moved it
     ANTHROPIC_API_VERSION = API_VERSION_2026
 
 __all__ = [
+    "ANTHROPIC_HEADER",
+    "EMULATOR_HEADER",
     "Backend",
     "BatchInfo",
     "CreateOutcomeUnknown",
+    "NoCredentials",
     "is_transient",
     "key_hash",
 ]
 
+# The header every answer of the Anthropic API carries (a proxy in front of it passes it on),
+# and the one every answer of dsbatch's emulator carries: what tells an origin (``_origin``).
+ANTHROPIC_HEADER = "anthropic-organization-id"
+EMULATOR_HEADER = "x-dsbatch-emulator"
+_DEFAULT_BASE_URL = "https://api.anthropic.com"
+
 _COUNT_FIELDS = ("processing", "succeeded", "errored", "canceled", "expired")
 # Statuses worth waiting out: timeout, conflict, rate limited; 5xx below.
 _TRANSIENT = frozenset({408, 409, 429})
+
+
+class NoCredentials(BatchAPIError):
+    """No API key or token was found: no retry will find one."""
 
 
 class CreateOutcomeUnknown(BatchAPIError):
@@ -85,7 +99,7 @@ def _ts(value: dt.datetime | None) -> float | None:
 
 def is_transient(error: BaseException) -> bool:
     """A failure worth waiting out: no connection, timeout, rate limit, or the server's fault."""
-    if not isinstance(error, BatchAPIError):
+    if not isinstance(error, BatchAPIError) or isinstance(error, NoCredentials):
         return False
     status = error.status_code
     return status is None or status in _TRANSIENT or status >= 500
@@ -168,7 +182,7 @@ class Backend:
             client = self._given
             if client is None:
                 # The SDK finds credentials in the environment or in an Anthropic profile.
-                missing = BatchAPIError(
+                missing = NoCredentials(
                     "no Anthropic credentials: set ANTHROPIC_API_KEY (or configure an Anthropic "
                     "profile), or pass client=anthropic.Anthropic(...)"
                 )
@@ -187,6 +201,28 @@ class Backend:
     def key_hash(self) -> str:
         client = self.client
         return key_hash(getattr(client, "api_key", None) or getattr(client, "auth_token", None))
+
+    @property
+    def base_url(self) -> str:
+        """Where this backend's calls go (no trailing slash), read without building a client."""
+        if self._given is not None:
+            return str(self._given.base_url).rstrip("/")
+        return (os.environ.get("ANTHROPIC_BASE_URL") or _DEFAULT_BASE_URL).rstrip("/")
+
+    def declared_headers(self) -> dict[str, str]:
+        """The headers the given client sends with every call (names lower-cased)."""
+        if self._given is None:
+            return {}
+        return {str(k).lower(): str(v) for k, v in self._given.default_headers.items()}
+
+    def identify(self) -> dict[str, str]:
+        """The headers (names lower-cased) of one cheap answer: ``list`` of one batch."""
+        try:
+            response = self.client.messages.batches.with_raw_response.list(limit=1)
+        except anthropic.APIError as e:
+            raise _api_error("asking the API what it is (listing one batch)", e) from e
+        self._saw(response.headers)
+        return {name.lower(): value for name, value in response.headers.items()}
 
     @property
     def api_version(self) -> str:

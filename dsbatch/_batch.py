@@ -1,9 +1,11 @@
 """One batch's life after its intent: create it (or find the one a lost answer made), watch it,
 read its results whole, and give it back if it is someone else's or up if it is gone for good.
 
-A job advances its own batches, and the batches of another job whose process is gone when they
-hold requests it needs: it then holds that job's lock and re-reads the record first, so it never
-acts on a stale copy of another process's work.
+Any call advances any batch it needs, whichever job made it and whatever that job's process is
+doing (running, stopped, dead): every move is checked against the record as stored
+(``JobLedger.change``), and a move another call made first is simply read at the next step. Only
+an intent is held, by a lease (``_lease``): a call takes over another's intent only once that
+lease is free, and then looks for its batch before creating anything.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import pyarrow.compute as pc
 from dsbatch._backend import Backend, is_transient
 from dsbatch._errors import BatchAPIError, LedgerError
 from dsbatch._ingest import fetch_results, retry_download
-from dsbatch._ledger import JobLedger
+from dsbatch._lease import LEASE_SECONDS, Holder, holder_gone
+from dsbatch._ledger import JobLedger, StaleRecord
 from dsbatch._plan import batch_body
 from dsbatch._poll import MISSING_SECONDS, PollSchedule, call_retrying, poll_batch
-from dsbatch._records import IN_FLIGHT, BatchRecord, BatchState
+from dsbatch._records import BatchRecord, BatchState
 from dsbatch._submit import adopt, reconcile, same_workspace, submit
 
 __all__ = ["BatchKeeper"]
@@ -29,7 +32,7 @@ log = logging.getLogger("dsbatch")
 
 
 class BatchKeeper:
-    """Advances the batches one job waits for."""
+    """Advances the batches one job waits for, as one call (``holder``) against ``origin``."""
 
     def __init__(
         self,
@@ -39,6 +42,8 @@ class BatchKeeper:
         *,
         betas: Sequence[str],
         schedule: PollSchedule,
+        holder: Holder,
+        origin: str,
     ) -> None:
         self.backend = backend
         self.job = job
@@ -46,31 +51,44 @@ class BatchKeeper:
         self.bodies = bodies
         self.betas = betas
         self.clock = schedule.clock
+        self.holder = str(holder)
+        self.origin = origin
         self.retrying = call_retrying(schedule, is_transient)
         self.downloading = call_retrying(schedule, retry_download)
+        self._held: dict[tuple[str, int], BatchRecord] = {}  # intents this call has held
+
+    def lease_until(self) -> float:
+        return self.clock() + LEASE_SECONDS
+
+    def held(self, record: BatchRecord) -> BatchRecord:
+        """Note an intent this call holds (to give it up when the call stops)."""
+        self._held[record.job, record.seq] = record
+        return record
 
     def advance(self, record: BatchRecord) -> None:
-        """Bring one batch forward, if it is ours to bring (see the module's docstring)."""
-        if record.job == self.job.fingerprint:
-            self._advance(self.job, record)
-            return
-        owner = self.ledger.job(record.job)
-        with owner.taken_over() as ours:
-            if not ours:
-                return  # a live owner advances its own batches; we read what it writes
-            fresh = {r.seq: r for r in owner.records(strict=False)}.get(record.seq)
-            if fresh is not None and (fresh.state in IN_FLIGHT or self._refetch(fresh)):
-                self._advance(owner, fresh)
+        """Bring one batch forward, whichever job it belongs to (see the module's docstring)."""
+        job = self.job if record.job == self.job.fingerprint else self.ledger.job(record.job)
+        try:
+            self._advance(job, record)
+        except StaleRecord as e:
+            log.info("dsbatch: %s; reading what that call did", e)
 
     def create(self, record: BatchRecord, *, resumed: bool) -> None:
-        """Create an intent of this job (``resumed``: written by a process that stopped)."""
+        """Create an intent of this job that this call holds (``resumed``: an earlier call may
+        have created it before it stopped). An intent another call took over is left to it."""
+        try:
+            self._create(record, resumed=resumed)
+        except StaleRecord as e:
+            log.warning("dsbatch: %s; not creating it here", e)
+
+    def _create(self, record: BatchRecord, *, resumed: bool) -> None:
         mine = self.backend.key_hash
         if resumed and record.key_hash and record.key_hash != mine:
             self._check_other_key(record)
         if not resumed and record.intent_server_at is None:
             # Dated by the server's clock before the create: reconcile matches by it.
             try:
-                record.intent_server_at = self._server_now()
+                server_at = self._server_now()
             except BatchAPIError as e:
                 self.job.mark_unsent(record, f"the API could not be reached: {e}")
                 raise BatchAPIError(
@@ -78,7 +96,16 @@ class BatchKeeper:
                     "Nothing was bought: fix the cause and run the same call again.",
                     status_code=e.status_code,
                 ) from e
-            self.job.save(record)
+            self.job.change(
+                record,
+                lambda fresh: setattr(fresh, "intent_server_at", server_at),
+                expect=("state", "holder"),
+            )
+
+        def renew() -> None:
+            # Before every attempt: an intent whose lease ran out may have been taken over.
+            self.job.hold(record, self.holder, self.lease_until())
+
         submit(
             self.backend,
             self.job,
@@ -87,7 +114,18 @@ class BatchKeeper:
             betas=self.betas,
             retrying=self.retrying,
             resumed=resumed,
+            renew=renew,
         )
+
+    def release(self) -> None:
+        """Give up this call's leases on intents it leaves (it stops): another call may take
+        them over at once, and looks for their batches before creating anything."""
+        for record in self._held.values():
+            if record.state is BatchState.INTENT and record.holder == self.holder:
+                try:
+                    self.ledger.job(record.job).hold(record, "", None)
+                except (StaleRecord, LedgerError) as e:
+                    log.info("dsbatch: could not give up batch %s: %s", record.name, e)
 
     # -- one batch ------------------------------------------------------------------------------
     def _refetch(self, record: BatchRecord) -> bool:
@@ -95,16 +133,29 @@ class BatchKeeper:
             record.batch_id or ""
         )
 
+    def _lease_free(self, record: BatchRecord) -> bool:
+        """Whether this call may take over an intent: no one holds it, its lease ran out, or
+        its holder's process is gone."""
+        return (
+            not record.holder
+            or record.holder == self.holder
+            or record.lease_until is None
+            or self.clock() >= record.lease_until
+            or holder_gone(record.holder)
+        )
+
     def _advance(self, job: JobLedger, record: BatchRecord) -> None:
         if record.state is BatchState.INTENT:
-            self._resolve_intent(job, record)
+            if self._lease_free(record):
+                job.hold(self.held(record), self.holder, self.lease_until())
+                self._resolve_intent(job, record)
             return
         batch_id = record.batch_id or ""
         if record.state is BatchState.SUBMITTED and self.ledger.store.has(batch_id):
             # Stored before a crash, not yet recorded.
             table = self.ledger.store.table(batch_id)
             if self._ours(job, record, table["custom_id"]):
-                job.mark_ingested(record, _counts(table))
+                job.mark_ingested(record, _counts(table), self.origin)
             return
         info = poll_batch(self.backend, batch_id, self.retrying)
         if info is None:
@@ -120,9 +171,11 @@ class BatchKeeper:
         if table is None:
             self._missing(job, record, "its results can no longer be downloaded")
         elif self._ours(job, record, table["custom_id"]):
+            # Written before the record moves (atomically: a call reading the same batch at the
+            # same moment writes the same rows); the move itself is checked (``change``).
             self.ledger.store.write(info.id, table)
             if record.state is BatchState.SUBMITTED:
-                job.mark_ingested(record, info.counts)
+                job.mark_ingested(record, info.counts, self.origin)
             else:
                 job.note_missing(record, None)
             self.ledger.store.discard_download(info.id)
@@ -177,10 +230,11 @@ class BatchKeeper:
         )
 
     def _missing(self, job: JobLedger, record: BatchRecord, why: str) -> None:
-        """The batch, or its results, was not found: gone only once missing for a while."""
+        """The batch, or its results, was not found: gone only once missing for a while, as the
+        stored record says (any call that found it again in between restarted that clock)."""
         now = self.clock()
+        job.note_missing(record, now)
         since = record.missing_since if record.missing_since is not None else now
-        job.note_missing(record, since)
         mine = self.backend.key_hash
         if now - since < MISSING_SECONDS:
             log.warning(
@@ -230,7 +284,7 @@ class BatchKeeper:
             record.job,
             why,
         )
-        job.mark_rejected(record)
+        job.mark_rejected(record, self.holder, self.lease_until())
 
     def _server_now(self) -> float | None:
         """The server's time, asked of the API if no answer has told it yet (None if the API

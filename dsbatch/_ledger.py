@@ -2,9 +2,10 @@
 
 Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsbatch``)::
 
-    FORMAT                                the on-disk format number (2)
+    FORMAT                                the on-disk format number (3)
     lock                                  held briefly while a job decides what to send
     journal.jsonl                         every batch id ever created: never forgotten
+    origins.json                          base URL -> where its answers come from (``_origin``)
     results/<batch_id>.parquet            every result of a batch, one row per custom_id
     downloads/<batch_id>.jsonl            raw result bytes while they are being ingested
     jobs/<fingerprint>/manifest.json      what the job is (splits, model, state, outputs)
@@ -13,7 +14,7 @@ Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsba
     jobs/<fingerprint>/batches/<seq>.json one record per batch (see ``_records``)
     jobs/<fingerprint>/batches/<seq>.ids.arrow   the custom_ids of that batch
     jobs/<fingerprint>/output/<split>.arrow      the finished new columns
-    jobs/<fingerprint>/lock               held while a process runs the job
+    jobs/<fingerprint>/lock               held while one record or the manifest changes
 
 Every write is atomic (temporary file + ``os.replace``); temporary files a killed process left
 behind are swept when the cache is next opened. Results are shared by all jobs under one root:
@@ -27,7 +28,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +50,14 @@ __all__ = [
     "CacheRecords",
     "JobLedger",
     "Ledger",
+    "StaleRecord",
     "ids_digest",
     "resolve_cache_dir",
 ]
 
 log = logging.getLogger("dsbatch")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # A temporary file untouched this long belongs to a process that died.
 _STALE_TMP_SECONDS = 600.0
@@ -100,6 +102,7 @@ def _record_from_journal(job: str, seq: int, entry: dict[str, Any]) -> BatchReco
                 "created_at": None if released else entry.get("created_at"),
                 "adopted": bool(entry.get("adopted")),
                 "rejected": [entry["batch_id"]] if released else [],
+                "origin": entry.get("origin") or "",
             }
         )
     except (KeyError, RecordError):
@@ -122,12 +125,13 @@ def _file_name(split: str) -> str:
 
 
 @contextmanager
-def _lock(path: Path, what: str, waiting: str) -> Iterator[None]:
+def _lock(path: Path, what: str, waiting: str, *, patience: float = 0.0) -> Iterator[None]:
+    """Hold the lock file ``path``; after ``patience`` seconds of waiting, say so and wait on."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path))
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=patience)
         except Timeout:
             log.warning("dsbatch: %s", waiting)
             lock.acquire()
@@ -137,6 +141,10 @@ def _lock(path: Path, what: str, waiting: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+class StaleRecord(Exception):
+    """A batch record moved under us: another call acted on the batch first."""
 
 
 class JobLedger:
@@ -160,6 +168,15 @@ class JobLedger:
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_json(self.dir / "manifest.json", manifest.to_json())
+
+    def update_manifest(self, start: Manifest, apply: Callable[[Manifest], None]) -> Manifest:
+        """Apply ``apply`` to the stored manifest (``start`` when there is none) under the job's
+        lock: two calls running one job never undo each other's change."""
+        with self._lock():
+            manifest = self.read_manifest() or start
+            apply(manifest)
+            self.write_manifest(manifest)
+        return manifest
 
     # -- requests and rows --------------------------------------------------------------------
     def has_requests(self) -> bool:
@@ -280,10 +297,38 @@ class JobLedger:
             ) from e
         return record
 
+    def stored_record(self, seq: int) -> BatchRecord | None:
+        """Record ``seq`` as stored now (rebuilt from the journal when its file is missing);
+        None when neither knows it. A damaged file is a LedgerError."""
+        path = self._record_path(seq)
+        damage: LedgerError | None = None
+        if path.exists():
+            try:
+                return self._read_record(path)
+            except LedgerError as e:  # another job's damage is read from the journal (survey)
+                damage = e
+        entries = [
+            e
+            for e in self.ledger.journal()
+            if e.get("job") == self.fingerprint and e.get("seq") == seq
+        ]
+        rebuilt = _record_from_journal(self.fingerprint, seq, entries[-1]) if entries else None
+        if rebuilt is None and damage is not None:
+            raise damage
+        return rebuilt
+
     def new_record(
-        self, custom_ids: Sequence[str], *, intent_at: float, key_hash: str = ""
+        self,
+        custom_ids: Sequence[str],
+        *,
+        intent_at: float,
+        key_hash: str = "",
+        origin: str = "",
+        holder: str = "",
+        lease_until: float | None = None,
     ) -> BatchRecord:
-        """Write the intent to send ``custom_ids`` as a new batch (ids file first)."""
+        """Write the intent to send ``custom_ids`` as a new batch (ids file first), held by
+        ``holder`` until ``lease_until``."""
         seq = max((r.seq for r in self.records()), default=-1) + 1
         self.write_ids(seq, custom_ids)
         record = BatchRecord(
@@ -293,6 +338,9 @@ class JobLedger:
             ids_digest=ids_digest(custom_ids),
             intent_at=intent_at,
             key_hash=key_hash,
+            origin=origin,
+            holder=holder,
+            lease_until=lease_until,
         )
         self.save(record)
         return record
@@ -335,48 +383,105 @@ class JobLedger:
         table = pa.table({"custom_id": pa.array(list(custom_ids), pa.string())})
         atomic_write(self._ids_path(seq), arrow_bytes(table))
 
-    # -- transitions (each persisted atomically) ---------------------------------------------
+    # -- transitions: each checked against the record as stored, and persisted atomically --
+    def change(
+        self,
+        record: BatchRecord,
+        apply: Callable[[BatchRecord], bool | None],
+        *,
+        expect: Sequence[str] = ("state", "batch_id"),
+    ) -> None:
+        """Apply ``apply`` to the record as stored now, under the job's lock (held for
+        milliseconds), if it still has the ``expect`` fields the caller acted on; else raise
+        ``StaleRecord`` (another call moved it first). ``apply`` returning False writes nothing.
+        ``record`` is updated to what is stored."""
+        with self._lock():
+            fresh = self.stored_record(record.seq)
+            if fresh is None or any(getattr(fresh, f) != getattr(record, f) for f in expect):
+                raise StaleRecord(
+                    f"batch {record.name} was moved by another call "
+                    f"({record.state.value} -> {fresh.state.value if fresh else 'gone'})"
+                )
+            if apply(fresh) is not False:
+                self.save(fresh)
+        record.__dict__.update(fresh.__dict__)
+
     def mark_submitted(
         self, record: BatchRecord, batch_id: str, created_at: float, *, adopted: bool = False
     ) -> None:
         """The record's batch exists: ``batch_id``, created by our create or, ``adopted``,
-        found by a reconcile (only an adopted batch may later turn out to be someone else's)."""
-        record.moved(BatchState.SUBMITTED)
-        record.batch_id, record.created_at, record.missing_since = batch_id, created_at, None
-        record.adopted = adopted
-        self.save(record)
+        found by a reconcile (only an adopted batch may later turn out to be someone else's).
+        Only the intent's lease holder moves it (``expect`` holds the holder)."""
+
+        def apply(fresh: BatchRecord) -> None:
+            fresh.moved(BatchState.SUBMITTED)
+            fresh.batch_id, fresh.created_at, fresh.missing_since = batch_id, created_at, None
+            fresh.adopted, fresh.holder, fresh.lease_until = adopted, "", None
+
+        self.change(record, apply, expect=("state", "holder"))
         self.ledger.journal_append(record)
 
-    def mark_ingested(self, record: BatchRecord, counts: dict[str, int]) -> None:
-        record.moved(BatchState.INGESTED)
-        record.counts, record.missing_since = dict(counts), None
-        self.save(record)
+    def mark_ingested(self, record: BatchRecord, counts: dict[str, int], origin: str) -> None:
+        """Its results are stored; a batch recorded before origins were kept takes the origin
+        of the call that could read it."""
+
+        def apply(fresh: BatchRecord) -> None:
+            fresh.moved(BatchState.INGESTED)
+            fresh.counts, fresh.missing_since = dict(counts), None
+            fresh.origin = fresh.origin or origin
+
+        self.change(record, apply)
 
     def mark_lost(self, record: BatchRecord, why: str) -> None:
-        record.moved(BatchState.LOST)
-        record.note = why
-        self.save(record)
+        def apply(fresh: BatchRecord) -> None:
+            fresh.moved(BatchState.LOST)
+            fresh.note = why
 
-    def mark_rejected(self, record: BatchRecord) -> None:
-        """The batch a reconcile adopted holds someone else's requests: ours may still exist."""
+        self.change(record, apply)
+
+    def mark_rejected(self, record: BatchRecord, holder: str, lease_until: float) -> None:
+        """The batch a reconcile adopted holds someone else's requests: ours may still exist;
+        the intent is held again by ``holder``, which looks for it."""
         given_back = record.batch_id or ""
-        record.moved(BatchState.INTENT)
-        record.rejected.append(given_back)
-        record.batch_id = record.created_at = record.missing_since = None
-        record.adopted = False
-        self.save(record)
+
+        def apply(fresh: BatchRecord) -> None:
+            fresh.moved(BatchState.INTENT)
+            fresh.rejected.append(given_back)
+            fresh.batch_id = fresh.created_at = fresh.missing_since = None
+            fresh.adopted, fresh.holder, fresh.lease_until = False, holder, lease_until
+
+        self.change(record, apply)
         # The journal says it is free again: its real owner's reconcile may take it.
         self.ledger.journal_append(record, released=given_back)
 
     def mark_unsent(self, record: BatchRecord, why: str) -> None:
-        record.moved(BatchState.UNSENT)
-        record.note = why
-        self.save(record)
+        def apply(fresh: BatchRecord) -> None:
+            fresh.moved(BatchState.UNSENT)
+            fresh.note, fresh.holder, fresh.lease_until = why, "", None
+
+        self.change(record, apply, expect=("state", "holder"))
 
     def note_missing(self, record: BatchRecord, since: float | None) -> None:
-        if record.missing_since != since:
-            record.missing_since = since
-            self.save(record)
+        """Found again (``since`` None), or missing since ``since`` unless an earlier moment is
+        stored already (another call saw it missing first)."""
+
+        def apply(fresh: BatchRecord) -> bool:
+            kept = since if since is None or fresh.missing_since is None else fresh.missing_since
+            if fresh.missing_since == kept:
+                return False
+            fresh.missing_since = kept
+            return True
+
+        self.change(record, apply)
+
+    def hold(self, record: BatchRecord, holder: str, lease_until: float | None) -> None:
+        """Hold an intent until ``lease_until`` (renewed by its holder; taken over by another
+        call once the lease is free); ``lease_until=None`` gives it up."""
+
+        def apply(fresh: BatchRecord) -> None:
+            fresh.holder, fresh.lease_until = holder, lease_until
+
+        self.change(record, apply, expect=("state", "holder"))
 
     # -- output -------------------------------------------------------------------------------
     def write_output(self, split: str, table: pa.Table) -> str:
@@ -396,37 +501,16 @@ class JobLedger:
             log.warning("dsbatch: the output %s is damaged (%s); rebuilding it", path, e)
             return None
 
-    # -- locks --------------------------------------------------------------------------------
-    def locked(self) -> AbstractContextManager[None]:
-        """Hold the job's lock: two processes never run one job at once."""
+    # -- the job's lock -----------------------------------------------------------------------
+    def _lock(self) -> AbstractContextManager[None]:
+        """The job's lock, held only while one record or the manifest changes: no call holds
+        it across a network call, so a stopped process holds up no one."""
         return _lock(
             self.dir / "lock",
             f"job {self.fingerprint}",
-            f"job {self.fingerprint} is being run by another process; waiting for it",
+            f"waiting for the lock of job {self.fingerprint} (another process is changing it)",
+            patience=5.0,
         )
-
-    @contextmanager
-    def taken_over(self) -> Iterator[bool]:
-        """Hold the job's lock if no process is running the job (True), else do nothing
-        (False): a job whose process is gone may have its batches advanced by another job."""
-        lock = FileLock(str(self.dir / "lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            yield False
-            return
-        except OSError as e:
-            log.warning(
-                "dsbatch: cannot take over job %s to read the batches it left (%s)",
-                self.fingerprint,
-                e,
-            )
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
 
 
 class Ledger:
@@ -450,13 +534,18 @@ class Ledger:
                 "this dsbatch, or use another cache_dir.",
                 path=str(fmt),
             )
-        if found == "1":
-            from dsbatch._migrate import migrate_format_1
+        if found in ("1", "2"):
+            from dsbatch._migrate import migrate_format_1, migrate_format_2
 
             with self.locked():
                 # Another process may have migrated it while we waited for the lock.
-                if fmt.read_text().strip() == "1":
+                found = fmt.read_text().strip()
+                if found == "1":
                     migrate_format_1(self)
+                    atomic_write(fmt, b"2\n")
+                    found = "2"
+                if found == "2":
+                    migrate_format_2(self)
                     atomic_write(fmt, f"{FORMAT_VERSION}\n".encode())
         elif found is not None and found != str(FORMAT_VERSION):
             raise LedgerError(
@@ -508,6 +597,7 @@ class Ledger:
             "key_hash": record.key_hash,
             "request_count": record.request_count,
             "ids_digest": record.ids_digest,
+            "origin": record.origin,
         }
         path = self.root / "journal.jsonl"
         try:
@@ -534,6 +624,33 @@ class Ledger:
                 if isinstance(entry, dict) and isinstance(entry.get("batch_id"), str):
                     entries.append(entry)
         return entries
+
+    def batch_origins(self, scan: CacheRecords) -> dict[str, str]:
+        """batch_id -> where it was made, for every batch a record or the journal knows ("" when
+        no one recorded it)."""
+        origins = {e["batch_id"]: e.get("origin") or "" for e in self.journal()}
+        origins.update((r.batch_id, r.origin) for r in scan.records if r.batch_id)
+        return origins
+
+    # -- base URL -> origin, as the servers' answers identified them (see ``_origin``) -------
+    def known_origin(self, base_url: str) -> str | None:
+        try:
+            known = read_json(self.root / "origins.json")
+        except LedgerError:
+            return None
+        found = known.get(base_url) if isinstance(known, dict) else None
+        return found if isinstance(found, str) and found else None
+
+    def remember_origin(self, base_url: str, origin: str) -> None:
+        path = self.root / "origins.json"
+        with self.locked():
+            try:
+                known = read_json(path)
+            except LedgerError:
+                known = None
+            known = known if isinstance(known, dict) else {}
+            known[base_url] = origin
+            write_json(path, known)
 
     def claimed_batch_ids(self, scan: CacheRecords | None = None) -> set[str]:
         """The batch ids some record of this cache holds now (a damaged record is searched for

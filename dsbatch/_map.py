@@ -18,19 +18,21 @@ import pyarrow.compute as pc
 import xxhash
 from datasets import Dataset, DatasetDict
 
-from dsbatch._backend import Backend
+from dsbatch._backend import Backend, is_transient
 from dsbatch._compat import attach_columns, fingerprint_of, iter_rows
 from dsbatch._errors import LedgerError, RowFailedError
 from dsbatch._join import MissingResult, output_table
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._options import MapOptions
-from dsbatch._plan import job_fingerprint
+from dsbatch._origin import resolve_origin
+from dsbatch._plan import check_sizes, job_fingerprint
 from dsbatch._policy import FAILED_STATUSES, attempts, latest_results
-from dsbatch._poll import PollSchedule
+from dsbatch._poll import PollSchedule, call_retrying
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, render_split
 from dsbatch._run import JobLoop, RunOptions
+from dsbatch._stable import warn_if_replacing, warn_if_unstable
 
 __all__ = ["map"]
 
@@ -63,6 +65,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     progress: bool = True,
     max_batch_requests: int = MAX_BATCH_REQUESTS,
     max_batch_bytes: int = MAX_BATCH_BYTES,
+    check_determinism: bool = True,
 ) -> Dataset | DatasetDict:
     """Run every row of ``dataset`` through ``prompt`` and the Message Batches API.
 
@@ -85,6 +88,11 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     all; canceled ones only with ``resend_canceled=True``. What still failed follows
     ``on_error``: ``"keep"`` the row with a null answer, ``"drop"`` it, or ``"raise"``
     ``dsbatch.RowFailedError``.
+
+    Answers serve only runs against the server that gave them: an emulator's never serve a run
+    against the Anthropic API. A prompt function that renders other requests when called again
+    (it reads ``random``, the time, a counter) is warned about, since every rerun would pay
+    again; ``check_determinism=False`` silences that for prompts that vary on purpose.
     """
     if not isinstance(dataset, (Dataset, DatasetDict)):
         raise TypeError(
@@ -112,6 +120,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
         progress=progress,
         max_batch_requests=max_batch_requests,
         max_batch_bytes=max_batch_bytes,
+        check_determinism=check_determinism,
     )
     splits = dict(dataset) if isinstance(dataset, DatasetDict) else {_SINGLE: dataset}
     work = _prepare(
@@ -132,6 +141,8 @@ class _Work:
     options: MapOptions
     backend: Backend
     job: JobLedger
+    origin: str
+    datasets: dict[str, str]  # split -> the dataset's fingerprint
 
 
 @dataclass
@@ -164,8 +175,30 @@ def _prepare(
             with_indices=options.with_indices,
             label=labels[split],
         )
-    job = Ledger(options.cache_dir).job(job_fingerprint(rendered.row_custom_ids))
-    return _Work(splits, labels, rendered, options, backend, job)
+    check_sizes(rendered.bodies, max_bytes=options.max_batch_bytes, first_row=rendered.first_row)
+    ledger = Ledger(options.cache_dir)
+    # Where answers come from decides which serve this job (``_origin``); a job with nothing
+    # to ask has no need to know.
+    origin = (
+        resolve_origin(backend, ledger, call_retrying(options.schedule, is_transient))
+        if rendered.bodies
+        else ""
+    )
+    job = ledger.job(job_fingerprint(rendered.row_custom_ids, origin))
+    datasets = {split: fingerprint_of(ds) for split, ds in splits.items()}
+    if options.check_determinism and rendered.bodies and job.read_manifest() is None:
+        # A new job: the moment to see a prompt that would make every rerun pay again.
+        stable = not warn_if_unstable(
+            splits,
+            rendered,
+            prompt,
+            shape=shape,
+            with_indices=options.with_indices,
+            labels=labels,
+        )
+        if stable:
+            warn_if_replacing(ledger, job.fingerprint, datasets, list(rendered.bodies))
+    return _Work(splits, labels, rendered, options, backend, job, origin, datasets)
 
 
 def _cached_output(work: _Work) -> _Outputs | None:
@@ -187,56 +220,56 @@ def _cached_output(work: _Work) -> _Outputs | None:
 
 
 def _run(work: _Work) -> _Outputs:
-    job, options = work.job, work.options
-    with job.locked():
-        cached = _cached_output(work)  # another process may have finished it meanwhile
-        if cached is not None:
-            return cached
-        rendered = work.rendered
-        manifest = job.read_manifest() or Manifest(
-            fingerprint=job.fingerprint,
-            created_at=time.time(),
-            splits={s: len(ids) for s, ids in rendered.row_custom_ids.items()},
-            requests=len(rendered.bodies),
-            model=options.defaults.get("model"),
-            betas=list(options.betas),
+    job, options, rendered = work.job, work.options, work.rendered
+    started = Manifest(
+        fingerprint=job.fingerprint,
+        created_at=time.time(),
+        splits={s: len(ids) for s, ids in rendered.row_custom_ids.items()},
+        requests=len(rendered.bodies),
+        model=options.defaults.get("model"),
+        betas=list(options.betas),
+        origin=work.origin,
+        datasets=work.datasets,
+    )
+    manifest = job.update_manifest(started, lambda m: None)
+    if not job.has_requests():
+        job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
+    for split, ids in rendered.row_custom_ids.items():
+        if job.read_rows(split) is None:
+            job.write_rows(split, ids)
+    loop = JobLoop(
+        work.backend,
+        job,
+        rendered.bodies,
+        RunOptions(
+            max_attempts=options.max_attempts,
+            max_batch_requests=options.max_batch_requests,
+            max_batch_bytes=options.max_batch_bytes,
+            betas=options.betas,
+            resend_canceled=options.resend_canceled,
+            schedule=options.schedule,
+            progress=options.progress,
+        ),
+        origin=work.origin,
+        first_row=rendered.first_row,
+    )
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        log.warning(
+            "dsbatch: interrupted; batches already created keep running and are paid for. "
+            "Run the same call again to pick job %s up where it stopped.",
+            job.fingerprint,
         )
-        manifest.state = "running"
-        job.write_manifest(manifest)
-        if not job.has_requests():
-            job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
-        for split, ids in rendered.row_custom_ids.items():
-            if job.read_rows(split) is None:
-                job.write_rows(split, ids)
-        loop = JobLoop(
-            work.backend,
-            job,
-            rendered.bodies,
-            RunOptions(
-                max_attempts=options.max_attempts,
-                max_batch_requests=options.max_batch_requests,
-                max_batch_bytes=options.max_batch_bytes,
-                betas=options.betas,
-                resend_canceled=options.resend_canceled,
-                schedule=options.schedule,
-                progress=options.progress,
-            ),
-            first_row=rendered.first_row,
-        )
-        try:
-            loop.run()
-        except KeyboardInterrupt:
-            log.warning(
-                "dsbatch: interrupted; batches already created keep running and are paid for. "
-                "Run the same call again to pick job %s up where it stopped.",
-                job.fingerprint,
-            )
-            raise
-        outputs = _collect(work, loop.results())
-        manifest.state, manifest.finished_at = "finished", time.time()
-        manifest.output_key, manifest.outputs = options.output_key(), outputs.digests
-        job.write_manifest(manifest)
-        return outputs
+        raise
+    outputs = _collect(work, loop.results())
+
+    def finished(m: Manifest) -> None:
+        m.state, m.finished_at = "finished", time.time()
+        m.output_key, m.outputs = options.output_key(), outputs.digests
+
+    job.update_manifest(manifest, finished)
+    return outputs
 
 
 def _collect(work: _Work, results: pa.Table) -> _Outputs:

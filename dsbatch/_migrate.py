@@ -23,7 +23,7 @@ from dsbatch._records import BatchRecord, RecordError
 if TYPE_CHECKING:
     from dsbatch._ledger import JobLedger, Ledger
 
-__all__ = ["migrate_format_1"]
+__all__ = ["migrate_format_1", "migrate_format_2"]
 
 log = logging.getLogger("dsbatch")
 
@@ -121,3 +121,32 @@ def _load(path: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LedgerError(f"cannot migrate the batch record {path}: not an object", path=str(path))
     return data
+
+
+def migrate_format_2(ledger: Ledger) -> None:
+    """Format 3 records where each batch was made (``_origin``): a batch whose stored answers
+    carry the ids dsbatch's own emulator gives is the emulator's; every other batch with stored
+    results is assumed to come from the Anthropic API. A batch whose results are not stored yet
+    takes the origin of the first call that reads them. The caller holds the cache lock."""
+    from dsbatch._origin import ANTHROPIC, EMULATOR, made_by_emulator
+
+    log.warning("dsbatch: migrating the cache at %s from format 2 to format 3", ledger.root)
+    tagged: dict[str, int] = {}
+    for fingerprint in ledger.job_fingerprints():
+        job = ledger.job(fingerprint)
+        for record in job.records(strict=False):
+            if record.origin or not record.batch_id or not ledger.store.has(record.batch_id):
+                continue
+            raw = ledger.store.table(record.batch_id, ["custom_id", "raw"])
+            lines = zip(raw["custom_id"].to_pylist(), raw["raw"].to_pylist(), strict=True)
+            record.origin = EMULATOR if made_by_emulator(record.batch_id, lines) else ANTHROPIC
+            job.save(record)
+            ledger.journal_append(record)
+            tagged[record.origin] = tagged.get(record.origin, 0) + 1
+    if tagged:
+        log.warning(
+            "dsbatch: tagged the batches of %s by origin: %s (answers whose ids are not the "
+            "emulator's are assumed to come from the Anthropic API)",
+            ledger.root,
+            ", ".join(f"{n} {origin}" for origin, n in sorted(tagged.items())),
+        )

@@ -41,6 +41,7 @@ class MapOptions:
     progress: bool
     max_batch_requests: int
     max_batch_bytes: int
+    check_determinism: bool = True
 
     @classmethod
     def build(
@@ -65,6 +66,7 @@ class MapOptions:
         progress: bool,
         max_batch_requests: Any,
         max_batch_bytes: Any,
+        check_determinism: bool = True,
     ) -> MapOptions:
         if model is not None and (not isinstance(model, str) or not model):
             raise TypeError(f"model must be a model name such as 'claude-haiku-4-5', not {model!r}")
@@ -129,6 +131,7 @@ class MapOptions:
             progress=bool(progress),
             max_batch_requests=max_batch_requests,
             max_batch_bytes=max_batch_bytes,
+            check_determinism=bool(check_determinism),
         )
 
     def shape(self, api_version: str) -> RequestShape:

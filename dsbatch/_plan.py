@@ -28,6 +28,7 @@ __all__ = [
     "BatchPlan",
     "View",
     "batch_body",
+    "check_sizes",
     "chunk_requests",
     "decide",
     "job_fingerprint",
@@ -40,10 +41,11 @@ _BODY_OPEN = b'{"requests":['
 _BODY_CLOSE = b"]}"
 
 
-def job_fingerprint(row_custom_ids: Mapping[str, Sequence[str | None]]) -> str:
-    """A job is what it asks of each row of each split: the same splits, rows and requests give
-    the same fingerprint; moving a row to another split gives another."""
-    h = xxhash.xxh3_128(b"dsbatch-job-2")
+def job_fingerprint(row_custom_ids: Mapping[str, Sequence[str | None]], origin: str) -> str:
+    """A job is what it asks of each row of each split, and where (``_origin``): the same
+    splits, rows, requests and origin give the same fingerprint; moving a row to another split,
+    or running against another server, gives another."""
+    h = xxhash.xxh3_128(b"dsbatch-job-3\x00" + origin.encode())
     for split, ids in row_custom_ids.items():
         h.update(b"\x00split\x00" + split.encode() + b"\x00")
         for custom_id in ids:
@@ -71,14 +73,24 @@ class View:
         return {c for _, ids in self.waiting for c in ids}
 
 
-def survey(ledger: Ledger, own: str, needed: pa.Array) -> View:
-    """Everything the cache knows of ``needed`` (the custom_ids of job ``own``)."""
+def survey(ledger: Ledger, own: str, needed: pa.Array, origin: str) -> View:
+    """Everything the cache knows of ``needed`` (the custom_ids of job ``own``) from batches
+    made at ``origin`` (or at an origin no one recorded: see ``_origin``)."""
     scan = ledger.all_records(own)
     store = ledger.store
     results, unreadable = store.results_for(needed)
+    others = {b for b, o in ledger.batch_origins(scan).items() if o not in ("", origin)}
+    if others:
+        results = results.filter(
+            pc.invert(
+                pc.is_in(results["batch_id"], value_set=pa.array(sorted(others), pa.string()))
+            )
+        )
     view = View(scan.records, results)
     stand_ins: list[pa.Table] = []
     for record in scan.records:
+        if record.origin not in ("", origin):
+            continue
         refetch = record.state is BatchState.INGESTED and (
             record.batch_id in unreadable or not store.has(record.batch_id or "")
         )
@@ -177,6 +189,40 @@ def batch_body(custom_ids: Sequence[str], bodies: Mapping[str, bytes]) -> bytes:
     return _BODY_OPEN + b",".join(_item(c, bodies[c]) for c in custom_ids) + _BODY_CLOSE
 
 
+_OVERHEAD = len(_BODY_OPEN) + len(_BODY_CLOSE)
+
+
+def _item_size(
+    custom_id: str,
+    body: bytes,
+    max_bytes: int,
+    first_row: Mapping[str, tuple[str | None, int]] | None,
+) -> int:
+    """The bytes a request takes in a create body; RequestTooLargeError, naming its row, when
+    it alone is over the batch limit."""
+    item = len(custom_id) + len(body) + len(b'{"custom_id":"","params":}')
+    if _OVERHEAD + item > max_bytes:
+        split, row = (first_row or {}).get(custom_id, (None, None))
+        raise RequestTooLargeError(
+            f"the request is {item:,} bytes, over the {max_bytes:,}-byte limit of a whole "
+            f"batch (custom_id {custom_id})",
+            row=row,
+            split=split,
+        )
+    return item
+
+
+def check_sizes(
+    bodies: Mapping[str, bytes],
+    *,
+    max_bytes: int = MAX_BATCH_BYTES,
+    first_row: Mapping[str, tuple[str | None, int]] | None = None,
+) -> None:
+    """Refuse, before any call, a request too large for any batch (its row named)."""
+    for custom_id, body in bodies.items():
+        _item_size(custom_id, body, max_bytes, first_row)
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """One batch to create: its custom_ids and the exact size of its body."""
@@ -194,23 +240,14 @@ def chunk_requests(
     first_row: Mapping[str, tuple[str | None, int]] | None = None,
 ) -> Iterator[BatchPlan]:
     """Split requests into batches under both limits, in order."""
-    overhead = len(_BODY_OPEN) + len(_BODY_CLOSE)
     current: list[str] = []
-    size = overhead
+    size = _OVERHEAD
     for custom_id in custom_ids:
-        item = len(custom_id) + len(bodies[custom_id]) + len(b'{"custom_id":"","params":}')
-        if overhead + item > max_bytes:
-            split, row = (first_row or {}).get(custom_id, (None, None))
-            raise RequestTooLargeError(
-                f"the request is {item:,} bytes, over the {max_bytes:,}-byte limit of a whole "
-                f"batch (custom_id {custom_id})",
-                row=row,
-                split=split,
-            )
+        item = _item_size(custom_id, bodies[custom_id], max_bytes, first_row)
         sep = 1 if current else 0
         if current and (len(current) >= max_requests or size + sep + item > max_bytes):
             yield BatchPlan(tuple(current), size)
-            current, size, sep = [], overhead, 0
+            current, size, sep = [], _OVERHEAD, 0
         current.append(custom_id)
         size += sep + item
     if current:

@@ -11,6 +11,8 @@ A batch record moves through these states, and only the ledger moves it::
 
 An INTENT is written before the create call, so a process that dies during the call leaves a
 record saying a batch *may* exist: the next one looks for it (``list``) before creating again.
+An intent is held by a lease (``holder``, ``lease_until``: see ``_lease``); a batch once created
+belongs to no process: any job that needs it may poll it and read its results.
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ class BatchRecord:
     # When (the job's clock) the batch or its results were first found missing; None if seen.
     missing_since: float | None = None
     note: str = ""  # why it is lost or unsent
+    # Where the batch was made (see ``_origin``); "" for a batch recorded before dsbatch kept
+    # origins (the migration to format 3 tags those it can).
+    origin: str = ""
+    # The call that may be creating an intent's batch right now, and until when (the job's
+    # clock) no one else may: see ``_lease``.
+    holder: str = ""
+    lease_until: float | None = None
 
     @property
     def name(self) -> str:
@@ -128,6 +137,10 @@ class Manifest:
     requests: int
     state: str = "running"  # running | finished
     model: str | None = None
+    origin: str = ""  # where the job's batches are made (see ``_origin``)
+    # split -> the fingerprint of the dataset the job was started on (to notice a job of the
+    # same rows whose requests all differ: a prompt that changed, or one that is not stable).
+    datasets: dict[str, str] = field(default_factory=dict)
     betas: list[str] = field(default_factory=list)
     finished_at: float | None = None
     # The key of the output options (column names, parse, response_format, max_attempts...)

@@ -3,12 +3,14 @@ to send and submits it, then says where the job stands; ``run`` is steps and wai
 
 Every change is written to the ledger before the next begins, so a process that dies anywhere
 is replaced by a new one running the same call: it finds the batches in flight and picks up.
-The batches a job waits for may be another job's (one view of the whole cache): a batch whose
-job has no live process is advanced by whichever job needs it (``_batch``).
+The batches a job waits for may be another job's (one view of the whole cache, for the job's
+origin): whichever call needs a batch advances it, whatever the process that made it is doing
+(``_batch``, ``_lease``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,13 +19,17 @@ import pyarrow.compute as pc
 
 from dsbatch._backend import Backend
 from dsbatch._batch import BatchKeeper
+from dsbatch._lease import Holder
 from dsbatch._ledger import JobLedger
 from dsbatch._plan import View, chunk_requests, decide, survey
 from dsbatch._policy import latest_results
 from dsbatch._poll import PollSchedule
 from dsbatch._progress import ProgressBar
+from dsbatch._records import BatchState
 
 __all__ = ["JobLoop", "RunOptions", "Standing"]
+
+log = logging.getLogger("dsbatch")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,8 @@ class Standing:
     waiting: int  # in batches in flight (this job's or another's), or being downloaded again
     sent: int  # just sent in new batches
     batches: int  # batches waited for
+    # (batch id or "#seq", job fingerprint) of the batches of other jobs waited for
+    others: tuple[tuple[str, str], ...] = ()
 
     @property
     def ended(self) -> int:
@@ -65,18 +73,28 @@ class JobLoop:
         job: JobLedger,
         bodies: Mapping[str, bytes],
         options: RunOptions,
+        origin: str,
         first_row: Mapping[str, tuple[str | None, int]] | None = None,
     ) -> None:
         self.backend = backend
         self.job = job
         self.bodies = bodies
         self.options = options
+        self.origin = origin
         self.first_row = first_row
         self.needed = pa.array(list(bodies), pa.string())
         self._view: View | None = None  # the last step's, taken under the cache lock
+        self.holder = Holder.new()  # this call: it holds the intents it writes (``_lease``)
         self.batches = BatchKeeper(
-            backend, job, bodies, betas=options.betas, schedule=options.schedule
+            backend,
+            job,
+            bodies,
+            betas=options.betas,
+            schedule=options.schedule,
+            holder=self.holder,
+            origin=origin,
         )
+        self._said: set[str] = set()  # the other jobs' batches already named in the log
 
     def run(self) -> None:
         bar = ProgressBar(self.options.progress, total=len(self.needed))
@@ -91,12 +109,20 @@ class JobLoop:
                 self.options.schedule.wait()
         finally:
             bar.close()
+            self.release()
+
+    def release(self) -> None:
+        """Give up the intents this call still holds (it stops; see ``_lease``)."""
+        self.batches.release()
+
+    def _survey(self) -> View:
+        return survey(self.job.ledger, self.job.fingerprint, self.needed, self.origin)
 
     def step(self) -> Standing:
-        for record, _ in survey(self.job.ledger, self.job.fingerprint, self.needed).waiting:
+        for record, _ in self._survey().waiting:
             self.batches.advance(record)
         with self.job.ledger.locked():
-            view = survey(self.job.ledger, self.job.fingerprint, self.needed)
+            view = self._survey()
             pending = decide(
                 view,
                 self.needed,
@@ -113,8 +139,17 @@ class JobLoop:
                     first_row=self.first_row,
                 )
             )
+            now = self.options.schedule.clock()
             intents = [
-                self.job.new_record(plan.custom_ids, intent_at=self.options.schedule.clock())
+                self.batches.held(
+                    self.job.new_record(
+                        plan.custom_ids,
+                        intent_at=now,
+                        origin=self.origin,
+                        holder=str(self.holder),
+                        lease_until=self.batches.lease_until(),
+                    )
+                )
                 for plan in plans
             ]
         for record in intents:
@@ -127,9 +162,28 @@ class JobLoop:
         found the job done, the survey that step made (nothing has changed since)."""
         if self._view is not None:
             return self._view.results
-        return survey(self.job.ledger, self.job.fingerprint, self.needed).results
+        return self._survey().results
 
     def _standing(self, view: View, sent: int) -> Standing:
         latest = latest_results(view.results)
         succeeded = pc.sum(pc.equal(latest["type"], "succeeded")).as_py() or 0
-        return Standing(len(self.needed), succeeded, len(view.waiting_ids), sent, len(view.waiting))
+        others = [(r, ids) for r, ids in view.waiting if r.job != self.job.fingerprint]
+        for record, ids in others:
+            if record.name not in self._said:
+                self._said.add(record.name)
+                log.info(
+                    "dsbatch: %d of this job's requests are in batch %s of job %s%s: waiting "
+                    "for it, and reading its results here once it ends",
+                    len(ids),
+                    record.batch_id or f"#{record.seq}",
+                    record.job,
+                    " (another call is creating it)" if record.state is BatchState.INTENT else "",
+                )
+        return Standing(
+            len(self.needed),
+            succeeded,
+            len(view.waiting_ids),
+            sent,
+            len(view.waiting),
+            tuple((r.batch_id or f"#{r.seq}", r.job) for r, _ in others),
+        )

@@ -9,7 +9,7 @@ bad key, a rate limit) made nothing: its intent binds nothing and is marked unse
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, is_transient
 from dsbatch._errors import BatchAPIError
@@ -39,14 +39,20 @@ def submit(
     betas: Sequence[str],
     retrying: Retrying,
     resumed: bool = False,
+    renew: Callable[[], None] | None = None,
 ) -> BatchInfo:
     """Create the batch of an intent record (``resumed``: an earlier process may have created
-    it before dying, so look for it first). Returns the batch, recorded as submitted."""
+    it before dying, so look for it first). Returns the batch, recorded as submitted.
+
+    ``renew`` runs before every attempt: it renews the intent's lease, and raises
+    ``StaleRecord`` (never retried) when another call took the intent over."""
     maybe_created = resumed
     adopted = False
 
     def attempt() -> BatchInfo:
         nonlocal maybe_created, adopted
+        if renew is not None:
+            renew()
         if maybe_created:
             # One list per attempt: the retries around `attempt` wait out a list outage too.
             found = reconcile(backend, job, record)
@@ -57,8 +63,10 @@ def submit(
         if record.key_hash != backend.key_hash:
             # Who tries, written before trying: a create cut short by a crash may have been
             # made with this key. It binds nothing once a create is refused.
-            record.key_hash = backend.key_hash
-            job.save(record)
+            key = backend.key_hash
+            job.change(
+                record, lambda fresh: setattr(fresh, "key_hash", key), expect=("state", "holder")
+            )
         try:
             return backend.create(body, betas)
         except CreateOutcomeUnknown as e:

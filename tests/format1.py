@@ -1,5 +1,6 @@
 """A cache as dsbatch's format 1 wrote it (up to commit 963f709), built by hand for the tests of
-the migration to format 2."""
+the migrations to format 2 and on: its answers carry the message ids dsbatch's emulator gives,
+as a cache made by runs against the emulator does (so the migration tags them as its)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from dsbatch._emulator._ids import prefixed_id
 
 RESULTS = pa.schema(
     [
@@ -52,6 +55,9 @@ def write_results(root: Path, batch_id: str, results: dict, *, texts, tokens=(5,
     (root / "requests").mkdir(parents=True, exist_ok=True)
     (root / "FORMAT").write_text("1\n")
     n = len(results)
+    for custom_id, result in results.items():
+        if isinstance(result.get("message"), dict):
+            result["message"]["id"] = prefixed_id("msg_", batch_id, custom_id)
     stops = [r.get("message", {}).get("stop_reason") for r in results.values()]
     table = pa.table(
         {

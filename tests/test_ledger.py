@@ -37,13 +37,18 @@ def test_every_move_is_persisted_before_the_next(tmp_path):
         "msgbatch_one",
         11.0,
     )
-    job.mark_rejected(record)  # someone else's: ours may still exist
+    job.mark_rejected(record, "host:1:me", 99.0)  # someone else's: ours may still exist
     assert on_disk(job, record)["state"] == "intent"
+    assert (on_disk(job, record)["holder"], on_disk(job, record)["lease_until"]) == (
+        "host:1:me",
+        99.0,
+    )
     assert on_disk(job, record)["rejected"] == ["msgbatch_one"]
     assert on_disk(job, record)["batch_id"] is None
     job.mark_submitted(record, "msgbatch_two", created_at=12.0)
-    job.mark_ingested(record, {"succeeded": 5})
+    job.mark_ingested(record, {"succeeded": 5}, "emulator")
     assert on_disk(job, record)["state"] == "ingested"
+    assert on_disk(job, record)["origin"] == "emulator"  # taken from the call that read it
     assert on_disk(job, record)["counts"] == {"succeeded": 5}
     assert [r.state for r in job.records()] == [BatchState.INGESTED]
 
@@ -65,10 +70,10 @@ def test_a_move_the_state_machine_forbids_is_refused_and_not_written(tmp_path, m
     record = job.new_record(IDS, intent_at=1.0, key_hash="")
     args = {
         "mark_submitted": ("msgbatch_x", 2.0),
-        "mark_ingested": ({},),
+        "mark_ingested": ({}, "anthropic"),
         "mark_lost": ("gone",),
         "mark_unsent": ("refused",),
-        "mark_rejected": (),
+        "mark_rejected": ("host:1:me", 9.0),
     }
     for move in moves:
         getattr(job, move)(record, *args[move])
@@ -162,7 +167,7 @@ def test_a_batch_given_back_is_free_for_its_real_owner(tmp_path):
     record = job.new_record(IDS, intent_at=1.0, key_hash="k")
     job.mark_submitted(record, "msgbatch_not_ours", created_at=2.0, adopted=True)
     assert "msgbatch_not_ours" in ledger.claimed_batch_ids()
-    job.mark_rejected(record)
+    job.mark_rejected(record, "host:1:me", 9.0)
     assert "msgbatch_not_ours" not in ledger.claimed_batch_ids()
     (job.dir / "batches" / "000000.json").unlink()
     (rebuilt,) = job.records()  # from the journal: an intent again, that batch given back

@@ -228,8 +228,13 @@ def test_every_distinct_request_is_sent_once_across_a_fault_storm():
         assert Counter(s["status"] for s in out["dsbatch"])["succeeded"] > 30
 
 
-def test_a_job_with_nothing_to_send_needs_no_key_and_no_client(emu):
+def test_a_job_with_nothing_to_send_needs_no_key_and_no_client(emu, monkeypatch):
     ds = Dataset.from_dict({"text": texts(4)})
     run(ds, emu)
+    calls = sum(emu.calls.values())
+    # The same server, named by the environment only, with no key: the cache knows what the
+    # server is (an emulator), so its answers serve without a call.
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", emu.base_url)
     out = dsbatch.map(ds.shuffle(seed=1), prompt, model=MODEL, max_tokens=256, progress=False)
     assert list(out["response"]) == answers(out["text"])
+    assert sum(emu.calls.values()) == calls

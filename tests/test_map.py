@@ -408,47 +408,42 @@ def test_a_rerun_with_another_output_column_is_still_free(emu):
     assert out["summary"] == [f"echo: {t}" for t in texts(10)]
 
 
-def test_a_second_process_on_the_same_job_waits_and_then_reuses_the_answers(emu):
-    import logging
+def test_a_second_call_of_the_same_job_reads_the_first_ones_batch_while_the_first_is_held_up():
+    """No call owns a job: while the first call of a job sits in its wait (here: held in its
+    sleep, as a stopped process would be), a second call of the same job polls the first one's
+    batch itself and reads its results; the first then finds the job done. One create."""
     import threading
 
-    from dsbatch._ledger import Ledger
-    from dsbatch._plan import job_fingerprint
-    from dsbatch._render import Rendered, RequestShape, render_split
-
     ds = Dataset.from_dict({"text": texts(10)})
-    rendered = Rendered()
-    render_split(
-        rendered,
-        "data",
-        ds,
-        prompt,
-        shape=RequestShape({"model": MODEL, "max_tokens": 256}),
-        with_indices=False,
-        label=None,
-    )
-    waiting = threading.Event()
+    first_waits, release_first = threading.Event(), threading.Event()
 
-    class Watch(logging.Handler):
-        def emit(self, record):
-            if "being run by another process" in record.getMessage():
-                waiting.set()
+    def held_sleep(seconds):
+        first_waits.set()
+        release_first.wait(timeout=60)
 
-    watch = Watch()
-    logging.getLogger("dsbatch").addHandler(watch)
-    try:
-        job = Ledger().job(job_fingerprint(rendered.row_custom_ids))
-        result = {}
-        with job.locked():
-            thread = threading.Thread(target=lambda: result.setdefault("out", run(ds, emu)))
-            thread.start()
-            assert waiting.wait(timeout=60)  # it says it waits for the lock, and sends nothing
-            assert emu.calls["create"] == 0
-        thread.join(timeout=60)
-    finally:
-        logging.getLogger("dsbatch").removeHandler(watch)
-    assert not thread.is_alive()
-    assert result["out"]["response"] == [f"echo: {t}" for t in texts(10)]
+    outcome = {}
+
+    def first_call():
+        outcome["first"] = run(
+            ds, emu, poll_interval=dsbatch.PollSchedule(initial=60, sleep=held_sleep, clock=emu.now)
+        )
+
+    with Emulator(delay=600, responder=echo) as emu:
+        first = threading.Thread(target=first_call)
+        first.start()
+        try:
+            assert first_waits.wait(timeout=60)  # its batch is created, and it waits
+            assert emu.calls["create"] == 1
+            second = run(ds, emu, wait=60)
+            assert second["response"] == [f"echo: {t}" for t in texts(10)]
+            assert emu.calls["create"] == 1 and emu.calls["results"] == 1
+        finally:
+            release_first.set()
+            first.join(timeout=60)
+        assert not first.is_alive()
+        assert outcome["first"]["response"] == second["response"]
+        assert emu.calls["create"] == 1 and emu.calls["results"] == 1
+        assert not emu.duplicate_custom_ids
 
 
 def test_bad_arguments_are_plain_value_and_type_errors(emu):
@@ -466,14 +461,6 @@ def test_bad_arguments_are_plain_value_and_type_errors(emu):
     with pytest.raises(TypeError, match="params"):
         run(ds, emu, params=[("temperature", 0)])
     assert sum(emu.calls.values()) == 0
-
-
-def test_a_new_job_answered_entirely_from_the_cache_needs_no_key(emu):
-    rows = texts(40)
-    run(Dataset.from_dict({"text": rows}), emu)
-    reordered = Dataset.from_dict({"text": rows[::-1]})
-    out = dsbatch.map(reordered, prompt, model=MODEL, max_tokens=256, progress=False)
-    assert out["response"] == [f"echo: {t}" for t in rows[::-1]]
 
 
 def test_empty_and_fully_skipped_datasets_need_no_batch(emu):

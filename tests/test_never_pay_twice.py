@@ -42,6 +42,7 @@ from support import (
 import dsbatch
 from dsbatch import BatchAPIError, LedgerError, PromptError, RowFailedError
 from dsbatch._backend import Backend
+from dsbatch._ledger import FORMAT_VERSION
 from dsbatch.testing import Emulator, Faults, HttpFault
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -813,7 +814,7 @@ def test_an_empty_format_file_is_a_clear_ledger_error(emu, content):
     with pytest.raises(LedgerError, match="is empty") as info:
         run(Dataset.from_dict({"text": ["a"]}), emu)
     assert info.value.path == str(fmt) and str(fmt) in str(info.value)
-    assert "2" in str(info.value).split("empty", 1)[1]  # says what it should hold
+    assert str(FORMAT_VERSION) in str(info.value).split("empty", 1)[1]  # what it should hold
     assert sum(emu.calls.values()) == 0 and fmt.read_text() == content
 
 
@@ -947,11 +948,13 @@ def test_a_format_1_cache_is_migrated_and_answers_a_new_job_without_a_create(emu
     assert statuses(out) == {"succeeded": 8} and {s["attempts"] for s in out["dsbatch"]} == {1}
     assert {s["input_tokens"] for s in out["dsbatch"]} == {5}
     root = cache_root()
-    assert (root / "FORMAT").read_text().strip() == "2"
+    assert (root / "FORMAT").read_text().strip() == str(FORMAT_VERSION)
     assert not (root / "requests").exists()
     assert (root / "results" / "msgbatch_01formatone.parquet").exists()
     journal = [json.loads(line) for line in (root / "journal.jsonl").read_text().splitlines()]
-    assert [e["batch_id"] for e in journal] == ["msgbatch_01formatone"]
+    # Journaled by the migration to format 2, then again with its origin by the one to 3.
+    assert [e["batch_id"] for e in journal] == ["msgbatch_01formatone"] * 2
+    assert journal[-1]["origin"] == "emulator"
     assert (root / "jobs" / _OLD_JOB / "batches" / "000000.ids.arrow").exists()
 
 

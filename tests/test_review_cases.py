@@ -38,7 +38,7 @@ import dsbatch
 from dsbatch import BatchAPIError, RowFailedError
 from dsbatch._backend import Backend, CreateOutcomeUnknown
 from dsbatch._batch import BatchKeeper
-from dsbatch._ledger import Ledger
+from dsbatch._ledger import FORMAT_VERSION, Ledger
 from dsbatch.testing import Emulator, Faults, HttpFault
 
 POLL = 60.0
@@ -510,7 +510,7 @@ def test_a_format_1_cache_keeps_its_tool_answers_and_its_batch_in_flight_through
         g = run(dataset(g_rows), emu, retries=0, poll_interval=patient(emu))
         assert list(g["response"]) == answers(g_rows)
         assert emu.calls["create"] == 0 and emu.received == []
-        assert (cache_root() / "FORMAT").read_text().strip() == "2"
+        assert (cache_root() / "FORMAT").read_text().strip() == str(FORMAT_VERSION)
 
 
 # -- r13: our batch beyond the first page of the list ----------------------------------------------

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsbatch._emulator._faults import Faults
 from dsbatch._emulator._responder import Responder, default_responder
-from dsbatch._emulator._server import EmulatorHTTPServer, ServerConfig
+from dsbatch._emulator._server import EMULATOR_HEADER, EmulatorHTTPServer, ServerConfig
 from dsbatch._emulator._state import Clock, Store
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 
@@ -153,18 +153,23 @@ class Emulator:
         return self._store.base_url
 
     def client(self, **kwargs: Any) -> anthropic.Anthropic:
-        """An ``anthropic.Anthropic`` pointed at the emulator; kwargs go to its constructor."""
+        """An ``anthropic.Anthropic`` pointed at the emulator; kwargs go to its constructor.
+        It sends ``x-dsbatch-emulator: 1``, so dsbatch knows without a call that its answers
+        are the emulator's."""
         import anthropic
 
-        kwargs.setdefault("api_key", self._api_key or "test-key")
-        return anthropic.Anthropic(base_url=self.base_url, **kwargs)
+        return anthropic.Anthropic(base_url=self.base_url, **self._client_kwargs(kwargs))
 
     def async_client(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
         """An ``anthropic.AsyncAnthropic`` pointed at the emulator."""
         import anthropic
 
+        return anthropic.AsyncAnthropic(base_url=self.base_url, **self._client_kwargs(kwargs))
+
+    def _client_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs.setdefault("api_key", self._api_key or "test-key")
-        return anthropic.AsyncAnthropic(base_url=self.base_url, **kwargs)
+        kwargs["default_headers"] = {EMULATOR_HEADER: "1", **(kwargs.get("default_headers") or {})}
+        return kwargs
 
     # --- the clock ------------------------------------------------------------------------
 

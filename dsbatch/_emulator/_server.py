@@ -28,9 +28,10 @@ from dsbatch._emulator._ids import prefixed_id
 from dsbatch._emulator._state import DEFAULT_WORKSPACE, Store
 from dsbatch._emulator._validate import api_version, validate_create
 
-__all__ = ["EmulatorHTTPServer", "ServerConfig", "route"]
+__all__ = ["EMULATOR_HEADER", "EmulatorHTTPServer", "ServerConfig", "route"]
 
 _PREFIX = "/v1/messages/batches"
+EMULATOR_HEADER = "x-dsbatch-emulator"
 _CHUNK = 256 * 1024
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -113,6 +114,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # quiet: tests start many emulators
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        # Every answer says it is the emulator's, so a client can tell its answers from the real
+        # API's (dsbatch keeps them apart: ``dsbatch._origin``).
+        self.send_header(EMULATOR_HEADER, "1")
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The ``Date`` header: emulator time, so it moves with ``Emulator.advance``."""
