@@ -251,6 +251,28 @@ def test_3_passing_404s_on_the_results_download_do_not_resend(every, caplog):
         assert "paid for again" not in caplog.text
 
 
+def test_3_a_batch_found_again_between_two_single_404s_restarts_the_missing_clock(caplog):
+    # Two passing 404s nineteen minutes apart on a one-hour batch: each is a first sighting of
+    # "missing", since the polls in between found it; it is never taken for gone.
+    with Emulator(delay=3600, responder=echo) as emu:
+        start = emu.now()
+        second = []
+
+        def on_wait():
+            if not second and emu.now() - start >= 19 * 60:
+                second.append(emu.now())
+                emu.faults.http.append(HttpFault("retrieve", 404, times=1))
+
+        emu.faults.http.append(HttpFault("retrieve", 404, times=1))
+        rows = texts(20)
+        schedule = guarded(emu, 60, on_wait=on_wait)
+        out = run(Dataset.from_dict({"text": rows}), emu, poll_interval=schedule, retries=0)
+        assert second and all(fault.times == 0 for fault in emu.faults.http)
+        assert sent(emu) == dict.fromkeys(ids_of(rows), 1) and emu.calls["create"] == 1
+        assert list(out["response"]) == answers(rows)
+        assert caplog.text.count("was not found") == 2 and "paid for again" not in caplog.text
+
+
 def test_3_a_deleted_batch_is_resent_only_after_ten_minutes_with_a_warning_that_says_so(caplog):
     with Emulator(delay=100, responder=echo) as emu:
         rows = texts(20)
@@ -694,6 +716,7 @@ ODD = {
     "float count": _message("floaty", usage={"input_tokens": 1.0, "output_tokens": 7}),
     "content as a string": _message("", content="just a string"),
     "fractional count": _message("half", usage={"input_tokens": 5, "output_tokens": 2.5}),
+    "cut short": _message("cut", stop_reason="max_tokens"),
 }
 
 
@@ -710,6 +733,9 @@ def test_10_one_odd_result_line_costs_that_row_only_and_one_download():
         for text in texts(17):
             response, status = by_text[text]
             assert response == f"echo: {text}" and status["status"] == "succeeded"
+            # Read line by line (one odd line), the other rows keep their stop_reason.
+            assert status["stop_reason"] == "end_turn"
+        assert by_text["cut short"][1]["stop_reason"] == "max_tokens"
         # A whole-number float is a count: read as it is meant.
         response, status = by_text["float count"]
         assert response == "floaty" and status["status"] == "succeeded"

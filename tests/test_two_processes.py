@@ -243,6 +243,41 @@ def test_2_a_process_whose_partner_was_killed_reads_the_dead_ones_batch_itself(t
     assert (cache / "results" / f"{dead_batch}.parquet").exists()
 
 
+# -- issue 12, case 3: a process stopped (Ctrl-Z) with its batch in flight --------------------
+
+
+def test_3_a_stopped_process_holds_up_no_one_its_batch_is_read_by_the_job_that_needs_it(
+    tmp_path, workers
+):
+    cache, go = tmp_path / "cache", tmp_path / "go"
+    rows = texts(30)
+    with Emulator(delay=600, responder=echo, api_key=KEY) as emu:
+        stopped = workers("stopped", texts=rows[:20], url=emu.base_url, cache=cache)
+        other = workers("other", texts=rows, url=emu.base_url, cache=cache, go=go)
+        stopped.wait_for("created msgbatch_")
+        (held_batch,) = emu.batches
+        stopped.proc.send_signal(signal.SIGSTOP)
+        try:
+            go.touch()
+            other.wait_for("created msgbatch_")  # the ten rows no batch held
+            # It says which batch, of which job, it waits for.
+            line = other.wait_for(f"in batch {held_batch} of job")
+            assert line.startswith("dsbatch: 20 of this job's requests are in batch")
+            emu.advance(600)  # both batches end; the first one's process is not there
+            outcome = other.outcome()  # while the first process is still stopped
+            assert stopped.proc.poll() is None
+            assert outcome["response"] == answers(rows)
+            assert sent(emu) == dict.fromkeys(ids_of(rows), 1) and emu.calls["create"] == 2
+            assert record_of(cache, held_batch)["state"] == "ingested"
+            assert emu.calls["results"] == 2  # each batch downloaded once
+        finally:
+            stopped.proc.send_signal(signal.SIGCONT)
+        resumed = stopped.outcome()  # it finds its job done by the other: nothing new
+        assert resumed["response"] == answers(rows[:20])
+        assert emu.calls["create"] == 2 and emu.calls["results"] == 2
+        assert not emu.duplicate_custom_ids
+
+
 # -- case 1: a process killed with a batch in flight, then an edited rerun ----------------------
 
 
