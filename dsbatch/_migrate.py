@@ -1,4 +1,5 @@
-"""Part of the ledger: bring a format-1 cache to format 2, in place, without losing a batch id.
+"""Part of the ledger: bring a format-1 or format-2 cache to format 3, in place, without losing a
+batch id.
 
 Format 1 kept results under ``requests/`` (a name for what they are not), batch records without
 their job or a digest of their custom_ids, the custom_ids as text, and no journal. Each step is
