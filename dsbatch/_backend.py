@@ -271,6 +271,15 @@ class Backend:
         self._saw(response.headers)
         return BatchInfo.from_sdk(batch)
 
+    def cancel(self, batch_id: str) -> BatchInfo:
+        """Ask the API to cancel a batch: it ends ``canceling``, then ``ended``; what it had
+        already answered is kept, the rest ends canceled (and is not billed)."""
+        try:
+            batch = self.client.messages.batches.cancel(batch_id)
+        except anthropic.APIError as e:
+            raise _api_error("canceling batch", e, batch_id) from e
+        return BatchInfo.from_sdk(batch)
+
     def recent(self, since: float | None = None, *, limit: int = 1000) -> list[BatchInfo]:
         """The batches of this key's workspace, newest first: one page, or with ``since``
         (server time) every page back to the first batch created before that moment."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 
@@ -17,15 +17,21 @@ from dsbatch._errors import LedgerError
 __all__ = ["arrow_bytes", "atomic_write", "read_arrow", "read_json", "write_json"]
 
 
-def atomic_write(path: Path, data: bytes | pa.Buffer | Iterable[bytes]) -> None:
-    """Write a file whole or not at all: a temporary file, fsynced, then ``os.replace``."""
+def atomic_write(
+    path: Path, data: bytes | pa.Buffer | Iterable[bytes] | Callable[[BinaryIO], object]
+) -> None:
+    """Write a file whole or not at all: a temporary file, fsynced, then ``os.replace``.
+    ``data`` is the bytes, chunks of them, or a function that writes them to a file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                for chunk in [data] if isinstance(data, (bytes, pa.Buffer)) else data:
-                    f.write(chunk)
+                if callable(data):
+                    data(f)
+                else:
+                    for chunk in [data] if isinstance(data, (bytes, pa.Buffer)) else data:
+                        f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -14,6 +14,7 @@ Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsba
     jobs/<fingerprint>/batches/<seq>.json one record per batch (see ``_records``)
     jobs/<fingerprint>/batches/<seq>.ids.arrow   the custom_ids of that batch
     jobs/<fingerprint>/output/<split>.arrow      the finished new columns
+    jobs/<fingerprint>/inputs/<split>.pkl        the input rows, or a reference to their files
     jobs/<fingerprint>/lock               held while one record or the manifest changes
 
 Every write is atomic (temporary file + ``os.replace``); temporary files a killed process left
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -192,6 +194,18 @@ class JobLedger:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         atomic_write(self.dir / "requests.parquet", sink.getvalue())
+
+    def read_requests(self) -> dict[str, bytes]:
+        """custom_id -> the exact params sent, of every request of the job."""
+        path = self.dir / "requests.parquet"
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(
+                f"cannot read the requests of job {self.fingerprint} ({path}): {e}",
+                path=str(path),
+            ) from e
+        return dict(zip(table["custom_id"].to_pylist(), table["params"].to_pylist(), strict=True))
 
     def request_ids(self) -> pa.Array | None:
         """Every custom_id the job asks for (None if its requests file cannot be read): a bound
@@ -482,6 +496,24 @@ class JobLedger:
             fresh.holder, fresh.lease_until = holder, lease_until
 
         self.change(record, apply, expect=("state", "holder"))
+
+    # -- inputs: what the job was run on (``_inputs``) ----------------------------------------
+    def write_input(self, split: str, obj: Any) -> None:
+        """Keep one split's input (pickled: a dataset read from files pickles as a reference
+        to them, one built in memory as its rows)."""
+        path = self.dir / "inputs" / f"{_file_name(split)}.pkl"
+        atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def read_input(self, split: str) -> Any:
+        """One split's kept input; None when it was never kept; LedgerError when damaged."""
+        path = self.dir / "inputs" / f"{_file_name(split)}.pkl"
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # unpickling can fail in many ways; all mean the same here
+            raise LedgerError(f"cannot read the kept input {path}: {e}", path=str(path)) from e
 
     # -- output -------------------------------------------------------------------------------
     def write_output(self, split: str, table: pa.Table) -> str:

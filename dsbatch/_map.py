@@ -1,37 +1,32 @@
 """``dsbatch.map``: a Dataset through the Message Batches API, the way ``Dataset.map`` runs a
-function: prepare (render every row, find the job), run (the job loop), collect (join)."""
+function: prepare (render every row, find the job), start the job (``dsbatch.Job``), then wait for
+it and collect its result, or return it at once (``wait=False``)."""
 
 from __future__ import annotations
 
-import functools
-import json
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import anthropic
-import pyarrow as pa
-import pyarrow.compute as pc
-import xxhash
 from datasets import Dataset, DatasetDict
 
 from dsbatch._backend import Backend, is_transient
-from dsbatch._compat import attach_columns, fingerprint_of, iter_rows
-from dsbatch._errors import LedgerError, RowFailedError
-from dsbatch._join import MissingResult, output_table
-from dsbatch._ledger import JobLedger, Ledger
+from dsbatch._compat import fingerprint_of
+from dsbatch._errors import LedgerError
+from dsbatch._inputs import keep_inputs
+from dsbatch._job import Job
+from dsbatch._ledger import Ledger
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._options import MapOptions
 from dsbatch._origin import resolve_origin
 from dsbatch._plan import check_sizes, job_fingerprint
-from dsbatch._policy import FAILED_STATUSES, attempts, latest_results
 from dsbatch._poll import PollSchedule, call_retrying
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, render_split
-from dsbatch._run import JobLoop, RunOptions
 from dsbatch._stable import warn_if_replacing, warn_if_unstable
 
 __all__ = ["map"]
@@ -39,6 +34,8 @@ __all__ = ["map"]
 log = logging.getLogger("dsbatch")
 
 _SINGLE = "data"  # the split key of a plain Dataset
+# map's keywords that are options of the job (MapOptions declares and checks each one)
+_KEYWORDS = frozenset(f.name for f in dataclasses.fields(MapOptions) if f.init)
 
 
 def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
@@ -66,7 +63,8 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     max_batch_requests: int = MAX_BATCH_REQUESTS,
     max_batch_bytes: int = MAX_BATCH_BYTES,
     check_determinism: bool = True,
-) -> Dataset | DatasetDict:
+    wait: bool = True,
+) -> Dataset | DatasetDict | Job:
     """Run every row of ``dataset`` through ``prompt`` and the Message Batches API.
 
     ``prompt(row)`` (or ``prompt(row, idx)`` with ``with_indices``) returns a str (one user
@@ -89,6 +87,10 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     ``on_error``: ``"keep"`` the row with a null answer, ``"drop"`` it, or ``"raise"``
     ``dsbatch.RowFailedError``.
 
+    ``wait=False`` returns a ``dsbatch.Job`` as soon as every batch is created: its
+    ``wait()``, ``status()``, ``cancel()`` and ``result()`` work from any process
+    (``dsbatch.Job.load(fingerprint)``), without the dataset or the prompt function.
+
     Answers serve only runs against the server that gave them: an emulator's never serve a run
     against the Anthropic API. A prompt function that renders other requests when called again
     (it reads ``random``, the time, a counter) is warned about, since every rerun would pay
@@ -101,66 +103,40 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     if not callable(prompt):
         raise TypeError(f"prompt must be a function of the row, not {type(prompt).__name__}")
     options = MapOptions.build(
-        model=model,
-        max_tokens=max_tokens,
-        system=system,
-        params=params,
-        response_format=response_format,
-        parse=parse,
-        output_column=output_column,
-        status_column=status_column,
-        structured_output=structured_output,
-        betas=betas,
-        with_indices=with_indices,
-        cache_dir=cache_dir,
-        max_attempts=max_attempts,
-        on_error=on_error,
-        poll_interval=poll_interval,
-        resend_canceled=resend_canceled,
-        progress=progress,
-        max_batch_requests=max_batch_requests,
-        max_batch_bytes=max_batch_bytes,
-        check_determinism=check_determinism,
+        **{name: value for name, value in locals().items() if name in _KEYWORDS}
     )
     splits = dict(dataset) if isinstance(dataset, DatasetDict) else {_SINGLE: dataset}
-    work = _prepare(
-        splits, prompt, options, Backend(client), labelled=isinstance(dataset, DatasetDict)
-    )
-    outputs = _cached_output(work) or _run(work)
-    out = _attach(work, outputs)
-    return DatasetDict(out) if isinstance(dataset, DatasetDict) else out[_SINGLE]
+    job = _start(splits, prompt, options, client, labelled=isinstance(dataset, DatasetDict))
+    if not wait:
+        job.wait(timeout=0)  # one step: every batch that can be made now is made
+        return job
+    try:
+        return job.result()
+    except KeyboardInterrupt:
+        log.warning(
+            "dsbatch: stopped waiting; the batches of job %s keep running on the API's side and "
+            "are paid for: nothing was canceled. To go on: run the same call again, or "
+            "dsbatch.Job.load(%r).wait() (then .result()), or from a shell `dsbatch wait %s`; "
+            "to stop paying for what is left: `dsbatch cancel %s`.",
+            job.fingerprint,
+            job.fingerprint[:12],
+            job.fingerprint[:12],
+            job.fingerprint[:12],
+        )
+        raise
 
 
-@dataclass
-class _Work:
-    """A prepared job: its requests, where it lives, and how to run and collect it."""
-
-    splits: dict[str, Dataset]
-    labels: dict[str, str | None]  # how errors name each split (None for a plain Dataset)
-    rendered: Rendered
-    options: MapOptions
-    backend: Backend
-    job: JobLedger
-    origin: str
-    datasets: dict[str, str]  # split -> the dataset's fingerprint
-
-
-@dataclass
-class _Outputs:
-    """A job's new columns per split, and a digest of each (it changes when answers do)."""
-
-    tables: dict[str, pa.Table]
-    digests: dict[str, str]
-
-
-def _prepare(
+def _start(
     splits: dict[str, Dataset],
     prompt: Callable[..., Any],
     options: MapOptions,
-    backend: Backend,
+    client: anthropic.Anthropic | None,
     *,
     labelled: bool,
-) -> _Work:
+) -> Job:
+    """Render every row, find the job (its fingerprint) and record it, with what a process that
+    never saw the dataset or the prompt needs to go on with it."""
+    backend = Backend(client)
     labels = {split: split if labelled else None for split in splits}
     options.check_columns({labels[s] or "": ds.column_names for s, ds in splits.items()})
     shape = options.shape(backend.api_version)
@@ -185,8 +161,9 @@ def _prepare(
         else ""
     )
     job = ledger.job(job_fingerprint(rendered.row_custom_ids, origin))
-    datasets = {split: fingerprint_of(ds) for split, ds in splits.items()}
-    if options.check_determinism and rendered.bodies and job.read_manifest() is None:
+    manifest = job.read_manifest()
+    fingerprints = {split: fingerprint_of(ds) for split, ds in splits.items()}
+    if options.check_determinism and rendered.bodies and manifest is None:
         # A new job: the moment to see a prompt that would make every rerun pay again.
         stable = not warn_if_unstable(
             splits,
@@ -197,170 +174,49 @@ def _prepare(
             labels=labels,
         )
         if stable:
-            warn_if_replacing(ledger, job.fingerprint, datasets, list(rendered.bodies))
-    return _Work(splits, labels, rendered, options, backend, job, origin, datasets)
-
-
-def _cached_output(work: _Work) -> _Outputs | None:
-    """The finished columns of an earlier call whose answers and output options match."""
-    manifest = work.job.read_manifest()
-    key = work.options.output_key()
-    if manifest is None or manifest.state != "finished" or key is None:
-        return None
-    if manifest.output_key != key:
-        return None
-    outputs = _Outputs({}, {})
-    for split in work.splits:
-        table = work.job.read_output(split)
-        if table is None or split not in manifest.outputs:
-            return None
-        outputs.tables[split] = table
-        outputs.digests[split] = manifest.outputs[split]
-    return outputs
-
-
-def _run(work: _Work) -> _Outputs:
-    job, options, rendered = work.job, work.options, work.rendered
+            warn_if_replacing(ledger, job.fingerprint, fingerprints, list(rendered.bodies))
+    if manifest is None or not manifest.options or not job.has_requests():
+        job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
+        for split, ids in rendered.row_custom_ids.items():
+            job.write_rows(split, ids)
+        inputs = keep_inputs(job, splits)
+    else:
+        inputs = manifest.inputs
     started = Manifest(
         fingerprint=job.fingerprint,
         created_at=time.time(),
         splits={s: len(ids) for s, ids in rendered.row_custom_ids.items()},
         requests=len(rendered.bodies),
-        model=options.defaults.get("model"),
+        model=options.model,
         betas=list(options.betas),
-        origin=work.origin,
-        datasets=work.datasets,
+        origin=origin,
+        labelled=labelled,
     )
-    manifest = job.update_manifest(started, lambda m: None)
-    if not job.has_requests():
-        job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
-    for split, ids in rendered.row_custom_ids.items():
-        if job.read_rows(split) is None:
-            job.write_rows(split, ids)
-    loop = JobLoop(
-        work.backend,
-        job,
-        rendered.bodies,
-        RunOptions(
-            max_attempts=options.max_attempts,
-            max_batch_requests=options.max_batch_requests,
-            max_batch_bytes=options.max_batch_bytes,
-            betas=options.betas,
-            resend_canceled=options.resend_canceled,
-            schedule=options.schedule,
-            progress=options.progress,
-        ),
-        origin=work.origin,
-        first_row=rendered.first_row,
-    )
-    try:
-        loop.run()
-    except KeyboardInterrupt:
-        log.warning(
-            "dsbatch: interrupted; batches already created keep running and are paid for. "
-            "Run the same call again to pick job %s up where it stopped.",
-            job.fingerprint,
-        )
-        raise
-    outputs = _collect(work, loop.results())
 
-    def finished(m: Manifest) -> None:
-        m.state, m.finished_at = "finished", time.time()
-        m.output_key, m.outputs = options.output_key(), outputs.digests
+    kept = options.to_json()
+    resume = manifest is not None and manifest.state == "canceled" and options.resend_canceled
+    if manifest is None or manifest.options != kept or manifest.inputs != inputs or resume:
 
-    job.update_manifest(manifest, finished)
-    return outputs
+        def begin(m: Manifest) -> None:
+            # The options of the latest call: a job goes on with what it was last asked.
+            m.options, m.inputs = kept, inputs
+            if m.state == "canceled" and options.resend_canceled:
+                m.state, m.canceled_at = "running", None
 
-
-def _collect(work: _Work, results: pa.Table) -> _Outputs:
-    """Join the results to every split's rows and store the finished columns."""
-    latest = latest_results(results)
-    sent = attempts(results)
-    spec = work.options.output
-    outputs = _Outputs({}, {})
-    for split, ids in work.rendered.row_custom_ids.items():
-        ds = work.splits[split]
         try:
-            table = output_table(
-                pa.array(ids, pa.string()),
-                latest,
-                sent,
-                spec,
-                rows=functools.partial(iter_rows, ds),
-                messages=functools.partial(_messages, work.job.ledger),
-            )
-        except MissingResult as e:
-            raise LedgerError(
-                f"job {work.job.fingerprint} in the cache {work.job.ledger.root}: {e}. Run the "
-                "same call again: dsbatch downloads what is missing (it never buys it twice).",
-                path=str(work.job.dir),
-            ) from e
-        outputs.tables[split] = table
-        outputs.digests[split] = work.job.write_output(split, table)
-    return outputs
-
-
-def _messages(ledger: Ledger, answered: pa.Table) -> dict[str, dict[str, Any]]:
-    """custom_id -> the Message of its answer, read from the stored raw result lines."""
-    messages: dict[str, dict[str, Any]] = {}
-    for batch_id in pc.unique(answered["batch_id"]).to_pylist():
-        ids = answered.filter(pc.equal(answered["batch_id"], batch_id))["custom_id"]
-        for custom_id, line in ledger.store.raw_lines(batch_id, ids.combine_chunks()).items():
-            message = json.loads(line).get("result", {}).get("message")
-            if isinstance(message, dict):
-                messages[custom_id] = message
-    return messages
-
-
-def _attach(work: _Work, outputs: _Outputs) -> dict[str, Dataset]:
-    """The output datasets, after ``on_error`` (one RowFailedError names every failing split)."""
-    options = work.options
-    failed = {
-        split: pc.is_in(
-            pc.struct_field(table[options.output.status_column], "status"),
-            value_set=pa.array(FAILED_STATUSES),
-        ).fill_null(False)
-        for split, table in outputs.tables.items()
-    }
-    if options.on_error == "raise":
-        failures = {
-            split: rows
-            for split, mask in failed.items()
-            if (rows := pc.indices_nonzero(mask.combine_chunks()).to_pylist())
-        }
-        if failures:
-            raise _row_failed(work, outputs, failures)
-    out = {}
-    for split, ds in work.splits.items():
-        # The answers' digest, not just the job's: a rerun that changed answers (more attempts)
-        # must not share a fingerprint, or datasets' own cache would serve stale rows.
-        fingerprint = xxhash.xxh3_64_hexdigest(
-            f"{fingerprint_of(ds)}|{outputs.digests[split]}|{options.output_key()}|"
-            f"{options.on_error}".encode()
-        )
-        attached = attach_columns(ds, outputs.tables[split], fingerprint=fingerprint)
-        if options.on_error == "drop":
-            keep = pc.indices_nonzero(pc.invert(failed[split]).combine_chunks())
-            attached = attached.select(keep.to_pylist())
-        out[split] = attached
-    return out
-
-
-def _row_failed(work: _Work, outputs: _Outputs, failures: dict[str, list[int]]) -> RowFailedError:
-    status_column = work.options.output.status_column
-    details: list[str] = []
-    custom_ids: list[str] = []
-    for split, rows in failures.items():
-        statuses = outputs.tables[split][status_column].take(rows).to_pylist()
-        custom_ids.extend(s["custom_id"] for s in statuses)
-        where = "" if work.labels[split] is None else f" in split {split!r}"
-        shown = "; ".join(f"row {r}: {s['status']}: {s['error']}" for r, s in zip(rows, statuses))
-        shown = "; ".join(shown.split("; ")[:5]) + ("; ..." if len(rows) > 5 else "")
-        details.append(f"{len(rows)} rows{where} ended without an answer ({shown})")
-    return RowFailedError(
-        "; ".join(details) + ". Their results are cached: on_error='keep' returns the dataset "
-        "without paying again.",
-        rows=next(iter(failures.values())),
-        custom_ids=custom_ids,
-        by_split=failures,
+            manifest = job.update_manifest(started, begin)
+        except LedgerError:
+            if manifest is None:
+                raise
+            # A cache that cannot be written (read-only) still serves what it holds.
+            log.info("dsbatch: could not record this call's options in job %s", job.fingerprint)
+    return Job(
+        job,
+        manifest,
+        client=client,
+        options=options,
+        bodies=rendered.bodies,
+        first_row=rendered.first_row,
+        splits=splits,
+        cache_dir=options.cache_dir,  # type: ignore[arg-type]
     )

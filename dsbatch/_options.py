@@ -1,14 +1,19 @@
-"""The keywords of ``dsbatch.map``, checked once, before anything is rendered or sent.
+"""The keywords of ``dsbatch.map``, each declared once: a field of ``MapOptions`` with its check,
+and whether a job keeps it (in its manifest, so that ``Job.load`` in another process goes on with
+the options the job was started with).
 
-Bad arguments are plain ``TypeError`` / ``ValueError`` naming the keyword and what it takes.
+Bad arguments are plain ``TypeError`` / ``ValueError`` naming the keyword and what it takes, raised
+before anything is rendered or sent. ``response_format`` and ``parse`` are code: a job keeps where
+to import them from (``module:qualname``), when they can be imported back.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import xxhash
@@ -19,119 +24,245 @@ from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._poll import PollSchedule, poll_schedule
 from dsbatch._render import RequestShape
 
-__all__ = ["MapOptions"]
+__all__ = ["CodeRef", "MapOptions"]
 
 _ON_ERROR = ("keep", "drop", "raise")
 _MODES = ("native", "tool")
 
+Check = Callable[[str, Any], Any]
+
+
+def _opt(check: Check, *, keep: bool = True) -> Any:
+    """A keyword: ``check(name, value)`` returns the value to use or raises; ``keep``: the job
+    keeps it in its manifest."""
+    return field(metadata={"check": check, "keep": keep})
+
+
+# -- checks: each takes the keyword's name and value, returns the value to use -------------------
+
+
+def _model(name: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError(f"{name} must be a model name such as 'claude-haiku-4-5', not {value!r}")
+    return value
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return value
+
+
+def _between(low: int, high: int) -> Check:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be between {low:,} and {high:,}")
+        return value
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            shown = " or ".join(repr(c) for c in choices)
+            raise ValueError(f"{name} must be {shown}, not {value!r}")
+        return str(value)
+
+    return check
+
+
+def _system(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, (str, list)):
+        raise TypeError(
+            f"{name} must be a str or a list of text blocks, not {type(value).__name__}"
+        )
+    return value
+
+
+def _params(name: str, value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of Messages params, not {type(value).__name__}")
+    return None if value is None else dict(value)
+
+
+def _column(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty column name, not {value!r}")
+    return value
+
+
+def _response_format(name: str, value: Any) -> Any:
+    if value is not None:
+        _structured.check_response_format(value)
+    return value
+
+
+def _parse(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a function (row, message) -> dict, not {value!r}")
+    return value
+
+
+def _betas(name: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not all(isinstance(b, str) and b for b in value):
+        raise TypeError(
+            f"{name} must be a list of beta names such as ['output-300k-2026-03-24'], not {value!r}"
+        )
+    return tuple(sorted(set(value)))
+
+
+def _flag(name: str, value: Any) -> bool:
+    return bool(value)
+
+
+def _any(name: str, value: Any) -> Any:
+    return value
+
+
+def _poll_interval(name: str, value: Any) -> float | PollSchedule | None:
+    poll_schedule(value)  # refuses what is not None, a schedule, or a finite number >= 0
+    return value if value is None or isinstance(value, PollSchedule) else float(value)
+
+
+# -- code a job keeps by where to import it from --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodeRef:
+    """Where a class or function can be imported from (``module:qualname``), and its name."""
+
+    name: str
+    ref: str | None  # None: it cannot be imported back (a lambda, a class made in a function)
+
+    @classmethod
+    def of(cls, obj: Any) -> CodeRef:
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+        name = getattr(obj, "__name__", type(obj).__name__)
+        ref = f"{module}:{qualname}" if module and qualname else None
+        if ref is not None and (module == "__main__" or "<" in qualname or _load(ref) is not obj):
+            ref = None
+        return cls(name, ref)
+
+    def load(self) -> Any:
+        """The object, imported again; None when it cannot be."""
+        return None if self.ref is None else _load(self.ref)
+
+
+def _load(ref: str) -> Any:
+    module, _, qualname = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return obj
+
+
+# -- the options --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MapOptions:
-    """Every keyword of one ``dsbatch.map`` call, checked."""
+    """Every keyword of one ``dsbatch.map`` call, checked (defaults live in ``map``'s signature)."""
 
-    defaults: dict[str, Any]
-    output: OutputSpec
-    betas: tuple[str, ...]
-    with_indices: bool
-    cache_dir: str | os.PathLike[str] | None
-    max_attempts: int
-    on_error: str
-    schedule: PollSchedule
-    resend_canceled: bool
-    progress: bool
-    max_batch_requests: int
-    max_batch_bytes: int
-    check_determinism: bool = True
+    model: str | None = _opt(_model)
+    max_tokens: int = _opt(_positive_int)
+    system: str | list[dict[str, Any]] | None = _opt(_system)
+    params: dict[str, Any] | None = _opt(_params)
+    response_format: type | None = _opt(_response_format, keep=False)
+    parse: Callable[..., Any] | None = _opt(_parse, keep=False)
+    output_column: str = _opt(_column)
+    status_column: str = _opt(_column)
+    structured_output: str = _opt(_one_of(_MODES))
+    betas: tuple[str, ...] = _opt(_betas)
+    with_indices: bool = _opt(_flag)
+    cache_dir: str | os.PathLike[str] | None = _opt(_any, keep=False)
+    max_attempts: int = _opt(_positive_int)
+    on_error: str = _opt(_one_of(_ON_ERROR))
+    # A PollSchedule (a clock and a sleep of this process) is not kept; a number is.
+    poll_interval: float | PollSchedule | None = _opt(_poll_interval)
+    resend_canceled: bool = _opt(_flag)
+    progress: bool = _opt(_flag, keep=False)
+    max_batch_requests: int = _opt(_between(1, MAX_BATCH_REQUESTS))
+    max_batch_bytes: int = _opt(_between(1, MAX_BATCH_BYTES))
+    check_determinism: bool = _opt(_flag)
+    # The poll schedule of this call, made once from poll_interval (it keeps its own backoff).
+    schedule: PollSchedule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", poll_schedule(self.poll_interval))
 
     @classmethod
-    def build(
-        cls,
-        *,
-        model: Any,
-        max_tokens: Any,
-        system: Any,
-        params: Any,
-        response_format: Any,
-        parse: Any,
-        output_column: Any,
-        status_column: Any,
-        structured_output: Any,
-        betas: Any,
-        with_indices: bool,
-        cache_dir: str | os.PathLike[str] | None,
-        max_attempts: Any,
-        on_error: Any,
-        poll_interval: Any,
-        resend_canceled: bool,
-        progress: bool,
-        max_batch_requests: Any,
-        max_batch_bytes: Any,
-        check_determinism: bool = True,
-    ) -> MapOptions:
-        if model is not None and (not isinstance(model, str) or not model):
-            raise TypeError(f"model must be a model name such as 'claude-haiku-4-5', not {model!r}")
-        _positive_int("max_tokens", max_tokens)
-        if system is not None and not isinstance(system, (str, list)):
-            raise TypeError(
-                f"system must be a str or a list of text blocks, not {type(system).__name__}"
-            )
-        if params is not None and not isinstance(params, Mapping):
-            raise TypeError(
-                f"params must be a dict of Messages params, not {type(params).__name__}"
-            )
-        names = {"output_column": output_column, "status_column": status_column}
-        for keyword, name in names.items():
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"{keyword} must be a non-empty column name, not {name!r}")
-        if output_column == status_column:
+    def build(cls, **given: Any) -> MapOptions:
+        """Check every keyword (each names itself in its error), then how they go together."""
+        values = {f.name: f.metadata["check"](f.name, given[f.name]) for f in fields(cls) if f.init}
+        if values["output_column"] == values["status_column"]:
             raise ValueError(
-                f"output_column and status_column are both {output_column!r}: give them "
-                "different names"
+                f"output_column and status_column are both {values['output_column']!r}: give "
+                "them different names"
             )
-        if structured_output not in _MODES:
-            raise ValueError(
-                f"structured_output must be 'native' or 'tool', not {structured_output!r}"
-            )
-        if response_format is not None:
-            _structured.check_response_format(response_format)
-        if parse is not None and not callable(parse):
-            raise TypeError(f"parse must be a function (row, message) -> dict, not {parse!r}")
-        if on_error not in _ON_ERROR:
-            raise ValueError(f"on_error must be one of {_ON_ERROR}, not {on_error!r}")
-        _positive_int("max_attempts", max_attempts)
-        if (
-            not isinstance(max_batch_requests, int)
-            or not 1 <= max_batch_requests <= MAX_BATCH_REQUESTS
-        ):
-            raise ValueError(f"max_batch_requests must be between 1 and {MAX_BATCH_REQUESTS:,}")
-        if not isinstance(max_batch_bytes, int) or not 1 <= max_batch_bytes <= MAX_BATCH_BYTES:
-            raise ValueError(f"max_batch_bytes must be between 1 and {MAX_BATCH_BYTES:,}")
-        defaults: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
-        if system is not None:
-            defaults["system"] = system
-        defaults.update(params or {})
+        return cls(**values)
+
+    # -- what a job keeps ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """The options a job keeps, as JSON (code as where to import it from)."""
+        kept: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.init and f.metadata["keep"]
+        }
+        kept["betas"] = list(self.betas)
+        if isinstance(self.poll_interval, PollSchedule):
+            kept["poll_interval"] = None
+        for name in ("response_format", "parse"):
+            code = getattr(self, name)
+            kept[name] = None if code is None else vars(CodeRef.of(code))
+        return kept
+
+    @classmethod
+    def from_json(cls, kept: Mapping[str, Any], **given: Any) -> tuple[MapOptions, dict[str, str]]:
+        """The options a job kept, with ``given`` ones instead; and, for code that could not
+        be imported back, keyword -> what it was (``Label``, from ``my_module``)."""
+        values: dict[str, Any] = {f.name: kept.get(f.name) for f in fields(cls) if f.init}
+        values["progress"], values["cache_dir"] = True, None
+        missing: dict[str, str] = {}
+        for name in ("response_format", "parse"):
+            ref = kept.get(name)
+            if ref is None:
+                continue
+            code = CodeRef(**ref)
+            values[name] = code.load()
+            if values[name] is None:
+                missing[name] = code.name + (f" (from {code.ref})" if code.ref else "")
+        values.update({k: v for k, v in given.items() if v is not None or k in missing})
+        for name in missing.copy():
+            if values.get(name) is not None:
+                del missing[name]
+        return cls.build(**values), missing
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """What every request starts from: model, max_tokens, system, then ``params``."""
+        defaults: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
+        if self.system is not None:
+            defaults["system"] = self.system
+        defaults.update(self.params or {})
         if defaults.get("model") is None:
             del defaults["model"]
-        return cls(
-            defaults=defaults,
-            output=OutputSpec(
-                output_column=output_column,
-                status_column=status_column,
-                response_format=response_format,
-                structured_output=structured_output,
-                parse=parse,
-            ),
-            betas=_betas(betas),
-            with_indices=bool(with_indices),
-            cache_dir=cache_dir,
-            max_attempts=max_attempts,
-            on_error=on_error,
-            schedule=poll_schedule(poll_interval),
-            resend_canceled=bool(resend_canceled),
-            progress=bool(progress),
-            max_batch_requests=max_batch_requests,
-            max_batch_bytes=max_batch_bytes,
-            check_determinism=bool(check_determinism),
+        return defaults
+
+    @property
+    def output(self) -> OutputSpec:
+        """What the join stage needs to know of the new columns."""
+        return OutputSpec(
+            output_column=self.output_column,
+            status_column=self.status_column,
+            response_format=self.response_format,
+            structured_output=self.structured_output,
+            parse=self.parse,
         )
 
     def shape(self, api_version: str) -> RequestShape:
@@ -204,18 +335,3 @@ class MapOptions:
             self.resend_canceled,
         ]
         return xxhash.xxh3_64_hexdigest(json.dumps(described).encode())
-
-
-def _positive_int(keyword: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{keyword} must be a positive integer, not {value!r}")
-
-
-def _betas(betas: Any) -> tuple[str, ...]:
-    if betas is None:
-        return ()
-    if isinstance(betas, str) or not all(isinstance(b, str) and b for b in betas):
-        raise TypeError(
-            f"betas must be a list of beta names such as ['output-300k-2026-03-24'], not {betas!r}"
-        )
-    return tuple(sorted(set(betas)))

@@ -32,6 +32,7 @@ __all__ = [
     "chunk_requests",
     "decide",
     "job_fingerprint",
+    "stand_in_results",
     "survey",
 ]
 
@@ -152,15 +153,36 @@ def _refuse_if_needed(ledger: Ledger, path: Path, needed: pa.Array) -> None:
 
 def _lost_results(record: BatchRecord, custom_ids: pa.Array) -> pa.Table:
     """Stand-in results for the requests of a lost batch: each was an attempt, with no answer."""
+    return stand_in_results(
+        custom_ids,
+        kind="errored",
+        error_type=LOST_ERROR,
+        error_message=f"batch {record.batch_id}: {record.note}",
+        batch_id=record.batch_id,
+        created_at=record.created_at,
+    )
+
+
+def stand_in_results(
+    custom_ids: pa.Array,
+    *,
+    kind: str,
+    error_type: str | None = None,
+    error_message: str | None = None,
+    batch_id: str | None = None,
+    created_at: float | None = None,
+) -> pa.Table:
+    """Results (without ``raw``) of requests that got none from the API: a lost batch's, or
+    those a canceled job never sent."""
     n = len(custom_ids)
     columns = {name: pa.nulls(n, RESULT_SCHEMA.field(name).type) for name in RESULT_SCHEMA.names}
     columns.update(
-        custom_id=custom_ids,
-        type=pa.array(["errored"] * n, pa.string()),
-        error_type=pa.array([LOST_ERROR] * n, pa.string()),
-        error_message=pa.array([f"batch {record.batch_id}: {record.note}"] * n, pa.string()),
-        batch_id=pa.array([record.batch_id] * n, pa.string()),
-        batch_created_at=pa.array([record.created_at] * n, pa.float64()),
+        custom_id=pa.array(custom_ids, pa.string()),
+        type=pa.array([kind] * n, pa.string()),
+        error_type=pa.array([error_type] * n, pa.string()),
+        error_message=pa.array([error_message] * n, pa.string()),
+        batch_id=pa.array([batch_id] * n, pa.string()),
+        batch_created_at=pa.array([created_at] * n, pa.float64()),
     )
     return pa.table(columns, schema=RESULT_SCHEMA).drop_columns(["raw"])
 

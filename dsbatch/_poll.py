@@ -63,6 +63,11 @@ class PollSchedule:
             )
         self._next = self.initial
 
+    @property
+    def next_delay(self) -> float:
+        """How long the next ``wait`` will sleep."""
+        return min(self._next, self.maximum)
+
     def wait(self) -> float:
         """Sleep until the next poll; returns how long it slept."""
         delay = min(self._next, self.maximum)

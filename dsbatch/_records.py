@@ -128,25 +128,35 @@ class BatchRecord:
 
 @dataclass
 class Manifest:
-    """What a job is: enough to find its rows, options and outputs without its dataset."""
+    """What a job is: enough to find its rows, options and outputs, and to go on with it in
+    another process, without its dataset or prompt function."""
 
     fingerprint: str
     created_at: float
     # split -> number of rows; the row -> custom_id mapping of each split is stored beside it.
     splits: dict[str, int]
     requests: int
-    state: str = "running"  # running | finished
+    state: str = "running"  # running | finished | canceled
     model: str | None = None
-    origin: str = ""  # where the job's batches are made (see ``_origin``)
-    # split -> the fingerprint of the dataset the job was started on (to notice a job of the
-    # same rows whose requests all differ: a prompt that changed, or one that is not stable).
-    datasets: dict[str, str] = field(default_factory=dict)
     betas: list[str] = field(default_factory=list)
+    origin: str = ""  # where the job's batches are made (see ``_origin``)
+    # The keywords of the call that started the job (``MapOptions.to_json``).
+    options: dict[str, Any] = field(default_factory=dict)
+    # split -> {"fingerprint": the input dataset's, "files": [[path, size, mtime_ns]...]}: the
+    # input rows are kept beside (``_inputs``).
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    labelled: bool = False  # a DatasetDict (its splits named in messages and returned as one)
     finished_at: float | None = None
+    canceled_at: float | None = None
     # The key of the output options (column names, parse, response_format, max_attempts...)
     # the finished columns were built with, and a digest of each split's columns.
     output_key: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """split -> the fingerprint of the input dataset the job was started on."""
+        return {split: entry.get("fingerprint", "") for split, entry in self.inputs.items()}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,26 +22,17 @@ from dsbatch._backend import Backend
 from dsbatch._batch import BatchKeeper
 from dsbatch._lease import Holder
 from dsbatch._ledger import JobLedger
-from dsbatch._plan import View, chunk_requests, decide, survey
+from dsbatch._plan import View, chunk_requests, decide, stand_in_results, survey
 from dsbatch._policy import latest_results
-from dsbatch._poll import PollSchedule
 from dsbatch._progress import ProgressBar
 from dsbatch._records import BatchState
 
-__all__ = ["JobLoop", "RunOptions", "Standing"]
+if TYPE_CHECKING:
+    from dsbatch._options import MapOptions
+
+__all__ = ["JobLoop", "Standing"]
 
 log = logging.getLogger("dsbatch")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    max_attempts: int
-    max_batch_requests: int
-    max_batch_bytes: int
-    betas: tuple[str, ...]
-    resend_canceled: bool
-    schedule: PollSchedule
-    progress: bool
 
 
 @dataclass(frozen=True)
@@ -72,7 +64,7 @@ class JobLoop:
         backend: Backend,
         job: JobLedger,
         bodies: Mapping[str, bytes],
-        options: RunOptions,
+        options: MapOptions,
         origin: str,
         first_row: Mapping[str, tuple[str | None, int]] | None = None,
     ) -> None:
@@ -84,6 +76,7 @@ class JobLoop:
         self.first_row = first_row
         self.needed = pa.array(list(bodies), pa.string())
         self._view: View | None = None  # the last step's, taken under the cache lock
+        self.last_view: View | None = None  # what the last step saw (for status)
         self.holder = Holder.new()  # this call: it holds the intents it writes (``_lease``)
         self.batches = BatchKeeper(
             backend,
@@ -96,17 +89,24 @@ class JobLoop:
         )
         self._said: set[str] = set()  # the other jobs' batches already named in the log
 
-    def run(self) -> None:
+    def run(self, timeout: float | None = None) -> bool:
+        """Step and wait until the job is done (True), or until ``timeout`` seconds of the
+        schedule's clock would pass before the next look (False: nothing is lost, and running
+        again goes on). ``timeout=0`` is one step."""
+        schedule = self.options.schedule
+        deadline = None if timeout is None else schedule.clock() + timeout
         bar = ProgressBar(self.options.progress, total=len(self.needed))
         try:
             while True:
                 standing = self.step()
                 bar.show(standing)
                 if standing.done:
-                    return
+                    return True
                 if standing.sent:
-                    self.options.schedule.reset()
-                self.options.schedule.wait()
+                    schedule.reset()
+                if deadline is not None and schedule.clock() + schedule.next_delay > deadline:
+                    return False
+                schedule.wait()
         finally:
             bar.close()
             self.release()
@@ -115,20 +115,35 @@ class JobLoop:
         """Give up the intents this call still holds (it stops; see ``_lease``)."""
         self.batches.release()
 
-    def _survey(self) -> View:
+    def _canceled(self) -> bool:
+        manifest = self.job.read_manifest()
+        return (
+            manifest is not None
+            and manifest.state == "canceled"
+            and not self.options.resend_canceled
+        )
+
+    def survey(self) -> View:
+        """What the cache knows of the job's requests now."""
         return survey(self.job.ledger, self.job.fingerprint, self.needed, self.origin)
 
     def step(self) -> Standing:
-        for record, _ in self._survey().waiting:
+        for record, _ in self.survey().waiting:
             self.batches.advance(record)
         with self.job.ledger.locked():
-            view = self._survey()
+            view = self.survey()
             pending = decide(
                 view,
                 self.needed,
                 max_attempts=self.options.max_attempts,
                 resend_canceled=self.options.resend_canceled,
             )
+            if pending and self._canceled():
+                # A canceled job sends nothing more: what it never sent ends canceled.
+                view.results = pa.concat_tables(
+                    [view.results, stand_in_results(pa.array(pending), kind="canceled")]
+                )
+                pending = []
             # The whole plan first: a request too large fails before any batch is paid.
             plans = list(
                 chunk_requests(
@@ -155,6 +170,7 @@ class JobLoop:
         for record in intents:
             self.batches.create(record, resumed=False)
         self._view = view if not pending else None  # nothing sent: still what the cache holds
+        self.last_view = view
         return self._standing(view, len(pending))
 
     def results(self) -> pa.Table:
@@ -162,7 +178,7 @@ class JobLoop:
         found the job done, the survey that step made (nothing has changed since)."""
         if self._view is not None:
             return self._view.results
-        return self._survey().results
+        return self.survey().results
 
     def _standing(self, view: View, sent: int) -> Standing:
         latest = latest_results(view.results)

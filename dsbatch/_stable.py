@@ -138,7 +138,7 @@ def warn_if_replacing(
             continue
         other = ledger.job(fingerprint)
         manifest = other.read_manifest()
-        if manifest is None or manifest.state == "finished" or manifest.datasets != datasets:
+        if manifest is None or manifest.state != "running" or manifest.fingerprints != datasets:
             continue
         asked = other.request_ids()
         if asked is None or len(asked) == 0 or pc.any(pc.is_in(asked, value_set=value_set)).as_py():

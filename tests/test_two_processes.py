@@ -346,6 +346,7 @@ def test_a_read_only_cache_serves_a_finished_job_and_names_the_path_otherwise(tm
             served, refused = served.outcome(), refused.outcome()
         finally:
             _set_modes(cache, writable=True)
+        assert "response" in served, served
         assert served["response"] == answers(rows)
         error = refused["error"]
         assert error["type"] == "LedgerError"

@@ -1,0 +1,355 @@
+"""``dsbatch.Job``: a job lives in the cache, not in a process.
+
+``dsbatch.map(..., wait=False)`` returns one as soon as every batch it needs is created; any
+process can then find it again (``Job.load`` with the fingerprint, or a unique prefix of it, or
+``dsbatch.jobs()``), see where it stands, wait for it, cancel it and collect its result, without
+the original dataset or prompt function: the job keeps its requests, its options, the row ->
+request mapping of each split and its input rows (``_inputs``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+import pyarrow as pa
+from datasets import Dataset, DatasetDict
+
+from dsbatch._backend import Backend, is_transient
+from dsbatch._collect import Outputs, attach, cached_outputs, collect
+from dsbatch._errors import BatchAPIError, LedgerError
+from dsbatch._inputs import InputsUnavailable, check_given, load_inputs
+from dsbatch._ledger import JobLedger, Ledger
+from dsbatch._options import MapOptions
+from dsbatch._origin import describe, resolve_origin
+from dsbatch._plan import decide
+from dsbatch._poll import call_retrying, poll_batch
+from dsbatch._records import BatchState, Manifest
+from dsbatch._run import JobLoop
+from dsbatch._status import JobStatus, job_status
+
+__all__ = ["Job", "jobs"]
+
+log = logging.getLogger("dsbatch")
+
+_SINGLE = "data"  # the split key of a plain Dataset
+_LISTED = 10  # candidates a wrong fingerprint prefix lists
+
+
+class Job:
+    """One dsbatch job: its requests, the batches that carry them, and how to collect them.
+
+    Made by ``dsbatch.map(..., wait=False)``, ``Job.load(fingerprint)`` or ``dsbatch.jobs()``.
+    Nothing here depends on the process that started the job: its batches run on the API's side,
+    and any process may wait for them.
+    """
+
+    def __init__(
+        self,
+        job: JobLedger,
+        manifest: Manifest,
+        *,
+        client: anthropic.Anthropic | None = None,
+        options: MapOptions | None = None,
+        bodies: Mapping[str, bytes] | None = None,
+        first_row: Mapping[str, tuple[str | None, int]] | None = None,
+        splits: Mapping[str, Dataset] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        self._job = job
+        self._cache_dir = cache_dir
+        self._manifest = manifest
+        self._backend = Backend(client)
+        self._options = options
+        self._bodies = bodies
+        self._first_row = first_row
+        self._splits = dict(splits) if splits is not None else None
+        self._origin_checked = options is not None  # started here: the origin is its own
+
+    # -- finding jobs ----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self._job.fingerprint
+
+    @classmethod
+    def load(
+        cls,
+        fingerprint: str,
+        cache_dir: str | None = None,
+        *,
+        client: anthropic.Anthropic | None = None,
+    ) -> Job:
+        """The job with this fingerprint (or a unique prefix of it) in the cache (``cache_dir``,
+        else ``DSBATCH_CACHE``, else the default). ``client`` is used to reach the API (else
+        ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``)."""
+        ledger = Ledger(cache_dir)
+        job = ledger.job(_find(ledger, fingerprint))
+        manifest = job.read_manifest()
+        if manifest is None or not manifest.options:
+            raise LedgerError(
+                f"job {job.fingerprint} in {ledger.root} has no readable manifest (it was made "
+                "by an older dsbatch, or the file is damaged): run the same dsbatch.map call "
+                "again to go on with it",
+                path=str(job.dir / "manifest.json"),
+            )
+        return cls(job, manifest, client=client, cache_dir=cache_dir)
+
+    # -- the options the job was started with ----------------------------------------------------
+    def _opts(self, **given: Any) -> MapOptions:
+        if self._options is None or given:
+            options, missing = MapOptions.from_json(
+                self._manifest.options, cache_dir=self._cache_dir, **given
+            )
+            if missing:
+                what = ", ".join(f"{name}={code}" for name, code in missing.items())
+                raise ValueError(
+                    f"job {self.fingerprint} was started with {what}, which cannot be imported "
+                    f"here: pass it, e.g. job.result({next(iter(missing))}=...)"
+                )
+            if given:
+                return options
+            self._options = options
+        return self._options
+
+    def _loop(self, options: MapOptions | None = None) -> JobLoop:
+        options = options or self._opts()
+        self._check_origin()
+        if self._bodies is None:
+            self._bodies = self._job.read_requests()
+        return JobLoop(
+            self._backend,
+            self._job,
+            self._bodies,
+            options,
+            origin=self._manifest.origin,
+            first_row=self._first_row,
+        )
+
+    def _check_origin(self) -> None:
+        """A job goes on only against the server that made its batches (``_origin``)."""
+        if self._origin_checked or not self._manifest.origin:
+            return
+        options = self._opts()
+        retrying = call_retrying(options.schedule, is_transient)
+        here = resolve_origin(self._backend, self._job.ledger, retrying)
+        if here != self._manifest.origin:
+            raise BatchAPIError(
+                f"job {self.fingerprint} was run against {describe(self._manifest.origin)}; "
+                f"this client points at {describe(here)} ({self._backend.base_url}): pass "
+                "client= (or set ANTHROPIC_BASE_URL) for the server the job was run against"
+            )
+        self._origin_checked = True
+
+    # -- standing, waiting, canceling ------------------------------------------------------------
+    def status(self, refresh: bool = True) -> JobStatus:
+        """Where the job stands: requests per state, each batch (id, state, counts, when it was
+        made), tokens and cost so far, and what is left. ``refresh=False`` reads the cache only;
+        else the batches in flight are asked of the API (nothing is downloaded or sent)."""
+        self._manifest = self._job.read_manifest() or self._manifest
+        options = self._opts()
+        loop = self._loop(options) if refresh else self._local_loop(options)
+        view = loop.survey()
+        to_send = decide(
+            view,
+            loop.needed,
+            max_attempts=options.max_attempts,
+            resend_canceled=options.resend_canceled,
+        )
+        retrying = call_retrying(options.schedule, is_transient)
+
+        def poll(batch_id: str) -> Any:
+            try:
+                return poll_batch(self._backend, batch_id, retrying)
+            except BatchAPIError as e:
+                log.warning("dsbatch: could not ask about batch %s: %s", batch_id, e)
+                return None
+
+        return job_status(
+            self._manifest,
+            view,
+            [] if self._manifest.state == "canceled" else to_send,
+            loop.needed,
+            self._job.records(strict=False),
+            poll=poll if refresh else None,
+        )
+
+    def _local_loop(self, options: MapOptions) -> JobLoop:
+        """A loop that only reads the cache (no origin check: no call is made)."""
+        if self._bodies is None:
+            self._bodies = self._job.read_requests()
+        return JobLoop(self._backend, self._job, self._bodies, options, self._manifest.origin)
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        """Poll, download and retry until every request is final (as ``map`` does, with its
+        progress bar), or until ``timeout`` seconds have passed: nothing is lost then, and
+        waiting again goes on. Returns where the job stands."""
+        done = self._loop().run(timeout)
+        status = self.status(refresh=False)
+        if not done:
+            log.info(
+                "dsbatch: job %s still running: %d requests left", self.fingerprint, status.left
+            )
+        return status
+
+    def cancel(self) -> JobStatus:
+        """Cancel the job's batches in flight. Answers already in are kept; what the batches had
+        not answered ends ``canceled`` (not billed), and is sent again only by a call with
+        ``resend_canceled=True``; the job sends nothing more."""
+        options = self._opts()
+        self._check_origin()
+        retrying = call_retrying(options.schedule, is_transient)
+        canceled = 0
+        for record in self._job.records():
+            if record.state is BatchState.SUBMITTED and record.batch_id:
+                info = retrying.call(self._backend.cancel, record.batch_id)
+                canceled += 1
+                log.info("dsbatch: canceling batch %s (%s)", info.id, info.processing_status)
+
+        def mark(manifest: Manifest) -> None:
+            manifest.state, manifest.canceled_at = "canceled", dt.datetime.now().timestamp()
+
+        self._manifest = self._job.update_manifest(self._manifest, mark)
+        log.warning(
+            "dsbatch: job %s canceled (%d batches in flight); what was answered is kept",
+            self.fingerprint,
+            canceled,
+        )
+        return self.status()
+
+    # -- the result ------------------------------------------------------------------------------
+    def result(
+        self,
+        timeout: float | None = None,
+        *,
+        dataset: Dataset | DatasetDict | None = None,
+        response_format: type | None = None,
+        parse: Any = None,
+    ) -> Dataset | DatasetDict:
+        """The dataset with the new columns, exactly as ``dsbatch.map`` returns it, once every
+        request is final (waiting up to ``timeout`` seconds; ``TimeoutError`` after). The input
+        rows are the ones the job kept; pass ``dataset=`` when they cannot be rebuilt (the
+        error says so), and ``response_format=``/``parse=`` when the job's could not be
+        imported here."""
+        given = {k: v for k, v in (("response_format", response_format), ("parse", parse)) if v}
+        options = self._opts(**given)
+        manifest = self._job.read_manifest() or self._manifest
+        outputs = cached_outputs(self._job, manifest, list(manifest.splits), options.output_key())
+        if outputs is None:
+            loop = self._loop(options)
+            if not loop.run(timeout):
+                raise TimeoutError(
+                    f"job {self.fingerprint} is still running after {timeout} s; nothing is "
+                    "lost: call result() or wait() again"
+                )
+            outputs = self._collect(options, loop.results(), dataset)
+        splits = self._inputs(dataset)
+        out = attach(
+            splits,
+            outputs,
+            status_column=options.status_column,
+            on_error=options.on_error,
+            output_key=options.output_key(),
+            fingerprints=self._manifest.fingerprints,
+            labels=self._labels(),
+        )
+        return DatasetDict(out) if self._manifest.labelled else out[_SINGLE]
+
+    def _collect(
+        self, options: MapOptions, results: pa.Table, dataset: Dataset | DatasetDict | None
+    ) -> Outputs:
+        ids = {split: self._job.read_rows(split) for split in self._manifest.splits}
+        missing = [split for split, rows in ids.items() if rows is None]
+        if missing:
+            raise LedgerError(
+                f"job {self.fingerprint}: the row -> request files of {missing} are missing "
+                f"from {self._job.dir / 'rows'}: run the same dsbatch.map call again (it "
+                "writes them back; nothing is bought again)",
+                path=str(self._job.dir / "rows"),
+            )
+        splits = self._inputs(dataset) if options.parse is not None else None
+        outputs = collect(self._job, results, ids, options.output, splits)  # type: ignore[arg-type]
+
+        def finished(manifest: Manifest) -> None:
+            if manifest.state == "running":
+                manifest.state = "finished"
+            manifest.finished_at = dt.datetime.now().timestamp()
+            manifest.output_key, manifest.outputs = options.output_key(), outputs.digests
+
+        self._manifest = self._job.update_manifest(self._manifest, finished)
+        return outputs
+
+    def _labels(self) -> dict[str, str | None]:
+        return {s: (s if self._manifest.labelled else None) for s in self._manifest.splits}
+
+    def _inputs(self, dataset: Dataset | DatasetDict | None) -> dict[str, Dataset]:
+        if dataset is not None:
+            given = dict(dataset) if isinstance(dataset, DatasetDict) else {_SINGLE: dataset}
+            check_given(given, self._manifest.inputs, self.fingerprint)
+            return given
+        if self._splits is None:
+            try:
+                self._splits = load_inputs(self._job, self._manifest.inputs, self._labels())
+            except InputsUnavailable as e:
+                kind = "DatasetDict" if self._manifest.labelled else "Dataset"
+                raise ValueError(
+                    f"job {self.fingerprint}: {e}. Pass the {kind} the job was run on: "
+                    f"Job.load({self.fingerprint[:12]!r}).result(dataset=...) (the same rows; "
+                    "its fingerprint is checked)"
+                ) from e
+        return self._splits
+
+    # -- showing ---------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        try:
+            status = self.status(refresh=False)
+        except Exception as e:  # a repr must not raise: say what is known
+            return f"<dsbatch.Job {self.fingerprint} ({type(e).__name__}: {e})>"
+        answered = status.counts.get("succeeded", 0)
+        return (
+            f"<dsbatch.Job {self.fingerprint[:12]} {status.state}: {answered:,} of "
+            f"{status.requests:,} requests answered, {status.left:,} left; "
+            f"{status.model}, {status.rows:,} rows, started {status.created_at:%Y-%m-%d %H:%M}>"
+        )
+
+    def _repr_html_(self) -> str:
+        try:
+            return self.status(refresh=False)._repr_html_()
+        except Exception as e:
+            return (
+                f"<code>dsbatch.Job {html.escape(self.fingerprint)}</code>: {html.escape(str(e))}"
+            )
+
+
+def jobs(cache_dir: str | None = None, *, client: anthropic.Anthropic | None = None) -> list[Job]:
+    """The jobs of a cache, newest first (jobs made by an older dsbatch are left out)."""
+    ledger = Ledger(cache_dir)
+    found = []
+    for fingerprint in ledger.job_fingerprints():
+        job = ledger.job(fingerprint)
+        manifest = job.read_manifest()
+        if manifest is not None and manifest.options:
+            found.append(Job(job, manifest, client=client, cache_dir=cache_dir))
+    return sorted(found, key=lambda j: j._manifest.created_at, reverse=True)
+
+
+def _find(ledger: Ledger, prefix: str) -> str:
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(
+            f"a job fingerprint (or a prefix of one) is a non-empty str, not {prefix!r}"
+        )
+    candidates = [fp for fp in ledger.job_fingerprints() if fp.startswith(prefix)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        known = ledger.job_fingerprints()
+        shown = ", ".join(known[:_LISTED]) + (" ..." if len(known) > _LISTED else "")
+        raise ValueError(
+            f"no job {prefix!r} in the cache {ledger.root}"
+            + (f"; its jobs: {shown}" if known else " (it holds no job)")
+        )
+    shown = ", ".join(candidates[:_LISTED]) + (" ..." if len(candidates) > _LISTED else "")
+    raise ValueError(f"{prefix!r} is the start of {len(candidates)} jobs: {shown}; give more of it")
