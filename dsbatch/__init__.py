@@ -1,5 +1,6 @@
 """dsbatch: run a HuggingFace Dataset through the Anthropic Message Batches API like Dataset.map."""
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from dsbatch._errors import (
@@ -13,29 +14,42 @@ from dsbatch._errors import (
 from dsbatch._poll import PollSchedule
 
 if TYPE_CHECKING:
+    from dsbatch._job import Job, jobs
     from dsbatch._map import map
+    from dsbatch._status import BatchStatus, JobStatus
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BatchAPIError",
+    "BatchStatus",
     "DsbatchError",
+    "Job",
+    "JobStatus",
     "LedgerError",
     "PollSchedule",
     "PromptError",
     "RequestTooLargeError",
     "RowFailedError",
     "__version__",
+    "jobs",
     "map",
 ]
 
+# Loaded on first use, so `dsbatch emulator` and `dsbatch.testing` start without importing
+# datasets and the SDK (about a second).
+_LAZY = {
+    "BatchStatus": "dsbatch._status",
+    "Job": "dsbatch._job",
+    "JobStatus": "dsbatch._status",
+    "jobs": "dsbatch._job",
+    "map": "dsbatch._map",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # `map` is loaded on first use, so `dsbatch emulator` and `dsbatch.testing` start without
-    # importing datasets and the SDK (about a second).
-    if name == "map":
-        from dsbatch._map import map
-
-        globals()["map"] = map
-        return map
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'dsbatch' has no attribute {name!r}")

@@ -29,6 +29,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -143,6 +144,15 @@ def _lock(path: Path, what: str, waiting: str, *, patience: float = 0.0) -> Iter
         yield
     finally:
         lock.release()
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for child in path.rglob("*") if path.is_dir() else []:
+        with suppress(OSError):
+            if child.is_file():
+                total += child.stat().st_size
+    return total
 
 
 class StaleRecord(Exception):
@@ -609,6 +619,42 @@ class Ledger:
     def job_fingerprints(self) -> list[str]:
         jobs = self.root / "jobs"
         return sorted(p.name for p in jobs.iterdir() if p.is_dir()) if jobs.is_dir() else []
+
+    # -- housekeeping: what the cache holds, and removing what may go -------------------------
+    def job_bytes(self, fingerprint: str) -> int:
+        """Bytes on disk of one job's folder."""
+        return _tree_bytes(self.root / "jobs" / fingerprint)
+
+    def results_files(self) -> dict[str, int]:
+        """batch_id -> bytes of its stored results file."""
+        rdir = self.root / "results"
+        out = {}
+        for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
+            with suppress(OSError):
+                out[path.stem] = path.stat().st_size
+        return out
+
+    def other_bytes(self) -> int:
+        """Bytes of what is neither a job nor stored results (journal, downloads, locks...)."""
+        total = _tree_bytes(self.root)
+        return total - _tree_bytes(self.root / "jobs") - _tree_bytes(self.root / "results")
+
+    def remove_job(self, fingerprint: str) -> None:
+        """Delete one job's folder (its batches stay in the journal and its answers in the
+        results): the caller checked that nothing of it is in flight."""
+        path = self.root / "jobs" / fingerprint
+        try:
+            shutil.rmtree(path)
+        except OSError as e:
+            raise LedgerError(f"cannot remove {path}: {e}", path=str(path)) from e
+
+    def remove_results(self, batch_id: str) -> None:
+        """Delete one batch's stored results (downloaded again, or bought again, if needed)."""
+        path = self.store.path(batch_id)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise LedgerError(f"cannot remove {path}: {e}", path=str(path)) from e
 
     def locked(self) -> AbstractContextManager[None]:
         """The cache-wide lock: deciding what to send and writing the intent happen under it."""

@@ -53,12 +53,12 @@ class ResultsStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _path(self, batch_id: str) -> Path:
+    def path(self, batch_id: str) -> Path:
         return self.root / "results" / f"{batch_id}.parquet"
 
     def has(self, batch_id: str) -> bool:
         """Whether the batch's results are stored and readable."""
-        path = self._path(batch_id)
+        path = self.path(batch_id)
         if not path.exists():
             return False
         try:
@@ -71,7 +71,7 @@ class ResultsStore:
         # A batch downloaded twice (a crash between write and record) rewrites the same rows.
         sink = pa.BufferOutputStream()
         pq.write_table(table.cast(RESULT_SCHEMA), sink)
-        atomic_write(self._path(batch_id), sink.getvalue())
+        atomic_write(self.path(batch_id), sink.getvalue())
 
     def results_for(self, custom_ids: pa.Array) -> tuple[pa.Table, set[str]]:
         """Every stored result of every attempt for these custom_ids (without ``raw``), and the
@@ -97,7 +97,7 @@ class ResultsStore:
 
     def table(self, batch_id: str, columns: Sequence[str] = ("custom_id", "type")) -> pa.Table:
         """Some columns of one batch's stored results."""
-        path = self._path(batch_id)
+        path = self.path(batch_id)
         try:
             return pq.read_table(path, columns=list(columns))
         except (OSError, pa.ArrowInvalid) as e:

@@ -8,13 +8,17 @@ def test_public_names():
     assert dsbatch.__all__ == sorted(dsbatch.__all__)
     assert dsbatch.__all__ == [
         "BatchAPIError",
+        "BatchStatus",
         "DsbatchError",
+        "Job",
+        "JobStatus",
         "LedgerError",
         "PollSchedule",
         "PromptError",
         "RequestTooLargeError",
         "RowFailedError",
         "__version__",
+        "jobs",
         "map",
     ]
     for name in dsbatch.__all__:
