@@ -10,7 +10,7 @@ import anthropic
 import pytest
 
 from dsbatch import _limits as limits
-from dsbatch._emulator._validate import KNOWN_PARAMS
+from dsbatch._emulator._rules import KNOWN_PARAMS
 from dsbatch._limits import CUSTOM_ID_PATTERN, MAX_BATCH_REQUESTS
 from dsbatch.testing import Emulator, Faults, HttpFault
 
