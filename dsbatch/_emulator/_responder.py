@@ -128,8 +128,7 @@ def build_message(
         prose = f"I'll record the answer with the {tool.get('name')} tool."
 
     seed = stable_hash(canonical_json(params))
-    topic = " ".join(_last_user_text(params).split()[:12]).rstrip(".!?:;,")
-    thinking = thinking_for(params, seed, topic)
+    thinking = thinking_for(params, seed, " ".join(_last_user_text(params).split()[:12]))
     max_tokens = params["max_tokens"]
     content: list[dict[str, Any]] = []
     thought = 0

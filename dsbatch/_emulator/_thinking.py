@@ -50,7 +50,7 @@ def thinking_for(params: dict[str, Any], seed: int, topic: str) -> Thinking | No
         return None
     steps = [_STEPS[(seed >> (3 * k)) % len(_STEPS)] for k in range(3)]
     raw = (
-        f"The user asks: {topic}. I consider {steps[0]}, then {steps[1]}, "
+        f"The user asks about: {topic}\nI consider {steps[0]}, then {steps[1]}, "
         f"and settle on {steps[2]} before answering."
     )
     config = params.get("thinking")
