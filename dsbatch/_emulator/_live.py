@@ -37,9 +37,16 @@ def _params(body: Any) -> dict[str, Any]:
 
 
 def create_message(
-    store: Store, body: Any, *, version: str, workspace: str, beta: bool
+    store: Store,
+    body: Any,
+    *,
+    version: str,
+    betas: tuple[str, ...] = (),
+    workspace: str,
+    beta: bool,
 ) -> dict[str, Any]:
-    """The Message answering a ``POST /v1/messages`` body, or ApiError."""
+    """The Message answering a ``POST /v1/messages`` body, or ApiError; ``betas`` are the
+    call's ``anthropic-beta`` header."""
     params = _params(body)
     if params.get("stream") is True:
         raise ApiError(
@@ -47,7 +54,7 @@ def create_message(
             "stream: the dsbatch emulator does not stream; call messages.create without "
             "stream=True",
         )
-    problem = request_problem(params, Endpoint("messages", version))
+    problem = request_problem(params, Endpoint("messages", version, betas))
     if problem is not None:
         raise ApiError(400, problem)
     with store.lock:

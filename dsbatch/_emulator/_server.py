@@ -361,8 +361,15 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint == "count_tokens":
             self._send_json(200, count_tokens(payload, version=version))
             return
-        store = self.server.store
-        answer = create_message(store, payload, version=version, workspace=workspace, beta=beta)
+        header = self.headers.get("anthropic-beta", "")
+        answer = create_message(
+            self.server.store,
+            payload,
+            version=version,
+            betas=tuple(name.strip() for name in header.split(",") if name.strip()),
+            workspace=workspace,
+            beta=beta,
+        )
         self._send_json(200, answer)
 
     def _results(self, batch_id: str, workspace: str, beta: bool) -> None:

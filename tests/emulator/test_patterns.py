@@ -10,12 +10,15 @@ import json
 import random
 import re
 import uuid
+from collections import Counter
 from typing import Annotated, Literal
 
 import anthropic
 import pytest
+from datasets import Dataset
 from pydantic import AnyUrl, BaseModel, Field, HttpUrl, ValidationError, conint, conlist, constr
 
+import dsbatch
 from dsbatch._emulator._regex import string_matching
 from dsbatch._emulator._schema import generate_instance, hints
 from dsbatch.testing import Emulator
@@ -154,3 +157,22 @@ def test_200_structured_answers_all_validate_with_the_pydantic_model(mode: str) 
             errors.append(exc.errors()[0])
     assert (len(lines), errors) == (200, [])
     assert len(set(answers)) == 200
+
+
+@pytest.mark.parametrize("mode", ["native", "tool"])
+def test_a_pipeline_with_constrained_fields_passes_on_the_emulator(mode: str) -> None:
+    ds = Dataset.from_dict({"text": [f"Contact {i}" for i in range(200)]})
+    with Emulator() as emu:
+        out = dsbatch.map(
+            ds,
+            lambda row: row["text"],
+            model="claude-haiku-4-5",
+            response_format=Contact,
+            structured_output=mode,
+            client=emu.client(),
+            poll_interval=0,
+            progress=False,
+        )
+    assert Counter(status["status"] for status in out["dsbatch"]) == {"succeeded": 200}
+    assert all(re.fullmatch(r"[A-Z]{3}-\d{4}", code) for code in out["code"])
+    assert all(consent in ("yes", "no") for consent in out["consent"])

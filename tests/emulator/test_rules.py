@@ -154,6 +154,11 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "messages: final assistant content cannot end with trailing whitespace",
     ),
     (
+        "prefill-trailing-newline",
+        {**HAIKU, "messages": [*USER, {"role": "assistant", "content": "Sure:\n"}]},
+        "messages: final assistant content cannot end with trailing whitespace",
+    ),
+    (
         "prefill-block-trailing-newline",
         {
             **HAIKU,
