@@ -11,10 +11,13 @@ __all__ = ["main"]
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    """Serve a local emulator of the Message Batches API until interrupted.
+    """Serve a local emulator of the Anthropic API until interrupted.
 
     Point the SDK at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT and any API key.
-    Batches end --delay seconds after they are created (real time).
+    It serves the Message Batches API, POST /v1/messages (answers at once, from the same
+    responder as batches) and POST /v1/messages/count_tokens. Every answer carries the
+    header x-dsbatch-emulator: 1. Batches end --delay seconds after they are created (real
+    time).
 
     Batches are scoped to the workspace of the key that created them: --workspace KEY=NAME
     (repeatable) puts API key KEY in workspace NAME; every other key is in workspace
@@ -22,21 +25,26 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     --faults takes a comma-separated list of:
       ENDPOINT=STATUSxN[@S]  the next N calls of ENDPOINT (create, retrieve, list, cancel,
-                             delete, results, or * for any) answer STATUS (429, 500, 529, ...),
-                             with retry-after S seconds
+                             delete, results, messages, count_tokens, or * for any) answer
+                             STATUS (429, 500, 529, ...), with retry-after S seconds
       lose_create=N          the next N creates make the batch but the answer is lost
       cut_results=N          the next N results downloads stop midway
       short_results=N        the next N results downloads end cleanly after half their lines
-      errored=F              a fraction F of requests end errored (overloaded_error, api_error)
+      errored=F              a fraction F of batch requests end errored (overloaded_error,
+                             api_error)
       invalid=F              ... errored with invalid_request_error (stays so on retry)
       expired=F              ... expired
       preamble=F             structured answers start with prose (forced tool: a text block,
                              then the tool call)
       no_json=F              structured answers come back as prose only (forced tool: no
                              tool call)
+      redacted_thinking=F    answers that think carry a redacted_thinking block instead of
+                             their thinking block
     e.g. --faults "create=429x2,lose_create=1,errored=0.1,expired=0.02"
-    Each batch follows its create's anthropic-version: under 2026-10-21 (the SDK's default),
-    requests with temperature, top_p or top_k end errored.
+    Requests are checked as the API checks them: a bad request in a batch ends errored
+    (invalid_request_error) and the Messages API answers it 400. Each batch follows its
+    create's anthropic-version: under 2026-10-21 (the SDK's default), requests with
+    temperature, top_p or top_k end errored.
     """
     from dsbatch._emulator import Faults, serve_forever
 

@@ -1,4 +1,5 @@
-"""Test helpers: a local Message Batches API to point the SDK (and dsbatch) at.
+"""Test helpers: a local Anthropic API (Message Batches, Messages, token counting) to point the
+SDK (and dsbatch) at; see ``Emulator`` for what it models.
 
 ::
 

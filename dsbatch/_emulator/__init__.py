@@ -1,10 +1,15 @@
-"""A local emulator of the Anthropic Message Batches API, for tests and demos.
+"""A local emulator of the Anthropic API (Message Batches, Messages, token counting), for tests
+and demos.
 
-One module per job: ``_server`` (HTTP, routing, auth, HTTP faults), ``_state`` (batches, the
-clock, processing), ``_validate`` (what a create is refused for, and what errors later under
-the create's API version), ``_responder`` (deterministic answers and the Message around them),
-``_schema`` (JSON-schema instances), ``_faults`` (what can go wrong), ``_runner`` (``Emulator``
-and ``serve_forever``). The API's limits come from ``dsbatch._limits``.
+One module per job: ``_server`` (HTTP, routing, auth, HTTP faults, the origin header),
+``_state`` (batches, the clock, processing), ``_live`` (the Messages API and token counting),
+``_validate`` (what a create is refused for), ``_rules`` (what a request is refused for: the
+emulator's model of the API's rules, in one place), ``_params`` (reading params),
+``_responder`` (deterministic answers and the Message around them), ``_thinking`` (thinking
+blocks), ``_caching`` (the token counting rule and prompt caching), ``_schema`` and ``_regex``
+(JSON-schema instances, strings matching a pattern), ``_faults`` (what can go wrong),
+``_runner`` (``Emulator`` and ``serve_forever``). The API's limits come from ``dsbatch._limits``,
+the models' facts from ``dsbatch._models``.
 """
 
 from dsbatch._emulator._faults import Faults, HttpFault

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ApiError", "default_message", "error_body", "error_type_for"]
+__all__ = ["ApiError", "default_message", "error_body", "error_type_for", "status_for"]
 
 _TYPES = {
     400: "invalid_request_error",
@@ -40,6 +40,14 @@ def error_type_for(status: int) -> str:
     if status in _TYPES:
         return _TYPES[status]
     return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def status_for(error_type: str) -> int:
+    """The HTTP status the real API answers an ``error.type`` with (500 for one it lacks)."""
+    for status, name in _TYPES.items():
+        if name == error_type:
+            return status
+    return 500
 
 
 def default_message(error_type: str) -> str:

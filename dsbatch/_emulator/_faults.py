@@ -15,7 +15,11 @@ from dsbatch._emulator._ids import unit_interval
 
 __all__ = ["ENDPOINTS", "Faults", "HttpFault"]
 
-ENDPOINTS = ("create", "retrieve", "list", "cancel", "delete", "results")
+# The batch endpoints, then the Messages API and token counting.
+ENDPOINTS = (
+    *("create", "retrieve", "list", "cancel", "delete", "results"),
+    *("messages", "count_tokens"),
+)
 
 # Short enough that the SDK's retries never wait for real; the SDK ignores a zero retry-after.
 _DEFAULT_RETRY_AFTER = 0.001
@@ -24,7 +28,7 @@ _HTTP_ITEM = re.compile(
     r"^(?P<status>\d{3})(?:x(?P<times>\d+))?(?:@(?P<retry_after>[0-9]*\.?[0-9]+))?$"
 )
 _COUNTS = ("lose_create", "cut_results", "short_results")
-_FRACTIONS = ("errored", "invalid", "expired", "preamble", "no_json")
+_FRACTIONS = ("errored", "invalid", "expired", "preamble", "no_json", "redacted_thinking")
 
 
 @dataclass
@@ -82,6 +86,12 @@ class Faults:
       ``output_config.format``, prose then the JSON in one text block; with a forced tool, a
       text block before a valid tool call. ``no_json``: fraction answered in prose only (with
       a forced tool: one text block, no tool call, stop_reason ``end_turn``).
+    - ``redacted_thinking``: fraction of answers that think whose thinking block comes as a
+      ``redacted_thinking`` block (``data`` opaque) instead of a ``thinking`` one.
+
+    The per-request faults (``errored`` ... ``redacted_thinking``) act on batch requests only;
+    the Messages API and token counting meet the HTTP faults of their endpoint names,
+    ``messages`` and ``count_tokens``.
     """
 
     http: list[HttpFault] = field(default_factory=list)
@@ -93,6 +103,7 @@ class Faults:
     expired: float = 0.0
     preamble: float = 0.0
     no_json: float = 0.0
+    redacted_thinking: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _COUNTS:
@@ -112,9 +123,10 @@ class Faults:
         """Faults from the CLI's comma-separated form.
 
         ``ENDPOINT=STATUSxN[@RETRY_AFTER]`` per HTTP fault (ENDPOINT one of create, retrieve,
-        list, cancel, delete, results or *), ``lose_create=N``, ``cut_results=N``,
-        ``short_results=N``, and ``errored=F``, ``invalid=F``, ``expired=F``, ``preamble=F``,
-        ``no_json=F`` with F in [0, 1]. Example: ``"create=429x2@0.5,lose_create=1,errored=0.1"``.
+        list, cancel, delete, results, messages, count_tokens or *), ``lose_create=N``,
+        ``cut_results=N``, ``short_results=N``, and ``errored=F``, ``invalid=F``,
+        ``expired=F``, ``preamble=F``, ``no_json=F``, ``redacted_thinking=F`` with F in
+        [0, 1]. Example: ``"create=429x2@0.5,lose_create=1,errored=0.1"``.
         """
         values: dict[str, object] = {}
         http: list[HttpFault] = []
@@ -206,6 +218,11 @@ class Faults:
             if draw < self.no_json + self.preamble:
                 return "preamble"
         return None
+
+    def redacts(self, custom_id: str, attempt: int) -> bool:
+        """Whether an answer that thinks has its thinking redacted."""
+        draw = unit_interval("redacted", custom_id, attempt)
+        return bool(self.redacted_thinking) and draw < self.redacted_thinking
 
 
 def _parse_http(endpoint: str, value: str) -> HttpFault:

@@ -1,10 +1,12 @@
-"""Answers: the default responder, and the result objects an answer is wrapped into.
+"""Answers: the default responder, and the Message an answer is wrapped into.
 
 A responder is ``responder(custom_id, params) -> str | dict``. A str is the answer text; for a
 structured request (``output_config.format`` json_schema, or a forced ``tool_choice``) it is
-the JSON text, which ``result_from_text`` turns into a text block or a ``tool_use`` block and
-wraps into a full Message (usage, ``max_tokens``, ``stop_sequences`` and answer-shape faults
-applied). A dict is the whole ``result`` object of the results line and is used as is.
+the JSON text, which ``build_message`` turns into a text block or a ``tool_use`` block and
+wraps into a full Message: a thinking block first when the request thinks (``_thinking``),
+usage with its cache reads and writes (``_caching``), ``max_tokens``, ``stop_sequences`` and
+the answer-shape faults applied. A dict is the whole ``result`` object of the results line and
+is used as is. ``beta_message`` adds what the beta Message schema requires.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from dsbatch._emulator._errors import error_body
+from dsbatch._emulator._caching import CacheUse, input_tokens
 from dsbatch._emulator._ids import canonical_json, prefixed_id, stable_hash
+from dsbatch._emulator._params import structured_kind
 from dsbatch._emulator._schema import generate_instance
-from dsbatch._emulator._validate import structured_kind
+from dsbatch._emulator._thinking import thinking_block, thinking_for
 
 __all__ = [
     "Responder",
+    "beta_message",
+    "build_message",
     "default_responder",
     "errored_result",
-    "prompt_text",
-    "result_from_text",
     "spoil_answer",
 ]
 
@@ -81,17 +84,6 @@ def _last_user_text(params: dict[str, Any]) -> str:
     return ""
 
 
-def prompt_text(params: dict[str, Any]) -> str:
-    """Everything the model reads, as text: the basis of ``input_tokens``."""
-    parts = [_block_text(params.get("system"))]
-    parts.extend(
-        _block_text(m.get("content")) for m in params.get("messages") or [] if isinstance(m, dict)
-    )
-    if params.get("tools"):
-        parts.append(json.dumps(params["tools"]))
-    return "\n".join(parts)
-
-
 def spoil_answer(text: str, shape: str | None) -> str:
     """A native structured answer (``output_config.format``) as a fault shapes it: prose then
     the JSON in one text block, or prose only."""
@@ -106,19 +98,23 @@ def _tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def result_from_text(
-    custom_id: str,
+def build_message(
     params: dict[str, Any],
     text: str,
     *,
     message_id: str,
     shape: str | None = None,
+    cache: CacheUse | None = None,
+    redacted: bool = False,
+    service_tier: str = "batch",
 ) -> dict[str, Any]:
-    """A ``succeeded`` result whose message carries ``text`` (a tool call when forced).
+    """The Message answering ``params`` with ``text`` (a tool call when a tool is forced).
 
     ``shape`` is how a fault spoils a structured answer. In native mode see ``spoil_answer``.
     In tool mode, as a model does: "preamble" says a sentence in a text block before the tool
-    call, "no_json" answers in prose and calls no tool (stop_reason ``end_turn``).
+    call, "no_json" answers in prose and calls no tool (stop_reason ``end_turn``). ``cache`` is
+    what the request read from and wrote to the prompt cache; ``redacted`` makes its thinking
+    block a ``redacted_thinking`` one.
     """
     kind = structured_kind(params)
     tool = kind[1] if kind is not None and kind[0] == "tool" else None
@@ -131,28 +127,40 @@ def result_from_text(
     elif shape == "preamble":
         prose = f"I'll record the answer with the {tool.get('name')} tool."
 
+    seed = stable_hash(canonical_json(params))
+    thinking = thinking_for(params, seed, " ".join(_last_user_text(params).split()[:12]))
+    max_tokens = params["max_tokens"]
+    content: list[dict[str, Any]] = []
+    thought = 0
+    if thinking is not None:
+        # Thinking comes first and counts toward max_tokens: it may leave no room to answer.
+        thought = min(thinking.tokens, max_tokens)
+        cut_at = max_tokens * 4 if thinking.tokens > max_tokens else None
+        content.append(thinking_block(thinking, redacted=redacted, max_chars=cut_at))
+    room = max_tokens - thought
+
     # Stop sequences and max_tokens act on everything generated: the prose, then the call.
     generated = prose + text
-    max_tokens = params["max_tokens"]
     stop_reason = "end_turn"
     stop_sequence = None
     for sequence in params.get("stop_sequences") or ():
         at = generated.find(sequence) if isinstance(sequence, str) and sequence else -1
         if at >= 0:
             generated, stop_reason, stop_sequence = generated[:at], "stop_sequence", sequence
-    output_tokens = _tokens(generated)
-    cut = output_tokens > max_tokens
+    output_tokens = _tokens(generated) if room > 0 else 0
+    cut = room <= 0 or output_tokens > room
     if cut:
         generated, output_tokens, stop_reason, stop_sequence = (
-            generated[: max_tokens * 4],
-            max_tokens,
+            generated[: room * 4],
+            room,
             "max_tokens",
             None,
         )
-    content: list[dict[str, Any]] = []
     call = generated[len(prose) :] if len(generated) > len(prose) else None
     tool_input = _json_object(call) if tool is not None and call is not None else None
-    if tool is not None and (tool_input is not None or (cut and call is not None)):
+    if room <= 0:
+        pass  # the reasoning used every token: nothing else was said
+    elif tool is not None and (tool_input is not None or (cut and call is not None)):
         if prose:
             content.append(_text_block(prose))
         content.append(
@@ -168,31 +176,40 @@ def result_from_text(
         stop_reason = "max_tokens" if cut else "tool_use"
     else:
         content.append(_text_block(generated))
+    cache = cache or CacheUse()
     return {
-        "type": "succeeded",
-        "message": {
-            "id": message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": params["model"],
-            "content": content,
-            "stop_reason": stop_reason,
-            "stop_sequence": stop_sequence,
-            "stop_details": None,
-            "container": None,
-            "usage": {
-                "input_tokens": _tokens(prompt_text(params)),
-                "output_tokens": output_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0},
-                "server_tool_use": None,
-                "service_tier": "batch",
-                "inference_geo": None,
-                "output_tokens_details": None,
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": params["model"],
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "stop_details": None,
+        "container": None,
+        "usage": {
+            "input_tokens": input_tokens(params) - cache.read - cache.creation,
+            "output_tokens": thought + output_tokens,
+            "cache_creation_input_tokens": cache.creation,
+            "cache_read_input_tokens": cache.read,
+            "cache_creation": {
+                "ephemeral_1h_input_tokens": cache.write_1h,
+                "ephemeral_5m_input_tokens": cache.write_5m,
             },
+            "server_tool_use": None,
+            "service_tier": service_tier,
+            "inference_geo": None,
+            "output_tokens_details": None if thinking is None else {"thinking_tokens": thought},
         },
     }
+
+
+def beta_message(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` as the beta endpoints (``?beta=true``) answer it: with the fields the beta
+    Message schema requires (``diagnostics``, ``context_management``, usage ``iterations`` and
+    ``speed``), null as the API sends them for a plain request."""
+    usage = {**message["usage"], "iterations": None, "speed": None}
+    return {**message, "diagnostics": None, "context_management": None, "usage": usage}
 
 
 def _text_block(text: str) -> dict[str, Any]:
@@ -209,6 +226,15 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def errored_result(error_type: str, message: str, request_id: str) -> dict[str, Any]:
-    """An ``errored`` result carrying an ErrorResponse, as the results file writes it."""
-    return {"type": "errored", "error": error_body(error_type, message, request_id)}
+def errored_result(error_type: str, message: str) -> dict[str, Any]:
+    """An ``errored`` result as the results file writes it. A real errored line carries the
+    error with ``details`` null and no request id; the spec's ErrorResponse requires
+    ``request_id`` (nullable), so it is there, null."""
+    return {
+        "type": "errored",
+        "error": {
+            "type": "error",
+            "error": {"type": error_type, "message": message, "details": None},
+            "request_id": None,
+        },
+    }

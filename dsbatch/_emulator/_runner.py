@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsbatch._emulator._faults import Faults
 from dsbatch._emulator._responder import Responder, default_responder
-from dsbatch._emulator._server import EMULATOR_HEADER, EmulatorHTTPServer, ServerConfig
+from dsbatch._emulator._server import ORIGIN_HEADER, EmulatorHTTPServer, ServerConfig
 from dsbatch._emulator._state import Clock, Store
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 
@@ -24,7 +24,8 @@ __all__ = ["Emulator", "serve_forever"]
 
 
 class Emulator:
-    """A local Message Batches API on a real loopback HTTP server, run in a background thread.
+    """A local Anthropic API (Message Batches, Messages, token counting) on a real loopback
+    HTTP server, run in a background thread.
 
     ::
 
@@ -42,13 +43,47 @@ class Emulator:
     ``max_requests`` and ``max_bytes`` are the per-batch limits (100,000 requests, 256 MB).
     ``seed`` fixes the batch ids (random by default, so two emulators never share an id).
 
+    Endpoints: the Message Batches API (create, retrieve, list, cancel, delete, results);
+    ``POST /v1/messages`` (``client.messages.create``), which answers at once from the same
+    responder (the same params give the same answer text as in a batch; the responder's
+    ``custom_id`` is "") and refuses with 400 what a batch would end errored; and
+    ``POST /v1/messages/count_tokens`` (``client.messages.count_tokens``), which answers
+    ``{"input_tokens": N}`` by the counting rule behind every usage figure. Each also answers
+    under ``?beta=true``; a results download with ``?beta=true`` (the beta endpoint) gives each
+    Message the fields of the beta schema (``diagnostics``, ``context_management``, usage
+    ``iterations`` and ``speed``). Every answer carries the header ``x-dsbatch-emulator: 1``,
+    which tells a client it is talking to an emulator, not the real API, and a ``request-id``
+    unique to the call.
+
+    Requests are validated as the API validates them: at create only the batch's structure (the
+    body, the requests list, custom_id pattern and uniqueness, params being an object, no
+    ``stream: true``) is a 400; everything inside params is checked while processing, each
+    bad request ending ``errored`` (``invalid_request_error``, the API's wording) without
+    blocking the others: missing or mistyped params, unknown params, bad content blocks, empty
+    or whitespace-only text, a final assistant turn ending in whitespace, sampling params on
+    models that reject them, ``max_tokens`` above the model's output limit (the
+    ``output-300k-2026-03-24`` beta raising it where supported), thinking forms the model does
+    not take, a thinking budget under 1,024 or not below ``max_tokens``, thinking with a forced
+    tool, a ``tool_choice`` naming no tool, more than 4 cache breakpoints.
+
+    Answers: structured requests get JSON satisfying every constraint of the schema, the hints
+    ``transform_schema`` moves into descriptions included (``pattern``, lengths, bounds,
+    formats). A request that thinks (``thinking`` enabled or adaptive, or a model that always
+    thinks) gets a ``thinking`` block first, billed as output within ``max_tokens``; its text
+    is "" on models that omit thinking unless ``thinking.display`` is "summarized". Prompt
+    caching is modelled: ``cache_control`` breakpoints write and read cached prefixes at least
+    the model's minimum cacheable length, per workspace, with their TTL on the emulator clock
+    (``cache_creation_input_tokens``, ``cache_read_input_tokens``). A batch's requests are
+    processed in order, and batches in the order they end, so within one batch the first
+    request carrying a prefix writes it and the later ones read it.
+
     Batches are scoped to a workspace, as the real ones are: ``workspaces`` maps API key ->
     workspace name, and every key not in it belongs to the workspace "default". A batch belongs
     to the workspace of the key that created it; a key of another workspace gets 404 on its
     retrieve, cancel, delete and results URL and does not see it in list, while two keys of
-    one workspace share their batches. ``batch_workspace(batch_id)`` names a batch's workspace.
-    ``batches``, ``received``, ``calls`` and ``results_of`` see every workspace. The
-    ``anthropic-workspace-id`` header is not checked.
+    one workspace share their batches (and prompt cache). ``batch_workspace(batch_id)`` names a
+    batch's workspace. ``batches``, ``received``, ``calls`` and ``results_of`` see every
+    workspace. The ``anthropic-workspace-id`` header is not checked.
 
     Each batch keeps the headers of the create that made it: ``batch_version(batch_id)`` is its
     ``anthropic-version`` (2023-06-01 when the header is absent; from 2026-10-21 on,
@@ -56,6 +91,11 @@ class Emulator:
     ``batch_betas(batch_id)`` its ``anthropic-beta`` list. ``last_create_headers`` holds every
     header of the last create call, names lower-cased. Every answer's ``Date`` header is
     emulator time.
+
+    Faults (``Faults``): HTTP errors for any endpoint name (``create`` ... ``results``,
+    ``messages``, ``count_tokens``), lost create answers, cut or short downloads, and per batch
+    request: errored, invalid or expired requests, prose around structured answers, and
+    ``redacted_thinking`` blocks.
     """
 
     def __init__(
@@ -168,7 +208,7 @@ class Emulator:
 
     def _client_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs.setdefault("api_key", self._api_key or "test-key")
-        kwargs["default_headers"] = {EMULATOR_HEADER: "1", **(kwargs.get("default_headers") or {})}
+        kwargs["default_headers"] = {ORIGIN_HEADER: "1", **(kwargs.get("default_headers") or {})}
         return kwargs
 
     # --- the clock ------------------------------------------------------------------------
@@ -223,6 +263,11 @@ class Emulator:
         return self._store.received
 
     @property
+    def messages_received(self) -> list[dict[str, Any]]:
+        """The body of every ``POST /v1/messages`` that got past validation, in order."""
+        return self._store.messages_received
+
+    @property
     def duplicate_custom_ids(self) -> set[str]:
         """custom_ids received more than once across accepted creates."""
         return self._store.duplicate_custom_ids
@@ -258,16 +303,19 @@ class Emulator:
         """batch_id -> the batch as a MessageBatch dict (deleted batches are gone)."""
         return _BatchesView(self._store)
 
-    def results_of(self, batch_id: str) -> list[dict[str, Any]]:
-        """The results lines of an ended batch, as dicts, in the order they are served."""
-        _, lines = self._store.results(batch_id)
+    def results_of(self, batch_id: str, *, beta: bool = False) -> list[dict[str, Any]]:
+        """The results lines of an ended batch, as dicts, in the order they are served
+        (``beta``: as the beta endpoint serves them)."""
+        _, lines = self._store.results(batch_id, beta=beta)
         return [{"custom_id": custom_id, "result": result} for custom_id, result in lines]
 
     def reset_stats(self) -> None:
-        """Forget calls, received requests and duplicates (fault draws keep their history)."""
+        """Forget calls, received requests and messages, and duplicates (fault draws keep
+        their history)."""
         with self._store.lock:
             self._store.calls.clear()
             self._store.received.clear()
+            self._store.messages_received.clear()
             self._store.duplicate_custom_ids.clear()
 
 

@@ -1,12 +1,15 @@
 """Deterministic JSON instances of a JSON schema, for structured answers.
 
 Covers what ``anthropic.transform_schema(Model.model_json_schema())`` produces: objects
-(properties, required, additionalProperties), strings (enum, format, length), integers and
-numbers (bounds, multipleOf), booleans, null, arrays (items, prefixItems, min/maxItems,
+(properties, required, additionalProperties), strings (enum, format, length, pattern), integers
+and numbers (bounds, multipleOf), booleans, null, arrays (items, prefixItems, min/maxItems,
 uniqueItems), ``$defs``/``$ref``, ``anyOf``/``oneOf``/``allOf``, ``enum`` and ``const``.
-``transform_schema`` moves constraints the API does not enforce into the description as
-``{minimum: 3, maxItems: 5}``; those hints are honoured too, as the model would.
-``pattern`` is not: a string is not made to match a regular expression.
+
+``transform_schema`` moves the constraints the API does not enforce into the description, as
+``"A code\n\n{pattern: ^[A-Z]{3}$, minLength: 3}"``; those hints are honoured like the
+schema's own keywords, as a model reading them would: bounds, lengths, item counts,
+``multipleOf``, ``uniqueItems``, ``format`` and ``pattern`` (strings made to match the regular
+expression by ``_regex``; a pattern it cannot handle falls back to plain words).
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ import re
 import uuid
 from typing import Any
 
-__all__ = ["generate_instance"]
+from dsbatch._emulator._regex import string_matching
+
+__all__ = ["generate_instance", "hints"]
 
 _MAX_DEPTH = 8
-_HINT = re.compile(r"\{([^{}]*)\}\s*$")
+# A hint block: "{key: value, key: value}" at the end of the description, after a blank line
+# or alone. Values are str() of the keyword's value and may hold ", " themselves (a pattern):
+# entries split only where ", " is followed by "identifier: ".
+_HINT_ENTRY = re.compile(r"(?:\A|, )(?P<key>[A-Za-z_$][A-Za-z0-9_]*): ")
 _NUMERIC_HINTS = frozenset(
     {
         "minimum",
@@ -34,6 +42,7 @@ _NUMERIC_HINTS = frozenset(
         "maxLength",
     }
 )
+_TEXT_HINTS = frozenset({"pattern", "format"})
 _WORDS = [
     *("amber", "river", "quiet", "signal", "harbor", "lantern", "meadow", "orbit", "pebble"),
     *("cedar", "falcon", "summit", "velvet", "ember", "prism", "willow", "canyon", "drift"),
@@ -46,23 +55,38 @@ def generate_instance(schema: dict[str, Any], seed: int) -> Any:
     return _Generator(schema, random.Random(seed)).value(schema, 0)
 
 
-def _with_hints(schema: dict[str, Any]) -> dict[str, Any]:
-    description = schema.get("description")
-    if not isinstance(description, str) or "{" not in description:
-        return schema
-    match = _HINT.search(description)
-    if not match:
-        return schema
-    merged = dict(schema)
-    for pair in match.group(1).split(","):
-        key, _, raw = (part.strip() for part in pair.partition(":"))
-        if key in _NUMERIC_HINTS and key not in schema:
+def hints(description: object) -> dict[str, Any]:
+    """The constraints ``transform_schema`` wrote into a description, as schema keywords."""
+    if not isinstance(description, str):
+        return {}
+    text = description.rstrip()
+    start = text.rfind("\n\n{")
+    if not text.endswith("}") or (start < 0 and not text.startswith("{")):
+        return {}
+    body = text[start + 3 if start >= 0 else 1 : -1]
+    entries = list(_HINT_ENTRY.finditer(body))
+    found: dict[str, Any] = {}
+    for index, entry in enumerate(entries):
+        end = entries[index + 1].start() if index + 1 < len(entries) else len(body)
+        key, raw = entry["key"], body[entry.end() : end]
+        if key in _TEXT_HINTS:
+            found[key] = raw
+        elif key == "uniqueItems":
+            found[key] = raw == "True"
+        elif key in _NUMERIC_HINTS:
             try:
                 number = float(raw)
             except ValueError:
                 continue
-            merged[key] = int(number) if number.is_integer() else number
-    return merged
+            found[key] = int(number) if number.is_integer() else number
+    return found
+
+
+def _with_hints(schema: dict[str, Any]) -> dict[str, Any]:
+    found = hints(schema.get("description"))
+    if not found:
+        return schema
+    return {**{k: v for k, v in found.items() if k not in schema}, **schema}
 
 
 class _Generator:
@@ -147,6 +171,10 @@ class _Generator:
         others = [o for o in options if not is_null(o)]
         if nulls and (not others or depth >= _MAX_DEPTH or self.rng.random() < 0.25):
             return nulls[0]
+        # A number beside a plain string (pydantic's Decimal) is a number the model may also
+        # write as text: answer the number, as a model would, not free words.
+        if any(_type_of(o) in ("number", "integer") for o in others):
+            others = [o for o in others if not _is_plain_string(o)] or others
         return self.rng.choice(others)
 
     def object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -221,26 +249,61 @@ class _Generator:
         assert low is not None and high is not None
         step = schema.get("multipleOf")
         if isinstance(step, (int, float)) and step > 0:
-            first, last = math.ceil(low / step), math.floor(high / step)
-            if first <= last:
-                return self.rng.randint(first, last) * step
+            first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
+            # 0.01 * 53 is 0.53000000000000003: round to the step's own decimals
+            digits = max(0, -math.floor(math.log10(step))) + 2 if step < 1 else 0
+            for _ in range(20):
+                value = round(self.rng.randint(first, last) * step, digits) if first <= last else 0
+                if first <= last and _within(schema, value):
+                    return value
         value = round(self.rng.uniform(low, high), 2)
         return value if low <= value <= high else (low + high) / 2
 
     def string(self, schema: dict[str, Any]) -> str:
+        low = int(schema.get("minLength", 0))
+        high = schema.get("maxLength")
+        high = None if high is None else int(high)
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str):
+            text = string_matching(pattern, self.rng, min_length=low, max_length=high)
+            if text is not None:
+                return text
         fmt = schema.get("format")
         maker = _FORMATS.get(fmt) if isinstance(fmt, str) else None
         text = maker(self.rng) if maker else self.words(1, 4)
-        low = int(schema.get("minLength", 0))
         while len(text) < low:
             text += " " + self.words(1, 3)
-        high = schema.get("maxLength")
-        if high is not None and len(text) > int(high):
-            text = text[: int(high)]
+        if high is not None and len(text) > high:
+            text = text[:high].rstrip() or text[:high]
         return text
 
     def words(self, low: int, high: int) -> str:
         return " ".join(self.rng.choice(_WORDS) for _ in range(self.rng.randint(low, high)))
+
+
+def _type_of(schema: Any) -> Any:
+    return schema.get("type") if isinstance(schema, dict) else None
+
+
+def _is_plain_string(schema: Any) -> bool:
+    """A string schema with nothing that says which strings (no enum, format or pattern)."""
+    if _type_of(schema) != "string":
+        return False
+    keys = {"enum", "const", "format", "pattern"}
+    return not (keys & schema.keys() or keys & hints(schema.get("description")).keys())
+
+
+def _within(schema: dict[str, Any], value: float) -> bool:
+    """Whether ``value`` keeps the schema's bounds (exclusive ones included)."""
+    checks = (
+        ("minimum", lambda b: value >= b),
+        ("maximum", lambda b: value <= b),
+        ("exclusiveMinimum", lambda b: value > b),
+        ("exclusiveMaximum", lambda b: value < b),
+    )
+    return all(
+        not isinstance(schema.get(key), (int, float)) or holds(schema[key]) for key, holds in checks
+    )
 
 
 def _bounds(schema: dict[str, Any], step: float) -> tuple[float | None, float | None]:

@@ -1,11 +1,18 @@
 """The HTTP side: routing, auth, body limits, injected HTTP faults, and the results stream.
 
+Routes: the Message Batches API (``/v1/messages/batches...``), the Messages API
+(``POST /v1/messages``) and token counting (``POST /v1/messages/count_tokens``), each also
+under ``?beta=true`` as the beta endpoints; a results download with ``?beta=true`` serves each
+Message in the beta form.
+
 The API key of a call picks its workspace (``ServerConfig.workspaces``, else
 ``DEFAULT_WORKSPACE``), and every endpoint, the results download included, acts only on that
-workspace's batches.
+workspace's batches (and prompt cache).
 
-Every answer's ``Date`` header is the emulator's clock, not the machine's: a client that
-corrects its clock skew from it sees the same time as the batches it polls.
+Every answer carries ``x-dsbatch-emulator: 1`` (so a client can tell the emulator's answers
+from the real API's) and a ``request-id`` unique to the call. Its ``Date`` header is the
+emulator's clock, not the machine's: a client that corrects its clock skew from it sees the
+same time as the batches it polls.
 """
 
 from __future__ import annotations
@@ -25,13 +32,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from dsbatch._emulator._errors import ApiError, default_message, error_body, error_type_for
 from dsbatch._emulator._ids import prefixed_id
+from dsbatch._emulator._live import count_tokens, create_message
 from dsbatch._emulator._state import DEFAULT_WORKSPACE, Store
 from dsbatch._emulator._validate import api_version, validate_create
 
-__all__ = ["EMULATOR_HEADER", "EmulatorHTTPServer", "ServerConfig", "route"]
+__all__ = ["ORIGIN_HEADER", "EmulatorHTTPServer", "ServerConfig", "route"]
 
+# On every answer: what tells an emulator's answers from the real API's.
+ORIGIN_HEADER = "x-dsbatch-emulator"
 _PREFIX = "/v1/messages/batches"
-EMULATOR_HEADER = "x-dsbatch-emulator"
+_LIVE = {"/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens"}
 _CHUNK = 256 * 1024
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -50,7 +60,9 @@ class _TooLarge(Exception):
 
 
 def route(method: str, path: str) -> tuple[str, str | None] | None:
-    """(endpoint, batch_id) for a call of the Batches API, or None for any other route."""
+    """(endpoint, batch_id) for a call of the API, or None for any other route."""
+    if path in _LIVE:
+        return (_LIVE[path], None) if method == "POST" else None
     if path == _PREFIX:
         return {"POST": ("create", None), "GET": ("list", None)}.get(method)
     if not path.startswith(_PREFIX + "/"):
@@ -84,6 +96,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.store = store
         self.config = config
+        self.request_numbers = itertools.count(1)  # request-id: unique to each call
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
 
@@ -117,9 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_response(self, code: int, message: str | None = None) -> None:
         super().send_response(code, message)
-        # Every answer says it is the emulator's, so a client can tell its answers from the real
-        # API's (dsbatch keeps them apart: ``dsbatch._origin``).
-        self.send_header(EMULATOR_HEADER, "1")
+        self.send_header(ORIGIN_HEADER, "1")
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The ``Date`` header: emulator time, so it moves with ``Emulator.advance``."""
@@ -145,8 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
     # --- plumbing -------------------------------------------------------------------------
 
     def _handle(self, method: str) -> None:
-        self.request_id = prefixed_id("req_", id(self), threading.get_ident(), self.path)
         store = self.server.store
+        self.request_id = prefixed_id("req_", store.seed, next(self.server.request_numbers))
         split = urlsplit(self.path)
         try:
             found = route(method, split.path)
@@ -167,13 +178,17 @@ class _Handler(BaseHTTPRequestHandler):
                     fault.status, error_body(error_type, message, self.request_id), fault.headers()
                 )
                 return
+            query = parse_qs(split.query)
+            beta = query.get("beta", [""])[-1] == "true"
             if endpoint == "create":
                 self._create(body, workspace)
             elif endpoint == "list":
-                self._list(parse_qs(split.query), workspace)
+                self._list(query, workspace)
             elif endpoint == "results":
                 assert batch_id is not None
-                self._results(batch_id, workspace)
+                self._results(batch_id, workspace, beta)
+            elif endpoint in _LIVE.values():
+                self._live(endpoint, body, workspace, beta)
             else:
                 assert batch_id is not None
                 self._by_id(endpoint, batch_id, workspace)
@@ -337,10 +352,30 @@ class _Handler(BaseHTTPRequestHandler):
                 answer = store.to_dict(store.get(batch_id, workspace), self._base_url())
         self._send_json(200, answer)
 
-    def _results(self, batch_id: str, workspace: str) -> None:
+    def _live(self, endpoint: str, body: bytes, workspace: str, beta: bool) -> None:
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
+        version = api_version(self.headers.get("anthropic-version"))
+        if endpoint == "count_tokens":
+            self._send_json(200, count_tokens(payload, version=version))
+            return
+        header = self.headers.get("anthropic-beta", "")
+        answer = create_message(
+            self.server.store,
+            payload,
+            version=version,
+            betas=tuple(name.strip() for name in header.split(",") if name.strip()),
+            workspace=workspace,
+            beta=beta,
+        )
+        self._send_json(200, answer)
+
+    def _results(self, batch_id: str, workspace: str, beta: bool) -> None:
         store = self.server.store
         with store.lock:
-            count, lines = store.results(batch_id, workspace)
+            count, lines = store.results(batch_id, workspace, beta=beta)
             cut = store.faults.take_cut_results()
             short = not cut and store.faults.take_short_results()
         self.send_response(200)

@@ -4,7 +4,9 @@ Nothing runs in the background: a batch's state is a function of the clock, brou
 ("settled") whenever it is looked at or the clock is advanced. Request i of n finishes at
 ``created + delay * (i + 1) / n``; the batch ends when the last one does, when it is canceled,
 or at ``expires_at`` (created + 24 h), whichever comes first. Results are decided once, when
-the batch ends.
+the batch ends: its requests are processed in order, each checked by ``_rules`` (a bad one
+ends ``errored``) and answered at the moment it finishes, and batches are processed in the
+order they end, which is the order the prompt cache sees them in.
 
 Every batch belongs to the workspace of the key that created it. The API's operations take the
 caller's workspace and see only that workspace's batches: another workspace's batch is as
@@ -22,11 +24,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsbatch._emulator._caching import CacheUse, PromptCache
 from dsbatch._emulator._errors import ApiError, default_message
 from dsbatch._emulator._faults import Faults
 from dsbatch._emulator._ids import prefixed_id, rfc3339, stable_hash
-from dsbatch._emulator._responder import Responder, errored_result, result_from_text
-from dsbatch._emulator._validate import param_problem, structured_kind
+from dsbatch._emulator._params import structured_kind, thinking_type
+from dsbatch._emulator._responder import Responder, beta_message, build_message, errored_result
+from dsbatch._emulator._rules import Endpoint, request_problem
 from dsbatch._limits import API_VERSION_LEGACY, EXPIRY_SECONDS
 
 __all__ = ["DEFAULT_WORKSPACE", "Batch", "Clock", "Store"]
@@ -77,6 +81,8 @@ class Batch:
     outcomes: list[str | dict[str, Any]] | None = None
     order: list[int] | None = None  # the results file's (shuffled) order
     shapes: dict[int, str] = field(default_factory=dict)  # index -> how a fault spoils its answer
+    cache_uses: dict[int, CacheUse] = field(default_factory=dict)  # index -> its cache reads/writes
+    redacted: set[int] = field(default_factory=set)  # indexes whose thinking comes redacted
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -114,6 +120,8 @@ class Store:
         self.duplicate_custom_ids: set[str] = set()
         self.last_create_body: Any = None
         self.last_create_headers: dict[str, str] = {}
+        self.prompt_cache = PromptCache()
+        self.messages_received: list[dict[str, Any]] = []  # bodies of POST /v1/messages
         self._times_seen: Counter[str] = Counter()
         self._seq = 0
 
@@ -217,10 +225,11 @@ class Store:
             del self.batches[batch_id]
 
     def results(
-        self, batch_id: str, workspace: str | None = None
+        self, batch_id: str, workspace: str | None = None, *, beta: bool = False
     ) -> tuple[int, Iterator[tuple[str, dict[str, Any]]]]:
         """How many results an ended batch has, and an iterator of (custom_id, result) in the
-        results file's order, each built only when reached."""
+        results file's order, each built only when reached; ``beta``: the beta endpoint's
+        form of each Message."""
         with self.lock:
             batch = self.get(batch_id, workspace)
             if batch.outcomes is None or batch.order is None:
@@ -229,35 +238,58 @@ class Store:
                     f"Message Batch {batch_id} has not finished processing "
                     f"(processing_status: {batch.status}); results are available once it ends",
                 )
-            return batch.size, _lines(batch, batch.outcomes, batch.order)
+            return batch.size, _lines(batch, batch.outcomes, batch.order, beta)
 
     # --- time -----------------------------------------------------------------------------
 
     def settle_all(self, *, observe_cancel: bool = True) -> None:
         with self.lock:
-            for batch in list(self.batches.values()):
-                self.settle(batch, observe_cancel=observe_cancel)
+            self._finish_due(math.inf, observe_cancel)
 
     def settle(self, batch: Batch, *, observe_cancel: bool = True) -> None:
         """Bring ``batch`` up to the clock; a cancel takes effect when next looked at."""
+        due = self._due(batch, observe_cancel)
+        if due is not None:
+            # Batches are processed whole, in the order they end, so the prompt cache sees
+            # an earlier batch's writes before a later batch reads: finish those first.
+            self._finish_due(due[0], observe_cancel)
+
+    def _due(self, batch: Batch, observe_cancel: bool) -> tuple[float, int, str] | None:
+        """(moment it ended, requests done by then, the fate of the rest) once ``batch`` has
+        ended by the clock; None while it has not."""
         now = self.clock.now()
         if batch.status == "in_progress":
             end = batch.created_at + batch.delay
             if end <= batch.expires_at and now >= end:
-                self._finish(batch, end, batch.size, "expired")
-            elif end > batch.expires_at and now >= batch.expires_at:
+                return end, batch.size, "expired"
+            if end > batch.expires_at and now >= batch.expires_at:
                 moment = batch.expires_at
-                self._finish(batch, moment, batch.finished_by(moment), "expired")
+                return moment, batch.finished_by(moment), "expired"
         elif batch.status == "canceling" and observe_cancel:
             assert batch.cancel_initiated_at is not None
-            moment = max(now, batch.cancel_initiated_at)
-            self._finish(batch, moment, batch.done_at_cancel, "canceled")
+            return max(now, batch.cancel_initiated_at), batch.done_at_cancel, "canceled"
+        return None
+
+    def _finish_due(self, until: float, observe_cancel: bool) -> None:
+        due = []
+        for batch in self.batches.values():
+            found = self._due(batch, observe_cancel)
+            if found is not None and found[0] <= until:
+                due.append((found[0], batch.seq, found, batch))
+        for _, _, (moment, done, rest), batch in sorted(due, key=lambda item: item[:2]):
+            self._finish(batch, moment, done, rest)
 
     def _finish(self, batch: Batch, ended_at: float, done: int, rest: str) -> None:
         counts = dict.fromkeys(_RESULT_TYPES, 0)
         outcomes: list[str | dict[str, Any]] = []
+        endpoint = Endpoint("batch", batch.version, tuple(batch.betas))
         for index in range(batch.size):
-            outcome = self._outcome(batch, index) if index < done else {"type": rest}
+            if index < done:
+                # Requests are processed in order, each at the moment it finishes.
+                moment = min(ended_at, batch.created_at + batch.delay * (index + 1) / batch.size)
+                outcome = self._outcome(batch, index, endpoint, moment)
+            else:
+                outcome = {"type": rest}
             kind: Any
             if isinstance(outcome, str):
                 kind = "succeeded"
@@ -267,7 +299,6 @@ class Store:
                     outcome = errored_result(
                         "api_error",
                         f"emulator responder returned an invalid result object: {outcome!r:.200}",
-                        prefixed_id("req_", batch.id, batch.custom_ids[index]),
                     )
                     kind = "errored"
             counts[kind] += 1
@@ -280,28 +311,35 @@ class Store:
         batch.ended_at = ended_at
         batch.status = "ended"
 
-    def _outcome(self, batch: Batch, index: int) -> str | dict[str, Any]:
+    def _outcome(
+        self, batch: Batch, index: int, endpoint: Endpoint, moment: float
+    ) -> str | dict[str, Any]:
         """The request's answer text, or its whole result object when it did not succeed."""
         custom_id = batch.custom_ids[index]
         params = batch.params[index]
         attempt = batch.attempts[index]
-        problem = param_problem(params, batch.version)
+        problem = request_problem(params, endpoint)
         fate = "invalid_request_error" if problem else self.faults.request_fate(custom_id, attempt)
         if fate == "expired":
             return {"type": "expired"}
         if fate is not None:
             if problem is None:
                 problem = default_message(fate) + " (emulated fault)"
-            return errored_result(fate, problem, prefixed_id("req_", batch.id, custom_id))
+            return errored_result(fate, problem)
         answer = self.responder(custom_id, params)
         if isinstance(answer, dict):
             return answer
         if not isinstance(answer, str):
             raise TypeError(f"a responder returns str or dict, not {type(answer).__name__}")
+        used = self.prompt_cache.use(params, batch.workspace, moment)
+        if used != CacheUse():
+            batch.cache_uses[index] = used
         if structured_kind(params) is not None:
             shape = self.faults.answer_shape(custom_id, attempt)
             if shape is not None:
                 batch.shapes[index] = shape
+        if thinking_type(params) is not None and self.faults.redacts(custom_id, attempt):
+            batch.redacted.add(index)
         return answer
 
     # --- the wire form --------------------------------------------------------------------
@@ -334,17 +372,26 @@ class Store:
 
 
 def _lines(
-    batch: Batch, outcomes: list[str | dict[str, Any]], order: list[int]
+    batch: Batch, outcomes: list[str | dict[str, Any]], order: list[int], beta: bool
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     for index in order:
         custom_id = batch.custom_ids[index]
         outcome = outcomes[index]
         if isinstance(outcome, str):
-            message_id = prefixed_id("msg_", batch.id, custom_id)
-            shape = batch.shapes.get(index)
-            result = result_from_text(
-                custom_id, batch.params[index], outcome, message_id=message_id, shape=shape
+            message = build_message(
+                batch.params[index],
+                outcome,
+                message_id=prefixed_id("msg_", batch.id, custom_id),
+                shape=batch.shapes.get(index),
+                cache=batch.cache_uses.get(index),
+                redacted=index in batch.redacted,
             )
-            yield custom_id, result
+            yield custom_id, {"type": "succeeded", "message": _form(message, beta)}
+        elif beta and isinstance(outcome.get("message"), dict):  # a responder's own result
+            yield custom_id, {**outcome, "message": beta_message(outcome["message"])}
         else:
             yield custom_id, outcome
+
+
+def _form(message: dict[str, Any], beta: bool) -> dict[str, Any]:
+    return beta_message(message) if beta else message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,21 @@ import pytest
 
 from dsbatch.testing import Emulator
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "anthropic-openapi.json"
-)
+
+def _spec_path() -> Path:
+    """The spec named by ``DSBATCH_OPENAPI_SPEC``, else beside the project (``../shared``), or
+    beside a folder of worktrees holding it (``../../shared``)."""
+    repo = Path(__file__).resolve().parents[2]
+    candidates = [
+        folder / "shared" / "reference" / "anthropic-openapi.json"
+        for folder in (repo.parent, repo.parent.parent)
+    ]
+    if os.environ.get("DSBATCH_OPENAPI_SPEC"):
+        candidates.insert(0, Path(os.environ["DSBATCH_OPENAPI_SPEC"]))
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
+SPEC_PATH = _spec_path()
 
 
 @pytest.fixture

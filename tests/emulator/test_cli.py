@@ -12,12 +12,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import anthropic
 import pytest
 
 from dsbatch._cli import main
 from dsbatch._emulator import _state
+from dsbatch._emulator._faults import ENDPOINTS
 from dsbatch.testing import Emulator
 
 from .helpers import requests
@@ -137,3 +139,56 @@ def test_the_cli_refuses_a_bad_workspace(
         argv += ["--workspace", item]
     assert main(argv) == 2
     assert "--workspace" in capsys.readouterr().err
+
+
+def test_the_cli_serves_the_live_endpoints_and_their_faults() -> None:
+    process, url = _start("--faults", "messages=529x1,redacted_thinking=1")
+    try:
+        client = anthropic.Anthropic(base_url=url, api_key="any-key", max_retries=0)
+        params: Any = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 2048,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+        }
+        with pytest.raises(anthropic.APIStatusError) as overloaded:
+            client.messages.create(**params)
+        assert overloaded.value.status_code == 529
+        live = client.messages.with_raw_response.create(**params)
+        assert live.headers["x-dsbatch-emulator"] == "1"
+        assert [block.type for block in live.parse().content] == ["thinking", "text"]
+        counted = client.messages.count_tokens(model=params["model"], messages=params["messages"])
+        assert counted.input_tokens == 1
+        batch = client.messages.batches.create(requests=[{"custom_id": "t", "params": params}])
+        client.messages.batches.retrieve(batch.id)
+        (line,) = client.messages.batches.results(batch.id)
+        assert line.result.type == "succeeded"
+        assert line.result.message.content[0].type == "redacted_thinking"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
+def test_the_cli_help_names_every_fault_and_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["emulator", "--help"])
+    text = capsys.readouterr().out
+    for name in (*ENDPOINTS, "lose_create", "cut_results", "short_results", "redacted_thinking"):
+        assert name in text
+    for fraction in ("errored=F", "invalid=F", "expired=F", "preamble=F", "no_json=F"):
+        assert fraction in text
+    assert "POST /v1/messages/count_tokens" in text and "x-dsbatch-emulator: 1" in text
+
+
+def test_the_emulator_docstring_documents_the_endpoints_header_and_faults() -> None:
+    doc = " ".join((Emulator.__doc__ or "").split())
+    for phrase in (
+        "POST /v1/messages",
+        "POST /v1/messages/count_tokens",
+        "?beta=true",
+        "x-dsbatch-emulator: 1",
+        "redacted_thinking",
+        "``messages``, ``count_tokens``",
+        "cache_creation_input_tokens",
+    ):
+        assert phrase in doc

@@ -262,3 +262,37 @@ def test_a_seed_fixes_the_batch_ids() -> None:
             return [client.messages.batches.create(requests=requests(1)).id for _ in range(2)]
 
     assert first_ids(7) == first_ids(7) != first_ids(8)
+
+
+def test_results_read_through_the_beta_endpoint_carry_the_beta_messages_fields(
+    emu: Emulator,
+) -> None:
+    client = emu.client()
+    reqs = [*requests(3), request("bad", max_tokens=0)]
+    batch = client.messages.batches.create(requests=reqs)
+    client.messages.batches.retrieve(batch.id)
+
+    def lines(query: dict[str, str]) -> list[dict]:
+        response = client.get(
+            f"/v1/messages/batches/{batch.id}/results",
+            cast_to=anthropic._response.BinaryAPIResponse,  # type: ignore[attr-defined]
+            options={"params": query},
+        )
+        return [json.loads(line) for line in response.read().splitlines()]
+
+    plain, beta = lines({}), lines({"beta": "true"})
+    assert [line["custom_id"] for line in plain] == [line["custom_id"] for line in beta]
+    for before, after in zip(plain, beta):
+        if before["result"]["type"] != "succeeded":
+            assert after == before  # an errored line is the same in both
+            continue
+        message = before["result"]["message"]
+        assert after["result"]["message"] == {
+            **message,
+            "diagnostics": None,
+            "context_management": None,
+            "usage": {**message["usage"], "iterations": None, "speed": None},
+        }
+    assert emu.results_of(batch.id, beta=True) == beta
+    by_id = {line.custom_id: line.result for line in client.beta.messages.batches.results(batch.id)}
+    assert by_id["r0"].type == "succeeded" and by_id["bad"].type == "errored"

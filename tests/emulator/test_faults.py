@@ -310,19 +310,21 @@ def test_fractions_of_preamble_and_no_json_split_structured_answers() -> None:
 
 def test_parse_reads_every_fault_kind() -> None:
     faults = Faults.parse(
-        "create=429x2,retrieve=500x1,results=529x1@0.25,*=503,lose_create=1,cut_results=2,"
-        "short_results=3,"
-        "errored=0.1,invalid=0.05,expired=0.05,preamble=0.2,no_json=0.1"
+        "create=429x2,retrieve=500x1,results=529x1@0.25,*=503,messages=529x3,count_tokens=500,"
+        "lose_create=1,cut_results=2,short_results=3,"
+        "errored=0.1,invalid=0.05,expired=0.05,preamble=0.2,no_json=0.1,redacted_thinking=0.25"
     )
     assert faults.http == [
         HttpFault("create", 429, 2),
         HttpFault("retrieve", 500, 1),
         HttpFault("results", 529, 1, retry_after=0.25),
         HttpFault("*", 503, 1),
+        HttpFault("messages", 529, 3),
+        HttpFault("count_tokens", 500, 1),
     ]
     assert (faults.lose_create, faults.cut_results, faults.short_results) == (1, 2, 3)
     assert (faults.errored, faults.invalid, faults.expired) == (0.1, 0.05, 0.05)
-    assert (faults.preamble, faults.no_json) == (0.2, 0.1)
+    assert (faults.preamble, faults.no_json, faults.redacted_thinking) == (0.2, 0.1, 0.25)
     assert Faults.parse(faults.describe()) == faults
     assert Faults.parse("") == Faults()
 
@@ -341,3 +343,5 @@ def test_faults_refuse_impossible_values() -> None:
         Faults(errored=0.7, expired=0.5)
     with pytest.raises(ValueError, match="endpoint"):
         HttpFault("upload", 500)
+    with pytest.raises(ValueError, match="redacted_thinking"):
+        Faults(redacted_thinking=1.5)

@@ -92,3 +92,51 @@ def test_error_answers_carry_the_emulator_date_too() -> None:
         for error in (limited.value, missing.value):
             date = parsedate_to_datetime(error.response.headers["date"])
             assert abs(date.timestamp() - emu.now()) < 1
+
+
+# --- what every answer carries -----------------------------------------------------------------
+
+
+def test_the_request_id_is_unique_to_each_call_on_one_connection(emu: Emulator) -> None:
+    raw = emu.client().messages.batches.with_raw_response  # one client: one kept-alive connection
+    ids = [raw.list().headers["request-id"] for _ in range(3)]
+    assert len(set(ids)) == 3 and all(i.startswith("req_") for i in ids)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        emu.client(max_retries=0).messages.batches.retrieve("msgbatch_nope")
+    body: Any = missing.value.body
+    assert body["request_id"] == missing.value.response.headers["request-id"]
+    assert body["request_id"] not in ids
+
+
+def test_every_answer_says_it_comes_from_the_emulator() -> None:
+    with Emulator(max_bytes=5_000) as emu:
+        client = emu.client(max_retries=0)
+        raw = client.messages.batches.with_raw_response
+        batch_id = raw.create(requests=requests(2)).parse().id
+        answers: list[Any] = [
+            raw.list(),
+            client.messages.with_raw_response.create(
+                model="claude-haiku-4-5",
+                max_tokens=16,
+                messages=[{"role": "user", "content": "Hi"}],
+            ),
+            client.messages.with_raw_response.count_tokens(
+                model="claude-haiku-4-5", messages=[{"role": "user", "content": "Hi"}]
+            ),
+        ]
+        with client.messages.batches.with_streaming_response.results(batch_id) as streamed:
+            answers.append(streamed)
+        emu.faults.http.append(HttpFault("retrieve", 529))
+        for call in (
+            lambda: client.messages.batches.retrieve(batch_id),  # the 529 fault
+            lambda: client.messages.batches.retrieve("msgbatch_nope"),  # 404
+            lambda: client.get("/v1/nothing/here", cast_to=object),  # an unknown route
+            lambda: client.messages.batches.create(requests=requests(100)),  # 413
+            lambda: client.messages.batches.list(extra_headers={"Authorization": anthropic.Omit()}),
+        ):
+            with pytest.raises(anthropic.APIStatusError) as caught:
+                call()
+            answers.append(caught.value.response)
+    statuses = [answer.status_code for answer in answers]
+    assert statuses == [200, 200, 200, 200, 529, 404, 404, 413, 401]
+    assert [answer.headers.get("x-dsbatch-emulator") for answer in answers] == ["1"] * 9

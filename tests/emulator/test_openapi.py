@@ -7,10 +7,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anthropic
+import jsonschema
 import pytest
 
 from dsbatch import _limits as limits
-from dsbatch._emulator._validate import KNOWN_PARAMS
+from dsbatch._emulator._rules import KNOWN_PARAMS
 from dsbatch._limits import CUSTOM_ID_PATTERN, MAX_BATCH_REQUESTS
 from dsbatch.testing import Emulator, Faults, HttpFault
 
@@ -159,8 +160,6 @@ def test_4xx_error_bodies_are_valid(spec: SpecValidators, emu: Emulator) -> None
 def test_the_spec_check_would_catch_a_missing_required_nullable_field(
     spec: SpecValidators, emu: Emulator
 ) -> None:
-    import jsonschema
-
     batch = emu.client().messages.batches.create(requests=requests(1))
     line = emu.results_of(batch.id)[0]
     del line["result"]["message"]["container"]
@@ -203,3 +202,104 @@ def test_spoiled_tool_answers_are_valid_result_lines(spec: SpecValidators) -> No
             spec.validate("MessageBatchIndividualResponse", line)
             shapes.add(tuple(block["type"] for block in line["result"]["message"]["content"]))
     assert shapes == {("text", "tool_use"), ("text",)}
+
+
+# --- the newer answers: thinking, caching, the beta form, the live endpoints ------------------
+
+
+def _varied_requests() -> list[Any]:
+    system = [{"type": "text", "text": "s" * 20_000, "cache_control": {"type": "ephemeral"}}]
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    return [
+        *requests(10),
+        *requests(5, prefix="cached", system=system),
+        *requests(10, prefix="think", thinking=thinking, max_tokens=2048),
+        *requests(3, prefix="omitted", model="claude-opus-4-7", thinking={"type": "adaptive"}),
+        request("starved", model="claude-opus-5-5", max_tokens=5),
+        *requests(4, prefix="schema", **json_schema_params(LABEL_SCHEMA)),
+        *requests(4, prefix="tool", **forced_tool_params(LABEL_SCHEMA)),
+        request("invalid", model="claude-opus-4-7", thinking=thinking),
+        request("no_max_tokens", max_tokens=None),
+    ]
+
+
+def _raw_lines(emu: Emulator, batch_id: str, beta: bool) -> list[dict[str, Any]]:
+    client = emu.client()
+    query = {"beta": "true"} if beta else {}
+    response = client.get(
+        f"/v1/messages/batches/{batch_id}/results",
+        cast_to=anthropic._response.BinaryAPIResponse,  # type: ignore[attr-defined]
+        options={"params": query},
+    )
+    return [json.loads(line) for line in response.read().splitlines()]
+
+
+def test_every_line_validates_against_the_beta_schema_when_read_through_the_beta_endpoint(
+    spec: SpecValidators,
+) -> None:
+    reqs = _varied_requests()
+    reqs[-1]["params"].pop("max_tokens")
+    with Emulator(faults=Faults(redacted_thinking=0.3, errored=0.1)) as emu:
+        batch = emu.client().messages.batches.create(requests=reqs)
+        emu.client().messages.batches.retrieve(batch.id)
+        plain, beta = _raw_lines(emu, batch.id, False), _raw_lines(emu, batch.id, True)
+    kinds = set()
+    for line in plain:
+        spec.validate("MessageBatchIndividualResponse", line)
+    for line in beta:
+        spec.validate("BetaMessageBatchIndividualResponse", line)
+        result = line["result"]
+        if result["type"] == "succeeded":
+            message = result["message"]
+            assert (message["diagnostics"], message["context_management"]) == (None, None)
+            assert (message["usage"]["iterations"], message["usage"]["speed"]) == (None, None)
+            kinds.update(block["type"] for block in message["content"])
+            if message["usage"]["cache_read_input_tokens"]:
+                kinds.add("cache_read")
+        else:
+            kinds.add(result["type"])
+    assert kinds == {
+        "text",
+        "tool_use",
+        "thinking",
+        "redacted_thinking",
+        "cache_read",
+        "errored",
+    }
+    # the plain form lacks exactly what the beta schema adds
+    assert "diagnostics" not in json.dumps(plain)
+    succeeded = next(line for line in plain if line["result"]["type"] == "succeeded")
+    with pytest.raises(jsonschema.ValidationError, match="is a required property"):
+        spec.validate("BetaMessage", succeeded["result"]["message"])
+
+
+def test_live_answers_validate_against_the_spec(spec: SpecValidators, emu: Emulator) -> None:
+    client = emu.client()
+    for params in [
+        {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+        {
+            **request("t", thinking={"type": "enabled", "budget_tokens": 1024}, max_tokens=2048)[
+                "params"
+            ]
+        },
+        {**request("s", **json_schema_params(LABEL_SCHEMA))["params"]},
+    ]:
+        spec.validate("CreateMessageParams", params)
+        spec.validate("Message", client.post("/v1/messages", body=params, cast_to=object))
+        beta = client.post(
+            "/v1/messages", body=params, cast_to=object, options={"params": {"beta": "true"}}
+        )
+        spec.validate("BetaMessage", beta)
+    counted = client.post(
+        "/v1/messages/count_tokens",
+        body={"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "Hi"}]},
+        cast_to=object,
+    )
+    spec.validate("CountMessageTokensResponse", counted)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.post("/v1/messages", body={"model": "claude-haiku-4-5"}, cast_to=object)
+    spec.validate("ErrorResponse", refused.value.body)

@@ -90,20 +90,21 @@ def test_more_requests_than_the_limit_is_400() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "field"),
+    ("change", "message"),
     [
-        ({"model": None}, "requests.1.params.model: Field required"),
-        ({"max_tokens": None}, "requests.1.params.max_tokens: Field required"),
-        ({"max_tokens": 0}, "requests.1.params.max_tokens: Input should be greater than"),
-        ({"max_tokens": "many"}, "requests.1.params.max_tokens: Input should be a valid integer"),
-        ({"messages": None}, "requests.1.params.messages: Field required"),
-        ({"messages": []}, "requests.1.params.messages: List should have at least 1 item"),
-        ({"stream": True}, "requests.1.params.stream: "),
-        ({"stream": False}, "requests.1.params.stream: "),
+        ({"model": None}, "model: Field required"),
+        ({"max_tokens": None}, "max_tokens: Field required"),
+        ({"max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
+        ({"max_tokens": "many"}, "max_tokens: Input should be a valid integer"),
+        ({"messages": None}, "messages: Field required"),
+        ({"messages": []}, "messages: List should have at least 1 item after validation, not 0"),
+        ({"system": 3}, "system: Input should be a valid string or list of text blocks"),
+        ({"stop_sequences": "END"}, "stop_sequences: Input should be a valid list of strings"),
+        ({"tools": {"name": "x"}}, "tools: Input should be a valid list of tools"),
     ],
 )
-def test_params_without_what_the_api_requires_are_400_naming_the_field(
-    emu: Emulator, change: dict[str, Any], field: str
+def test_params_missing_a_field_or_of_the_wrong_type_end_errored_and_never_block_the_batch(
+    emu: Emulator, change: dict[str, Any], message: str
 ) -> None:
     bad = request("b")
     for key, value in change.items():
@@ -111,9 +112,56 @@ def test_params_without_what_the_api_requires_are_400_naming_the_field(
             del bad["params"][key]
         else:
             bad["params"][key] = value
+    client = emu.client()
+    batch = client.messages.batches.create(requests=[request("a"), bad, request("c")])
+    counts = client.messages.batches.retrieve(batch.id).request_counts
+    assert (counts.succeeded, counts.errored) == (2, 1)
+    # exactly the shape of a real errored line (``details`` null), plus the request_id the
+    # spec's ErrorResponse requires
+    (line,) = [line for line in emu.results_of(batch.id) if line["custom_id"] == "b"]
+    assert line == {
+        "custom_id": "b",
+        "result": {
+            "type": "errored",
+            "error": {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": message, "details": None},
+                "request_id": None,
+            },
+        },
+    }
+
+
+def test_stream_true_is_refused_at_create_and_stream_false_is_accepted(emu: Emulator) -> None:
+    client = emu.client()
     with pytest.raises(anthropic.BadRequestError) as caught:
-        emu.client().messages.batches.create(requests=[request("a"), bad])
-    assert _message(caught.value).startswith(field)
+        client.messages.batches.create(requests=[request("a"), request("b", stream=True)])
+    assert _message(caught.value) == (
+        "requests.1.params.stream: Streaming is not supported in Message Batches requests"
+    )
+    assert not emu.batches
+    batch = client.messages.batches.create(requests=[request("a", stream=False)])
+    assert results_by_id(client, batch.id)["a"].type == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (None, "requests.1.params: Field required"),
+        (["model"], "requests.1.params: Input should be a valid dictionary or object"),
+        ("text", "requests.1.params: Input should be a valid dictionary or object"),
+    ],
+)
+def test_params_that_are_not_an_object_fail_the_create(
+    emu: Emulator, params: Any, message: str
+) -> None:
+    item: dict[str, Any] = {"custom_id": "b"}
+    if params is not None:
+        item["params"] = params
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        emu.client().messages.batches.create(requests=[request("a"), item])
+    assert _message(caught.value) == message
+    assert not emu.batches and emu.calls["create"] == 1
 
 
 def test_a_body_over_the_byte_limit_is_413_and_the_server_keeps_serving() -> None:
