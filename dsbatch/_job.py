@@ -27,7 +27,7 @@ from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._options import MapOptions
 from dsbatch._origin import describe, resolve_origin
 from dsbatch._plan import decide
-from dsbatch._poll import call_retrying, poll_batch
+from dsbatch._poll import PollSchedule, call_retrying, poll_batch
 from dsbatch._records import BatchState, Manifest
 from dsbatch._run import JobLoop
 from dsbatch._status import JobStatus, job_status
@@ -59,9 +59,11 @@ class Job:
         first_row: Mapping[str, tuple[str | None, int]] | None = None,
         splits: Mapping[str, Dataset] | None = None,
         cache_dir: str | None = None,
+        poll_interval: float | PollSchedule | None = None,
     ) -> None:
         self._job = job
         self._cache_dir = cache_dir
+        self._poll_interval = poll_interval
         self._manifest = manifest
         self._backend = Backend(client)
         self._options = options
@@ -69,6 +71,7 @@ class Job:
         self._first_row = first_row
         self._splits = dict(splits) if splits is not None else None
         self._origin_checked = options is not None  # started here: the origin is its own
+        self._done: JobLoop | None = None  # the loop of a wait that found the job done
 
     # -- finding jobs ----------------------------------------------------------------------------
     @property
@@ -82,10 +85,12 @@ class Job:
         cache_dir: str | None = None,
         *,
         client: anthropic.Anthropic | None = None,
+        poll_interval: float | PollSchedule | None = None,
     ) -> Job:
         """The job with this fingerprint (or a unique prefix of it) in the cache (``cache_dir``,
         else ``DSBATCH_CACHE``, else the default). ``client`` is used to reach the API (else
-        ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``)."""
+        ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``); ``poll_interval`` as for ``map``
+        (else the job's own, else the built-in backoff)."""
         ledger = Ledger(cache_dir)
         job = ledger.job(_find(ledger, fingerprint))
         manifest = job.read_manifest()
@@ -96,11 +101,13 @@ class Job:
                 "again to go on with it",
                 path=str(job.dir / "manifest.json"),
             )
-        return cls(job, manifest, client=client, cache_dir=cache_dir)
+        return cls(job, manifest, client=client, cache_dir=cache_dir, poll_interval=poll_interval)
 
     # -- the options the job was started with ----------------------------------------------------
     def _opts(self, **given: Any) -> MapOptions:
         if self._options is None or given:
+            if self._poll_interval is not None:
+                given = {**given, "poll_interval": self._poll_interval}
             options, missing = MapOptions.from_json(
                 self._manifest.options, cache_dir=self._cache_dir, **given
             )
@@ -110,14 +117,14 @@ class Job:
                     f"job {self.fingerprint} was started with {what}, which cannot be imported "
                     f"here: pass it, e.g. job.result({next(iter(missing))}=...)"
                 )
-            if given:
+            if set(given) - {"poll_interval"}:
                 return options
             self._options = options
         return self._options
 
     def _loop(self, options: MapOptions | None = None) -> JobLoop:
         options = options or self._opts()
-        self._check_origin()
+        self._check_origin(options)
         if self._bodies is None:
             self._bodies = self._job.read_requests()
         return JobLoop(
@@ -129,11 +136,10 @@ class Job:
             first_row=self._first_row,
         )
 
-    def _check_origin(self) -> None:
+    def _check_origin(self, options: MapOptions) -> None:
         """A job goes on only against the server that made its batches (``_origin``)."""
         if self._origin_checked or not self._manifest.origin:
             return
-        options = self._opts()
         retrying = call_retrying(options.schedule, is_transient)
         here = resolve_origin(self._backend, self._job.ledger, retrying)
         if here != self._manifest.origin:
@@ -177,6 +183,10 @@ class Job:
             poll=poll if refresh else None,
         )
 
+    def _submit(self) -> None:
+        """One step, without a progress bar: every batch that can be made now is made."""
+        self._loop().run(timeout=0, progress=False)
+
     def _local_loop(self, options: MapOptions) -> JobLoop:
         """A loop that only reads the cache (no origin check: no call is made)."""
         if self._bodies is None:
@@ -187,7 +197,9 @@ class Job:
         """Poll, download and retry until every request is final (as ``map`` does, with its
         progress bar), or until ``timeout`` seconds have passed: nothing is lost then, and
         waiting again goes on. Returns where the job stands."""
-        done = self._loop().run(timeout)
+        loop = self._loop()
+        done = loop.run(timeout)
+        self._done = loop if done else None
         status = self.status(refresh=False)
         if not done:
             log.info(
@@ -200,7 +212,7 @@ class Job:
         not answered ends ``canceled`` (not billed), and is sent again only by a call with
         ``resend_canceled=True``; the job sends nothing more."""
         options = self._opts()
-        self._check_origin()
+        self._check_origin(options)
         retrying = call_retrying(options.schedule, is_transient)
         canceled = 0
         for record in self._job.records():
@@ -237,10 +249,10 @@ class Job:
         given = {k: v for k, v in (("response_format", response_format), ("parse", parse)) if v}
         options = self._opts(**given)
         manifest = self._job.read_manifest() or self._manifest
-        outputs = cached_outputs(self._job, manifest, list(manifest.splits), options.output_key())
+        outputs = cached_outputs(self._job, manifest, manifest.split_names, options.output_key())
         if outputs is None:
-            loop = self._loop(options)
-            if not loop.run(timeout):
+            loop = self._done if self._done is not None and not given else self._loop(options)
+            if loop is not self._done and not loop.run(timeout):
                 raise TimeoutError(
                     f"job {self.fingerprint} is still running after {timeout} s; nothing is "
                     "lost: call result() or wait() again"
@@ -261,7 +273,7 @@ class Job:
     def _collect(
         self, options: MapOptions, results: pa.Table, dataset: Dataset | DatasetDict | None
     ) -> Outputs:
-        ids = {split: self._job.read_rows(split) for split in self._manifest.splits}
+        ids = {split: self._job.read_rows(split) for split in self._manifest.split_names}
         missing = [split for split, rows in ids.items() if rows is None]
         if missing:
             raise LedgerError(
@@ -283,16 +295,17 @@ class Job:
         return outputs
 
     def _labels(self) -> dict[str, str | None]:
-        return {s: (s if self._manifest.labelled else None) for s in self._manifest.splits}
+        return {s: (s if self._manifest.labelled else None) for s in self._manifest.split_names}
 
     def _inputs(self, dataset: Dataset | DatasetDict | None) -> dict[str, Dataset]:
         if dataset is not None:
             given = dict(dataset) if isinstance(dataset, DatasetDict) else {_SINGLE: dataset}
             check_given(given, self._manifest.inputs, self.fingerprint)
-            return given
+            return {split: given[split] for split in self._manifest.split_names}
         if self._splits is None:
             try:
-                self._splits = load_inputs(self._job, self._manifest.inputs, self._labels())
+                loaded = load_inputs(self._job, self._manifest.inputs, self._labels())
+                self._splits = {split: loaded[split] for split in self._manifest.split_names}
             except InputsUnavailable as e:
                 kind = "DatasetDict" if self._manifest.labelled else "Dataset"
                 raise ValueError(
@@ -324,15 +337,23 @@ class Job:
             )
 
 
-def jobs(cache_dir: str | None = None, *, client: anthropic.Anthropic | None = None) -> list[Job]:
-    """The jobs of a cache, newest first (jobs made by an older dsbatch are left out)."""
+def jobs(
+    cache_dir: str | None = None,
+    *,
+    client: anthropic.Anthropic | None = None,
+    poll_interval: float | PollSchedule | None = None,
+) -> list[Job]:
+    """The jobs of a cache, newest first (jobs made by an older dsbatch are left out);
+    ``client`` and ``poll_interval`` as for ``Job.load``."""
     ledger = Ledger(cache_dir)
     found = []
     for fingerprint in ledger.job_fingerprints():
         job = ledger.job(fingerprint)
         manifest = job.read_manifest()
         if manifest is not None and manifest.options:
-            found.append(Job(job, manifest, client=client, cache_dir=cache_dir))
+            found.append(
+                Job(job, manifest, client=client, cache_dir=cache_dir, poll_interval=poll_interval)
+            )
     return sorted(found, key=lambda j: j._manifest.created_at, reverse=True)
 
 

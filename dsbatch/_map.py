@@ -108,7 +108,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     splits = dict(dataset) if isinstance(dataset, DatasetDict) else {_SINGLE: dataset}
     job = _start(splits, prompt, options, client, labelled=isinstance(dataset, DatasetDict))
     if not wait:
-        job.wait(timeout=0)  # one step: every batch that can be made now is made
+        job._submit()
         return job
     try:
         return job.result()
@@ -191,6 +191,7 @@ def _start(
         betas=list(options.betas),
         origin=origin,
         labelled=labelled,
+        split_order=list(splits),
     )
 
     kept = options.to_json()

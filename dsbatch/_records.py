@@ -146,12 +146,18 @@ class Manifest:
     # input rows are kept beside (``_inputs``).
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     labelled: bool = False  # a DatasetDict (its splits named in messages and returned as one)
+    split_order: list[str] = field(default_factory=list)  # the splits in the dataset's order
     finished_at: float | None = None
     canceled_at: float | None = None
     # The key of the output options (column names, parse, response_format, max_attempts...)
     # the finished columns were built with, and a digest of each split's columns.
     output_key: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def split_names(self) -> list[str]:
+        """The splits in the order of the dataset the job was started on."""
+        return self.split_order or list(self.splits)
 
     @property
     def fingerprints(self) -> dict[str, str]:

@@ -89,13 +89,14 @@ class JobLoop:
         )
         self._said: set[str] = set()  # the other jobs' batches already named in the log
 
-    def run(self, timeout: float | None = None) -> bool:
+    def run(self, timeout: float | None = None, *, progress: bool | None = None) -> bool:
         """Step and wait until the job is done (True), or until ``timeout`` seconds of the
         schedule's clock would pass before the next look (False: nothing is lost, and running
-        again goes on). ``timeout=0`` is one step."""
+        again goes on). ``timeout=0`` is one step. ``progress`` overrides the option."""
         schedule = self.options.schedule
         deadline = None if timeout is None else schedule.clock() + timeout
-        bar = ProgressBar(self.options.progress, total=len(self.needed))
+        shown = self.options.progress if progress is None else progress
+        bar = ProgressBar(shown, total=len(self.needed))
         try:
             while True:
                 standing = self.step()
