@@ -204,7 +204,7 @@ class BatchKeeper:
 
     def _resolve_intent(self, job: JobLedger, record: BatchRecord) -> None:
         """An intent left by a process that stopped: its batch may exist."""
-        if job is self.job and self._ids(job, record) is not None:
+        if job is self.job and not _canceled(job) and self._ids(job, record) is not None:
             self.create(record, resumed=True)
             return
         if record.key_hash and record.key_hash != self.backend.key_hash:
@@ -292,6 +292,12 @@ class BatchKeeper:
         if self.backend.server_now() is None:
             self.retrying.call(self.backend.recent, None, limit=1)
         return self.backend.server_now()
+
+
+def _canceled(job: JobLedger) -> bool:
+    """A canceled job creates nothing more: its intents are only looked for."""
+    manifest = job.read_manifest()
+    return manifest is not None and manifest.state == "canceled"
 
 
 def _counts(table: pa.Table) -> dict[str, int]:

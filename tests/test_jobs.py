@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from support import MODEL, answers, echo, ids_of, prompt, sent, virtual
 
 import dsbatch
+from dsbatch._backend import Backend
 from dsbatch.testing import Emulator
 
 
@@ -175,18 +176,35 @@ def test_cancel_keeps_what_was_answered_and_ends_the_rest_canceled():
         assert {s["status"] for s in out["dsbatch"]} == {"succeeded"}
 
 
-def test_a_canceled_job_sends_nothing_more_and_its_unsent_requests_end_canceled():
+def test_a_canceled_job_sends_nothing_more_and_its_unsent_requests_end_canceled(monkeypatch):
     rows = texts(30)
+    real_create = Backend.create
+    creates: list[int] = []
+
+    def create(self, body, betas=()):
+        creates.append(1)
+        if len(creates) == 2:  # the API refuses the second of three batches outright
+            raise dsbatch.BatchAPIError("creating a batch failed with HTTP 400", status_code=400)
+        return real_create(self, body, betas)
+
+    monkeypatch.setattr(Backend, "create", create)
     with Emulator(delay=600, responder=echo) as emu:
-        # A queue of one batch at a time would hold the rest back; here: a job whose second
-        # batch could not be made before the cancel (its create refused).
-        job = submit(emu, Dataset.from_dict({"text": rows}))
-        load(job, emu).cancel()
-        extra = submit(emu, Dataset.from_dict({"text": rows + ["one more"]}))
-        assert emu.calls["create"] == 2  # another job: not canceled
+        ds = Dataset.from_dict({"text": rows})
+        with pytest.raises(dsbatch.BatchAPIError, match="could not create batch #1"):
+            submit(emu, ds, max_batch_requests=10)
+        (job,) = dsbatch.jobs()
+        # Ten requests are in flight, twenty were never sent when the job is canceled (ten of
+        # them in an intent its call gave up: looked for, never created, once canceled).
+        status = load(job, emu).cancel()
+        assert status.state == "canceled" and status.counts["to_send"] == 0
+        assert status.left == 20 and [b.state for b in status.batches] == ["ended", "creating"]
         emu.advance(600)
         out = load(job, emu).result()
         assert {s["status"] for s in out["dsbatch"]} == {"canceled"}
+        assert emu.calls["create"] == 1 and len(creates) == 2  # nothing sent after the cancel
+        # Another job of the same requests is not canceled: it sends them.
+        extra = submit(emu, Dataset.from_dict({"text": [*rows, "one more"]}))
+        emu.advance(600)
         assert extra.result()["response"][-1] == "echo: one more"
 
 
