@@ -259,7 +259,7 @@ BUGS = [
         'row["stop_reason"] = None',
         "one odd line costs every other row of the file its stop_reason"),
     Bug("determinism-not-checked", "dsbatch/_map.py",
-        "if options.check_determinism and rendered.bodies and job.read_manifest() is None:",
+        "if options.check_determinism and rendered.bodies and manifest is None:",
         "if False:",
         "a prompt that renders other requests on every call is never warned about"),
     # -- emulator branch -------------------------------------------------------------------------
