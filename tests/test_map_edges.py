@@ -702,7 +702,8 @@ def test_prompt_errors_name_the_row_and_split_and_send_nothing(emu):
             emu,
             fn=lambda r: {
                 "messages": [{"role": "user", "content": "x"}],
-                "metadata": {"n": r["t"]},
+                # A free-form place (the SDK's types take any JSON there): NaN is not JSON.
+                "tools": [{"name": "t", "input_schema": {"type": "object", "n": r["t"]}}],
             },
         )
     assert sum(emu.calls.values()) == 0
