@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 import logging
 import os
 import time
@@ -313,6 +314,17 @@ def _attach(work: _Work, outputs: _Outputs) -> dict[str, Dataset]:
     return out
 
 
+# What each failed status means, as a RowFailedError says it.
+_FAILED_AS = {
+    "errored": "errored (no answer; not billed)",
+    "expired": "expired (no answer; not billed)",
+    "canceled": "canceled (no answer; not billed)",
+    "parse_error": "parse_error (answered and paid for, but the answer did not parse; the raw "
+    "answer is in the output column)",
+}
+_SHOWN_ROWS = 5
+
+
 def _row_failed(work: _Work, outputs: _Outputs, failures: dict[str, list[int]]) -> RowFailedError:
     status_column = work.options.output.status_column
     details: list[str] = []
@@ -321,9 +333,14 @@ def _row_failed(work: _Work, outputs: _Outputs, failures: dict[str, list[int]]) 
         statuses = outputs.tables[split][status_column].take(rows).to_pylist()
         custom_ids.extend(s["custom_id"] for s in statuses)
         where = "" if work.labels[split] is None else f" in split {split!r}"
-        shown = "; ".join(f"row {r}: {s['status']}: {s['error']}" for r, s in zip(rows, statuses))
-        shown = "; ".join(shown.split("; ")[:5]) + ("; ..." if len(rows) > 5 else "")
-        details.append(f"{len(rows)} rows{where} ended without an answer ({shown})")
+        counts = Counter(s["status"] for s in statuses)
+        summary = ", ".join(f"{n} {_FAILED_AS.get(k, k)}" for k, n in counts.most_common())
+        shown = "; ".join(
+            f"row {r}: {s['status']}: {s['error']}"
+            for r, s in zip(rows[:_SHOWN_ROWS], statuses[:_SHOWN_ROWS])
+        )
+        more = "; ..." if len(rows) > _SHOWN_ROWS else ""
+        details.append(f"{len(rows)} rows{where} failed: {summary} ({shown}{more})")
     return RowFailedError(
         "; ".join(details) + ". Their results are cached: on_error='keep' returns the dataset "
         "without paying again.",

@@ -439,7 +439,9 @@ def test_a_batch_canceled_behind_our_back_with_max_attempts_1_says_canceled():
             if status["status"] == "canceled":
                 assert response is None and "resend_canceled=True" in status["error"]
                 assert status["attempts"] == 1
-        with pytest.raises(RowFailedError, match="10 rows ended without an answer"):
+        with pytest.raises(
+            RowFailedError, match=r"10 rows failed: 10 canceled \(no answer; not billed\)"
+        ):
             run(ds, emu, max_attempts=1, on_error="raise")
         # Canceled sends do not use up attempts: resend_canceled works at max_attempts=1.
         more = run(ds, emu, max_attempts=1, resend_canceled=True, wait=100)
