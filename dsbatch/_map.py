@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import Counter
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal

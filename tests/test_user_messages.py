@@ -55,9 +55,11 @@ class Topic(BaseModel):
 
 def test_row_failed_error_says_parse_errors_were_answered_and_paid():
     ds = Dataset.from_dict({"text": ["a", "b"]})
-    with Emulator(delay=0, faults=Faults(no_json=1.0)) as emu:
-        with pytest.raises(RowFailedError) as info:
-            run(ds, emu, response_format=Topic, on_error="raise")
+    with (
+        Emulator(delay=0, faults=Faults(no_json=1.0)) as emu,
+        pytest.raises(RowFailedError) as info,
+    ):
+        run(ds, emu, response_format=Topic, on_error="raise")
 
     message = str(info.value)
     assert message.startswith(
