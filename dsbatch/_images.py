@@ -11,7 +11,7 @@ JPEG (quality 95) when the image was read from a JPEG file (``image.format == "J
 otherwise (GIF, WebP, BMP, TIFF and images made in memory alike; an animation keeps its first
 frame). The bytes depend only on the pixels, the mode and the Pillow version, so the same image
 gives the same request and the same custom_id on every run. A PIL image anywhere else is refused
-with the line to write instead. Pillow is imported only when an image is met.
+with the line to write instead. dsbatch never imports Pillow: it calls the image's own methods.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _PNG_MODES = ("RGB", "RGBA", "L", "LA", "P", "1", "I;16")
 
 
 def is_image(value: Any) -> bool:
-    """Whether ``value`` is a PIL image (told without importing PIL)."""
+    """Whether ``value`` is a PIL image (told without importing Pillow)."""
     module = type(value).__module__
     return module.startswith("PIL.") and hasattr(value, "getbands") and hasattr(value, "save")
 

@@ -153,10 +153,13 @@ def _unknown_param(params: dict[str, Any], ctx: _Context) -> str | None:
     for name in params:
         if name not in fields:
             types = "beta request types" if ctx.beta_types else "request types"
+            beta = ""
+            if not ctx.beta_types and name in request_fields(True):
+                beta = " (its beta request types do: pass the beta's name in betas=[...])"
             return (
                 f"unknown parameter {name!r}{nearest(name, fields)}: the API refuses it "
                 f"('{name}: Extra inputs are not permitted'), and the installed anthropic "
-                f"SDK's {types} do not have it"
+                f"SDK's {types} do not have it{beta}"
             )
     return None
 
@@ -270,6 +273,8 @@ def _block(role: str, block: Any, block_check: Check | None, ctx: _Context) -> s
         try:
             block_check.check(block, _HERE)
         except SchemaProblem as e:
+            if _holds_image(block):
+                return f"{_HERE} holds a PIL image: {IMAGE_BLOCK_HINT}"
             return str(e)
     for rule in ctx.block_rules:
         problem = rule(role, block, ctx)
@@ -288,6 +293,16 @@ def _block(role: str, block: Any, block_check: Check | None, ctx: _Context) -> s
                 "content blocks must contain non-whitespace text')"
             )
     return None
+
+
+def _holds_image(value: Any) -> bool:
+    if is_image(value):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_image(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_image(v) for v in value)
+    return False
 
 
 def _prefill_whitespace(params: dict[str, Any], ctx: _Context) -> str | None:
@@ -341,7 +356,7 @@ def _output_limit(params: dict[str, Any], ctx: _Context) -> str | None:
     if wider is not None and limit < max_tokens <= wider:
         hint = f", or pass betas=['{OUTPUT_300K_BETA}'] to dsbatch.map (up to 300,000)"
     return (
-        f"max_tokens {max_tokens:,} is above the output limit of {model}, which the API refuses "
+        f"max_tokens {max_tokens} is above the output limit of {model}, which the API refuses "
         f"('max_tokens: {max_tokens} > {limit}, which is the maximum allowed number of output "
         f"tokens for {model}'): ask for at most {limit:,}{hint}"
     )
@@ -352,7 +367,7 @@ def _max_tokens_bound(params: dict[str, Any], ctx: _Context) -> str | None:
     if max_tokens <= MAX_TOKENS_BOUND or (ctx.facts and ctx.facts.max_output):
         return None
     return (
-        f"max_tokens {max_tokens:,} is above what any model can answer (dsbatch sends at most "
+        f"max_tokens {max_tokens} is above what any model can answer (dsbatch sends at most "
         f"{MAX_TOKENS_BOUND:,} for a model whose limit it does not know, like "
         f"{params['model']!r}): ask for the answer length you need"
     )
@@ -381,7 +396,7 @@ def _thinking_adaptive(params: dict[str, Any], ctx: _Context) -> str | None:
         return None
     return (
         f"{params['model']} knows only manual thinking: ask for {{'type': 'enabled', "
-        "'budget_tokens': N}} (N at least 1,024 and below max_tokens) instead of 'adaptive'"
+        "'budget_tokens': N} (N at least 1,024 and below max_tokens) instead of 'adaptive'"
     )
 
 
