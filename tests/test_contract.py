@@ -198,7 +198,7 @@ def test_the_emulator_refuses_it_as_the_api_does(name, params):
 
 
 def test_every_pending_case_is_a_row_of_the_table():
-    assert EMULATOR_PENDING <= {name for name, _ in BAD_REQUESTS}
+    assert not EMULATOR_PENDING - {name for name, _ in BAD_REQUESTS}
 
 
 def test_a_good_request_passes_both():
