@@ -424,3 +424,11 @@ def test_betas_must_be_a_list_of_names(emu, betas):
     with pytest.raises(TypeError, match="betas must be a list of beta names"):
         run(Dataset.from_dict({"text": ["a"]}), emu, betas=betas)
     assert sum(emu.calls.values()) == 0
+
+
+def test_the_docs_list_every_rule_in_order():
+    from pathlib import Path
+
+    docs = (Path(__file__).parent.parent / "docs" / "requests.md").read_text()
+    listed = [line.split("`")[1] for line in docs.splitlines() if line.startswith("| `")]
+    assert [name for name in listed if name in {r.name for r in RULES}] == [r.name for r in RULES]
