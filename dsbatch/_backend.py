@@ -139,7 +139,7 @@ def _api_error(
         hint = " (check ANTHROPIC_API_KEY or the client's api_key)"
     elif status == 404 and batch_id:
         hint = " (the batch does not exist for this key and workspace)"
-    message = _clause(getattr(e, "message", None) or str(e))
+    message = _clause(_said(e))
     cause = _connect_error(e)
     if cause is not None and where is not None:
         url, source = where
@@ -152,6 +152,18 @@ def _api_error(
         status_code=status,
         retry_after=_retry_after(response.headers) if response is not None else None,
     )
+
+
+def _said(e: anthropic.APIError) -> str:
+    """What the API said: the ``error.message`` of its answer's body (the SDK's own message
+    repeats the whole body), else the SDK's message."""
+    body = getattr(e, "body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        kind = error.get("type")
+        said = _clause(error["message"])
+        return f"{said} ({kind})" if isinstance(kind, str) and kind else said
+    return getattr(e, "message", None) or str(e)
 
 
 def _clause(text: str) -> str:

@@ -17,7 +17,7 @@ from dsbatch import BatchAPIError
 from dsbatch._backend import Unreachable
 from dsbatch._errors import BatchAPIError as _BatchAPIError
 from dsbatch._poll import first_contact_retrying
-from dsbatch.testing import Emulator, Faults
+from dsbatch.testing import Emulator, Faults, HttpFault
 
 # The waits of the first contact (1, 2, 4 s) stay well under this; an outage's run to minutes.
 BOUND_SECONDS = 30.0
@@ -161,3 +161,37 @@ def test_on_first_contact_only_an_unreachable_api_gives_up_early():
     with pytest.raises(Unreachable):
         retrying.call(refused)
     assert calls["n"] == 4 and time.waits == [1.0, 2.0, 4.0]
+
+
+def test_an_api_error_ending_in_a_full_stop_reads_as_one_sentence(emu):
+    # The emulator's 403 says "... the specified resource." as the API does.
+    emu.faults.http.append(HttpFault("create", 403))
+
+    with pytest.raises(BatchAPIError) as info:
+        run(Dataset.from_dict({"text": ["a"]}), emu)
+
+    message = str(info.value)
+    assert (
+        "creating a batch failed with HTTP 403: Your API key does not have permission to use "
+        "the specified resource"
+    ) in message
+    # The API's own words without the body around them, its error type, one full stop.
+    assert "Error code" not in message and "request_id" not in message
+    assert message.endswith(
+        "(permission_error). Nothing was bought: fix the cause and run the same call again."
+    )
+    assert_clean(message)
+
+
+def test_the_sdks_own_messages_lose_their_closing_full_stop():
+    import httpx2  # the SDK's HTTP library
+
+    from dsbatch._backend import _api_error
+
+    lost = anthropic.APIConnectionError(request=httpx2.Request("GET", "http://127.0.0.1:9"))
+    assert str(lost) == "Connection error."
+
+    error = _api_error("checking batch msgbatch_1", lost)
+
+    assert str(error) == "checking batch msgbatch_1 failed: Connection error"
+    assert not isinstance(error, Unreachable)  # a lost answer is not a refused connection
