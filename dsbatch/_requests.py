@@ -4,11 +4,12 @@ A batch request the API refuses costs a day: the batch is created, and its reque
 ``errored`` (``invalid_request_error``) once it ends. Every request is checked here first, at
 render time, the row named by the caller. ``RULES`` is the whole list, in the order they are
 tried, each with the API versions or models it applies to and the API's own words where known
-(from the API reference, the installed SDK's request types, and the models overview: see
-/work/shared/reference/batch-api.md). The shapes (parameter names, value types, content blocks)
-come from the installed ``anthropic`` SDK (``_sdk_schema``), not from a list kept here; the
-only names added by hand are those the SDK's types dropped while an API version still takes them
-(``temperature``, ``top_p``, ``top_k`` under ``2023-06-01``). Per-model facts come from
+(from the API reference, the installed SDK's request types, and the models overview); the
+user-facing list, with what each case prints, is docs/requests.md. The shapes (parameter
+names, value types, content blocks) come from the installed ``anthropic`` SDK
+(``_sdk_schema``), not from a list kept here; the only names added by hand are those the SDK's
+types dropped while an API version still takes them (``temperature``, ``top_p``, ``top_k``
+under ``2023-06-01``). Per-model facts come from
 ``_models.model_facts``; a model it does not know meets only the rules of every model.
 
 Only what varies per row is checked per row: ``RequestChecker`` remembers the values that came
@@ -130,21 +131,19 @@ def _sampling_model(params: dict[str, Any], ctx: _Context) -> str | None:
     if facts is None or facts.accepts_sampling:
         return None
     for name in sorted(_SAMPLING & params.keys()):
-        if name in params:
-            return (
-                f"{params['model']} rejects {name!r} whatever the API version (the API says: "
-                f"'`{name}` is deprecated for this model.'): remove it"
-            )
+        return (
+            f"{params['model']} rejects {name!r} whatever the API version (the API says: "
+            f"'`{name}` is deprecated for this model.'): remove it"
+        )
     return None
 
 
 def _sampling_version(params: dict[str, Any], ctx: _Context) -> str | None:
     for name in sorted(_SAMPLING & params.keys()):
-        if name in params:
-            return (
-                f"{name!r} is rejected by API version {ctx.api_version}, which this client "
-                f"sends: remove it, {_KEEP_VERSION}"
-            )
+        return (
+            f"{name!r} is rejected by API version {ctx.api_version}, which this client "
+            f"sends: remove it, {_KEEP_VERSION}"
+        )
     return None
 
 

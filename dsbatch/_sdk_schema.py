@@ -484,14 +484,6 @@ def request_fields(beta: bool) -> Mapping[str, Check]:
 
 
 @functools.lru_cache(maxsize=2)
-def required_params(beta: bool) -> frozenset[str]:
-    check = compile_type(_request_type(beta))
-    assert isinstance(check, _Object)
-    _ = check.fields
-    return check.required
-
-
-@functools.lru_cache(maxsize=2)
 def batch_header_params(beta: bool) -> frozenset[str]:
     """Keys the SDK's request type has that are settings of the whole batch create, sent as
     headers (``betas``, ``workspace_id``...): the SDK's ``BatchCreateParams`` has them beside
