@@ -35,6 +35,7 @@ __all__ = [
     "BatchInfo",
     "CreateOutcomeUnknown",
     "NoCredentials",
+    "Unreachable",
     "is_transient",
     "key_hash",
 ]
@@ -57,6 +58,11 @@ class NoCredentials(BatchAPIError):
 class CreateOutcomeUnknown(BatchAPIError):
     """A create may or may not have reached the API (no answer, or a 5xx): look before
     creating again."""
+
+
+class Unreachable(BatchAPIError):
+    """No connection could be made at all (refused, or the host name does not resolve): more
+    likely a wrong base URL than an outage, so the first contact gives up within seconds."""
 
 
 @dataclass(frozen=True)
@@ -129,22 +135,69 @@ def _server_time(headers: Any) -> float | None:
         return None
 
 
-def _api_error(action: str, e: anthropic.APIError, batch_id: str | None = None) -> BatchAPIError:
+def _api_error(
+    action: str,
+    e: anthropic.APIError,
+    batch_id: str | None = None,
+    *,
+    where: tuple[str, str] | None = None,
+) -> BatchAPIError:
+    """One message per failed call: ``<action> failed[ with HTTP n]: <why>[ (hint)]``, with no
+    closing full stop (callers go on with their own sentences)."""
     status = getattr(e, "status_code", None)
     response = getattr(e, "response", None)
-    where = f" {batch_id}" if batch_id else ""
+    at = f" {batch_id}" if batch_id else ""
     hint = ""
     if status == 401:
         hint = " (check ANTHROPIC_API_KEY or the client's api_key)"
     elif status == 404 and batch_id:
         hint = " (the batch does not exist for this key and workspace)"
-    message = getattr(e, "message", None) or str(e)
+    message = _clause(_said(e))
+    cause = _connect_error(e)
+    if cause is not None and where is not None:
+        url, source = where
+        return Unreachable(
+            f"{action}{at} failed: cannot connect to {url} ({cause}); that base URL {source}"
+        )
     return BatchAPIError(
-        f"{action}{where} failed{f' with HTTP {status}' if status else ''}: {message}{hint}",
+        f"{action}{at} failed{f' with HTTP {status}' if status else ''}: {message}{hint}",
         batch_id=batch_id,
         status_code=status,
         retry_after=_retry_after(response.headers) if response is not None else None,
     )
+
+
+def _said(e: anthropic.APIError) -> str:
+    """What the API said: the ``error.message`` of its answer's body (the SDK's own message
+    repeats the whole body), else the SDK's message."""
+    body = getattr(e, "body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        kind = error.get("type")
+        said = _clause(error["message"])
+        return f"{said} ({kind})" if isinstance(kind, str) and kind else said
+    return getattr(e, "message", None) or str(e)
+
+
+def _clause(text: str) -> str:
+    """A message as a clause of ours: without its closing full stop ("Connection error.")."""
+    return text.strip().rstrip(".").rstrip() or text.strip()
+
+
+def _connect_error(e: BaseException) -> str | None:
+    """Why no connection could be made at all (refused, unknown host), read from the chain of
+    causes the SDK keeps (its HTTP library raises ``ConnectError`` then); None for any other
+    failure (a timeout, a connection cut midway)."""
+    if not isinstance(e, anthropic.APIConnectionError) or isinstance(e, anthropic.APITimeoutError):
+        return None
+    connect = False
+    deepest: BaseException = e
+    seen = e.__cause__ or e.__context__
+    while seen is not None:
+        connect = connect or type(seen).__name__ == "ConnectError"
+        deepest = seen
+        seen = seen.__cause__ or seen.__context__
+    return _clause(str(deepest)) or type(deepest).__name__ if connect else None
 
 
 class Backend:
@@ -197,6 +250,19 @@ class Backend:
             self._client = client.with_options(max_retries=0)
         return self._client
 
+    def where(self) -> tuple[str, str]:
+        """Where the calls go, and where that came from (for messages)."""
+        env = os.environ.get("ANTHROPIC_BASE_URL")
+        url = self.base_url
+        if self._given is not None:
+            source = "came from the client given to dsbatch.map (client=)"
+            if env and env.rstrip("/") == url:
+                source += ", which read it from ANTHROPIC_BASE_URL"
+            return url, source
+        if env:
+            return url, "came from ANTHROPIC_BASE_URL"
+        return url, "is the anthropic SDK's default"
+
     @property
     def key_hash(self) -> str:
         client = self.client
@@ -220,7 +286,9 @@ class Backend:
         try:
             response = self.client.messages.batches.with_raw_response.list(limit=1)
         except anthropic.APIError as e:
-            raise _api_error("asking the API what it is (listing one batch)", e) from e
+            raise _api_error(
+                "checking what the server is (listing one batch)", e, where=self.where()
+            ) from e
         self._saw(response.headers)
         return {name.lower(): value for name, value in response.headers.items()}
 
@@ -251,7 +319,7 @@ class Backend:
                 options={"headers": headers},
             )
         except anthropic.APIConnectionError as e:
-            raise CreateOutcomeUnknown(f"creating a batch got no answer: {e}") from e
+            raise CreateOutcomeUnknown(f"creating a batch got no answer: {_clause(str(e))}") from e
         except anthropic.APIStatusError as e:
             error = _api_error("creating a batch", e)
             if e.status_code >= 500 or e.status_code in (408, 409):
@@ -267,7 +335,7 @@ class Backend:
             response = self.client.messages.batches.with_raw_response.retrieve(batch_id)
             batch = response.parse()
         except anthropic.APIError as e:
-            raise _api_error("retrieving batch", e, batch_id) from e
+            raise _api_error("retrieving batch", e, batch_id, where=self.where()) from e
         self._saw(response.headers)
         return BatchInfo.from_sdk(batch)
 
@@ -280,9 +348,12 @@ class Backend:
             raise _api_error("canceling batch", e, batch_id) from e
         return BatchInfo.from_sdk(batch)
 
-    def recent(self, since: float | None = None, *, limit: int = 1000) -> list[BatchInfo]:
+    def recent(
+        self, since: float | None = None, *, limit: int = 1000, action: str = "listing batches"
+    ) -> list[BatchInfo]:
         """The batches of this key's workspace, newest first: one page, or with ``since``
-        (server time) every page back to the first batch created before that moment."""
+        (server time) every page back to the first batch created before that moment.
+        ``action`` is how an error names the call (what the user would recognise)."""
         batches: list[BatchInfo] = []
         after: str | None = None
         while True:
@@ -291,7 +362,7 @@ class Backend:
                 response = self.client.messages.batches.with_raw_response.list(**kwargs)
                 page = response.parse()
             except anthropic.APIError as e:
-                raise _api_error("listing batches", e) from e
+                raise _api_error(action, e, where=self.where()) from e
             self._saw(response.headers)
             batches.extend(BatchInfo.from_sdk(b) for b in page.data)
             if since is None or not page.has_more or not batches or batches[-1].created_at < since:
@@ -313,12 +384,14 @@ class Backend:
             raise _api_error("downloading the results of batch", e, batch.id) from e
         except (anthropic.APIError, OSError) as e:
             raise BatchAPIError(
-                f"downloading the results of batch {batch.id} was cut off: {e}", batch_id=batch.id
+                f"downloading the results of batch {batch.id} was cut off: {_clause(str(e))}",
+                batch_id=batch.id,
             ) from e
         except Exception as e:
             # httpx2 reports a cut body with its own transport errors, outside anthropic's tree.
             if type(e).__module__.split(".")[0] not in ("httpx2", "httpx", "httpcore", "h11"):
                 raise
             raise BatchAPIError(
-                f"downloading the results of batch {batch.id} was cut off: {e}", batch_id=batch.id
+                f"downloading the results of batch {batch.id} was cut off: {_clause(str(e))}",
+                batch_id=batch.id,
             ) from e

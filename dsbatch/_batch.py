@@ -22,7 +22,13 @@ from dsbatch._ingest import fetch_results, retry_download
 from dsbatch._lease import LEASE_SECONDS, Holder, holder_gone
 from dsbatch._ledger import JobLedger, StaleRecord
 from dsbatch._plan import batch_body
-from dsbatch._poll import MISSING_SECONDS, PollSchedule, call_retrying, poll_batch
+from dsbatch._poll import (
+    MISSING_SECONDS,
+    PollSchedule,
+    call_retrying,
+    first_contact_retrying,
+    poll_batch,
+)
 from dsbatch._records import BatchRecord, BatchState
 from dsbatch._submit import adopt, reconcile, same_workspace, submit
 
@@ -54,6 +60,7 @@ class BatchKeeper:
         self.holder = str(holder)
         self.origin = origin
         self.retrying = call_retrying(schedule, is_transient)
+        self.first_contact = first_contact_retrying(schedule, is_transient)
         self.downloading = call_retrying(schedule, retry_download)
         self._held: dict[tuple[str, int], BatchRecord] = {}  # intents this call has held
 
@@ -290,7 +297,14 @@ class BatchKeeper:
         """The server's time, asked of the API if no answer has told it yet (None if the API
         sends no Date header)."""
         if self.backend.server_now() is None:
-            self.retrying.call(self.backend.recent, None, limit=1)
+            # Before the job ever created a batch, an API that cannot be reached at all is more
+            # likely a wrong base URL than an outage: fail within seconds, naming it.
+            first = not any(r.batch_id for r in self.job.records(strict=False))
+            retrying = self.first_contact if first else self.retrying
+            what = "the first batch" if first else "a new batch"
+            retrying.call(
+                self.backend.recent, None, limit=1, action=f"checking the API before {what}"
+            )
         return self.backend.server_now()
 
 

@@ -8,7 +8,8 @@ The tree::
     ├── LedgerError               the cache directory is unusable or inconsistent (carries path)
     ├── PromptError               a row could not become a request (carries row index, split)
     │   └── RequestTooLargeError  one request is over the batch byte limit on its own
-    └── RowFailedError            on_error="raise" and some requests ended without an answer
+    └── RowFailedError            on_error="raise" and some rows failed (no answer, or an
+                                  answer that did not parse)
 
 Bad arguments to a dsbatch function raise plain ``ValueError`` / ``TypeError``: that is misuse of
 the library, not something that went wrong with a job.
@@ -73,7 +74,8 @@ class RequestTooLargeError(PromptError):
 
 
 class RowFailedError(DsbatchError):
-    """Some requests ended without an answer and ``on_error="raise"`` was asked for."""
+    """Some rows failed (errored, expired or canceled: no answer; parse_error: an answer, paid
+    for, that did not parse) and ``on_error="raise"`` was asked for."""
 
     def __init__(
         self,

@@ -225,6 +225,12 @@ def _parse_columns(
             values = parse(row, message)
             if not isinstance(values, Mapping):
                 raise TypeError(f"parse must return a dict of columns, not {type(values).__name__}")
+            for key in values:
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"parse returned the key {key!r} ({type(key).__name__}): column names "
+                        f"must be str, e.g. {str(key)!r}"
+                    )
         except Exception as e:
             statuses[i], errors[i] = "parse_error", f"parse raised {type(e).__name__}: {e}"
             out.append(None)

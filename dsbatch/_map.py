@@ -24,7 +24,7 @@ from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._options import MapOptions
 from dsbatch._origin import resolve_origin
 from dsbatch._plan import check_sizes, job_fingerprint
-from dsbatch._poll import PollSchedule, call_retrying
+from dsbatch._poll import PollSchedule, first_contact_retrying
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, render_split
 from dsbatch._stable import warn_if_replacing, warn_if_unstable
@@ -155,8 +155,10 @@ def _start(
     ledger = Ledger(options.cache_dir)
     # Where answers come from decides which serve this job (``_origin``); a job with nothing
     # to ask has no need to know.
+    # It is this cache's first contact with a server it does not know: a wrong base URL fails
+    # within seconds, naming it.
     origin = (
-        resolve_origin(backend, ledger, call_retrying(options.schedule, is_transient))
+        resolve_origin(backend, ledger, first_contact_retrying(options.schedule, is_transient))
         if rendered.bodies
         else ""
     )

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from dsbatch._backend import ANTHROPIC_HEADER, EMULATOR_HEADER, Backend
+from dsbatch._backend import ANTHROPIC_HEADER, EMULATOR_HEADER, Backend, Unreachable
 from dsbatch._errors import BatchAPIError, LedgerError
 from dsbatch._ledger import Ledger
 from dsbatch._retry import Retrying
@@ -70,7 +70,9 @@ def origin_of_headers(headers: dict[str, str]) -> str | None:
 
 def resolve_origin(backend: Backend, ledger: Ledger, retrying: Retrying) -> str:
     """The origin of the backend's base URL: known from the URL, remembered by the cache, or
-    asked of the server once (and remembered); ``retrying`` waits out a passing outage."""
+    asked of the server once (and remembered); ``retrying`` waits out a passing outage (it is
+    this cache's first contact with that server: a server that cannot be reached at all is
+    ``Unreachable`` within seconds, and raised)."""
     url = backend.base_url
     known = origin_of_url(url) or ledger.known_origin(url)
     if known is not None:
@@ -81,6 +83,8 @@ def resolve_origin(backend: Backend, ledger: Ledger, retrying: Retrying) -> str:
     else:
         try:
             headers = retrying.call(backend.identify)
+        except Unreachable:
+            raise
         except BatchAPIError as e:
             # Without an answer the server is only its URL (not remembered: the next call
             # asks again).

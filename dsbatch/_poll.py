@@ -8,13 +8,14 @@ few quick polls).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dsbatch._backend import Backend, BatchInfo
+from dsbatch._backend import Backend, BatchInfo, Unreachable
 from dsbatch._errors import BatchAPIError
 from dsbatch._retry import (
     Retrying,
@@ -26,7 +27,14 @@ from dsbatch._retry import (
     wait_fixed,
 )
 
-__all__ = ["MISSING_SECONDS", "PollSchedule", "call_retrying", "poll_batch", "poll_schedule"]
+__all__ = [
+    "MISSING_SECONDS",
+    "PollSchedule",
+    "call_retrying",
+    "first_contact_retrying",
+    "poll_batch",
+    "poll_schedule",
+]
 
 log = logging.getLogger("dsbatch")
 
@@ -35,6 +43,10 @@ MISSING_SECONDS = 600.0
 # A failing call is tried this often, over at most this long, before the job stops (it resumes).
 _CALL_ATTEMPTS = 8
 _CALL_PATIENCE = 1800.0
+# Before a job has ever created a batch, a base URL nothing answers at is more likely a typo
+# than an outage: that many tries, over at most that long (1, 2, 4 s apart), then it fails.
+_FIRST_CONTACT_ATTEMPTS = 4
+_FIRST_CONTACT_PATIENCE = 15.0
 
 
 @dataclass
@@ -95,8 +107,32 @@ def call_retrying(schedule: PollSchedule, retry: Callable[[BaseException], bool]
     )
 
 
+def first_contact_retrying(
+    schedule: PollSchedule, retry: Callable[[BaseException], bool]
+) -> Retrying:
+    """``call_retrying`` for the first call of a job that never created a batch: a connection
+    that cannot be made at all (refused, unknown host) fails within seconds
+    (``_FIRST_CONTACT_ATTEMPTS`` tries, ``_FIRST_CONTACT_PATIENCE`` s); any other failure is
+    waited out as usual."""
+    usual = call_retrying(schedule, retry)
+    short_stop = stop_after_attempt(_FIRST_CONTACT_ATTEMPTS) | stop_after_delay(
+        _FIRST_CONTACT_PATIENCE
+    )
+    fixed = schedule.factor == 1.0
+    short_wait = wait_fixed(schedule.initial) if fixed else wait_exponential(1.0, 4.0)
+
+    def stop(state: RetryState) -> bool:
+        return (short_stop if isinstance(state.error, Unreachable) else usual.stop)(state)
+
+    def wait(state: RetryState) -> float:
+        return (short_wait if isinstance(state.error, Unreachable) else usual.wait)(state)
+
+    return dataclasses.replace(usual, stop=stop, wait=wait)
+
+
 def _log_retry(state: RetryState, seconds: float) -> None:
-    log.warning("dsbatch: %s; trying again in %.0f s", state.error, seconds)
+    # Our messages carry no closing full stop; the SDK's own ones may.
+    log.warning("dsbatch: %s; trying again in %.0f s", str(state.error).rstrip("."), seconds)
 
 
 def poll_schedule(poll_interval: float | PollSchedule | None) -> PollSchedule:

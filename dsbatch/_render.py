@@ -2,7 +2,8 @@
 
 Everything a row could get wrong is caught here, before any network call, with the row named:
 what the API would refuse at create, and what it would only refuse hours later as an errored
-result (parameters the client's API version rejects, malformed content blocks).
+result. The rules are ``_requests.RULES``; this module only builds the requests (PIL images in
+messages become base64 image blocks, ``_images``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from datasets import Dataset
 
 from dsbatch._compat import iter_rows
 from dsbatch._errors import PromptError
-from dsbatch._limits import API_VERSION_2026, API_VERSION_LEGACY
+from dsbatch._images import IMAGE_BLOCK_HINT, encode_images, is_image
+from dsbatch._limits import API_VERSION_2026
+from dsbatch._requests import RequestChecker
 
 __all__ = [
     "CUSTOM_ID_PREFIX",
@@ -29,14 +32,19 @@ __all__ = [
 ]
 
 CUSTOM_ID_PREFIX = "dsb_"
-_ROLES = ("user", "assistant")
-# Parameters API version 2026-10-21 refuses with a 400, even at their default values.
-_SAMPLING = ("temperature", "top_p", "top_k")
+
+
+def _not_json(value: Any) -> Any:
+    if is_image(value):
+        raise TypeError(
+            f"a PIL image can only be a block of a message's content: {IMAGE_BLOCK_HINT}"
+        )
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 # One encoder, made once: json.dumps with options builds a new one on every call.
 _CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_not_json
 ).encode
 
 
@@ -62,6 +70,14 @@ class RequestShape:
     additions: Mapping[str, Any] = field(default_factory=dict)  # from response_format
     api_version: str = API_VERSION_2026
     betas: tuple[str, ...] = ()
+
+    def checker(self) -> RequestChecker:
+        """The rules every request of the job is checked against."""
+        return RequestChecker(
+            api_version=self.api_version,
+            betas=self.betas,
+            tool_mode="tool_choice" in self.additions,
+        )
 
 
 @dataclass
@@ -92,13 +108,16 @@ def render_split(
     ids: list[str | None] = []
     bodies = rendered.bodies
     first_row = rendered.first_row
+    checker = shape.checker()
     template: _TextTemplate | None = None
     for idx, row in enumerate(iter_rows(dataset)):
         try:
             answer = prompt(row, idx) if with_indices else prompt(row)
         except Exception as e:
             raise PromptError(
-                f"the prompt function raised {type(e).__name__}: {e}", row=idx, split=label
+                f"the prompt function raised {type(e).__name__}: {e}{_call_hint(e, with_indices)}",
+                row=idx,
+                split=label,
             ) from e
         if answer is None:
             ids.append(None)
@@ -106,10 +125,10 @@ def render_split(
         try:
             if isinstance(answer, str):
                 # The common case: the shape is checked once, each row only for its text.
-                template = template or _TextTemplate(shape)
+                template = template or _TextTemplate(shape, checker)
                 body = template.body(answer)
             else:
-                body = canonical_json(_to_params(answer, shape))
+                body = canonical_json(_to_params(answer, shape, checker))
         except PromptError as e:
             raise PromptError(str(e), row=idx, split=label) from None
         except RecursionError:
@@ -126,34 +145,55 @@ def render_split(
     rendered.row_custom_ids[split] = ids
 
 
+def _call_hint(error: Exception, with_indices: bool) -> str:
+    """A hint when calling the prompt function failed at the call itself (its signature)."""
+    if not isinstance(error, TypeError) or error.__traceback__ is None:
+        return ""
+    if error.__traceback__.tb_next is not None:
+        return ""  # raised inside the function: not about how it was called
+    text = str(error)
+    if not with_indices and "required positional argument" in text:
+        return (
+            " (dsbatch calls prompt(row); to get the row's index too, pass with_indices=True "
+            "and it calls prompt(row, idx))"
+        )
+    if with_indices and "positional argument" in text and "were given" in text:
+        return " (with_indices=True calls prompt(row, idx): add the idx parameter, or drop it)"
+    return ""
+
+
 class _TextTemplate:
     """The canonical JSON of a one-message request, with a hole where the message goes."""
 
     _HOLE = "\x00dsbatch-messages\x00"
 
-    def __init__(self, shape: RequestShape) -> None:
+    def __init__(self, shape: RequestShape, checker: RequestChecker) -> None:
         # The shape's own mistakes are named on the first row.
-        params = _to_params("a text", shape)
+        params = _to_params("a text", shape, checker)
         skeleton = canonical_json({**params, "messages": self._HOLE})
         hole = json.dumps(self._HOLE).encode()
         if skeleton.count(hole) != 1:
             raise PromptError("the request's params hold dsbatch's own placeholder text")
         self._head, self._tail = skeleton.split(hole)
+        self._shape, self._checker = shape, checker
 
     def body(self, text: str) -> bytes:
-        if not text.strip():
-            raise PromptError("messages[0] has empty content")
+        if not text or text.isspace():
+            # What the checker says of the same request.
+            _to_params(text, self._shape, self._checker)
         # Byte for byte canonical_json(params): keys sorted ("content" < "role"), no spaces.
         return self._head + _CANONICAL([{"content": text, "role": "user"}]).encode() + self._tail
 
 
-def _to_params(answer: Any, shape: RequestShape) -> dict[str, Any]:
+def _to_params(answer: Any, shape: RequestShape, checker: RequestChecker) -> dict[str, Any]:
     if isinstance(answer, str):
         params = {**shape.defaults, "messages": [{"role": "user", "content": answer}]}
     elif isinstance(answer, list):
-        params = {**shape.defaults, "messages": answer}
+        params = {**shape.defaults, "messages": encode_images(answer)}
     elif isinstance(answer, Mapping):
         params = {**shape.defaults, **answer}
+        if isinstance(answer.get("messages"), list):
+            params["messages"] = encode_images(answer["messages"])
     else:
         raise PromptError(
             "the prompt function must return a str, a list of messages, a dict of Messages "
@@ -161,7 +201,10 @@ def _to_params(answer: Any, shape: RequestShape) -> dict[str, Any]:
         )
     if shape.additions:
         params = _with_structured_output(params, shape.additions)
-    _check_params(params, shape.api_version)
+    checker.check(params)
+    # The job's own values are now known good: later rows skip checking them again.
+    checker.remember(shape.defaults, params)
+    checker.remember(shape.additions, params)
     return params
 
 
@@ -184,110 +227,3 @@ def _with_structured_output(params: dict[str, Any], additions: Mapping[str, Any]
     if isinstance(own, Mapping) and "output_config" in additions:
         merged["output_config"] = {**own, **additions["output_config"]}
     return merged
-
-
-def _check_params(params: dict[str, Any], api_version: str) -> None:
-    if "stream" in params:
-        raise PromptError("'stream' is not allowed in a batch request")
-    if "betas" in params:
-        raise PromptError(
-            "'betas' is not a request parameter: pass betas=[...] to dsbatch.map (beta "
-            "features apply to a whole batch, as its anthropic-beta header)"
-        )
-    model = params.get("model")
-    if not isinstance(model, str) or not model:
-        raise PromptError("no model: pass model=... or return 'model' from the prompt function")
-    max_tokens = params.get("max_tokens")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise PromptError(f"max_tokens must be a positive integer, not {max_tokens!r}")
-    _check_system(params.get("system"))
-    messages = params.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise PromptError("no messages: the request needs at least one message")
-    for i, message in enumerate(messages):
-        _check_message(i, message)
-    if api_version >= API_VERSION_2026:
-        _check_version_2026(params, messages, api_version)
-
-
-def _check_system(system: Any) -> None:
-    if system is None or isinstance(system, str):
-        return
-    if isinstance(system, list) and all(
-        isinstance(b, Mapping) and b.get("type") == "text" and isinstance(b.get("text"), str)
-        for b in system
-    ):
-        return
-    raise PromptError(
-        "system must be a str or a list of text blocks ({'type': 'text', 'text': ...}), "
-        f"not {_describe(system)}"
-    )
-
-
-def _check_message(i: int, message: Any) -> None:
-    if not isinstance(message, Mapping):
-        raise PromptError(f"messages[{i}] must be a dict with 'role' and 'content'")
-    role = message.get("role")
-    if role == "system":
-        raise PromptError(
-            f"messages[{i}] has role 'system': the Messages API has no system role; "
-            "pass system=... to dsbatch.map or return 'system' in the params dict"
-        )
-    if role not in _ROLES:
-        raise PromptError(f"messages[{i}] has role {role!r}; it must be 'user' or 'assistant'")
-    content = message.get("content")
-    if isinstance(content, str):
-        if not content.strip():
-            raise PromptError(f"messages[{i}] has empty content")
-    elif isinstance(content, list):
-        if not content:
-            raise PromptError(f"messages[{i}] has an empty content list")
-        for j, block in enumerate(content):
-            if not isinstance(block, Mapping) or not isinstance(block.get("type"), str):
-                raise PromptError(
-                    f"messages[{i}].content[{j}] must be a content block, a dict with a "
-                    f"'type' such as {{'type': 'text', 'text': ...}}, not {_describe(block)}"
-                )
-    else:
-        raise PromptError(
-            f"messages[{i}] content must be a str or a list of content blocks, "
-            f"not {type(content).__name__}"
-        )
-
-
-def _check_version_2026(params: dict[str, Any], messages: list[Any], version: str) -> None:
-    keep = (
-        "or keep it with a client made with anthropic.Anthropic(default_headers="
-        f"{{'anthropic-version': '{API_VERSION_LEGACY}'}})"
-    )
-    for name in _SAMPLING:
-        if name in params:
-            raise PromptError(
-                f"'{name}' is rejected by API version {version}, which this client sends: "
-                f"remove it, {keep}"
-            )
-    for i, message in enumerate(messages):
-        blocks = message.get("content")
-        if not isinstance(blocks, list):
-            continue
-        for j, block in enumerate(blocks):
-            where = f"messages[{i}].content[{j}]"
-            if message.get("role") == "assistant" and block.get("type") == "document":
-                raise PromptError(
-                    f"{where} is a document block in an assistant message, which API version "
-                    f"{version} rejects: move it to a user message, {keep}"
-                )
-            if (
-                message.get("role") == "user"
-                and block.get("type") == "text"
-                and block.get("citations")
-            ):
-                raise PromptError(
-                    f"{where} is a user text block with citations, which API version "
-                    f"{version} rejects: drop the citations, {keep}"
-                )
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"

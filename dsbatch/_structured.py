@@ -29,18 +29,21 @@ How field types become columns (every column is nullable: a row that failed has 
     time                                     string, ISO ("12:30:00", "12:30:00+02:00")
     Decimal                                  string, exact ("12.50")
     UUID, AnyUrl/HttpUrl, Path, IP address   string, str() of the value
-    dict[str, X], dict, Mapping              string holding the JSON text of the dict
 
 Decimal is text rather than Arrow decimal128 because the model gives no fixed precision and a
 float would lose the exactness the user asked for. Not accepted (``check_response_format``
-raises ``ValueError`` naming the field): ``Any``/``object``/bare ``list`` (the API's strict
-schemas need a type), unions of several non-None types, fixed-length tuples like
-``tuple[int, int]`` (``transform_schema`` drops ``prefixItems``), ``bytes``,
-``timedelta``, recursive models, and models without fields.
+raises ``ValueError`` naming the field and pointing to docs/structured-outputs.md):
+``Any``/``object``/bare ``list`` (the API's strict schemas need a type), free-form dicts
+(``dict[str, X]``, ``dict``, ``Mapping``: ``transform_schema`` makes every object
+``additionalProperties: false`` with only its declared properties, so the answer could only
+ever hold ``{}``; use a nested model, or ``list[Item]`` for keyed data), unions of several
+non-None types, fixed-length tuples like ``tuple[int, int]`` (``transform_schema`` drops
+``prefixItems``), ``bytes``, ``timedelta``, recursive models, and models without fields.
 
-Beware ``dict[str, X]``: ``transform_schema`` turns every object schema into
-``additionalProperties: false`` with the declared properties only, so a strict answer can only
-ever hold ``{}`` there. Use a nested model or ``list[Item]`` for keyed data.
+What ``transform_schema`` does to the rest was checked type by type: every accepted type keeps
+its JSON type; ``format`` stays for date-time, date, time, uuid, uri, email and IP addresses;
+constraints the API does not enforce (``ge``/``le``, lengths, ``pattern``, ``uniqueItems``) move
+into the field's description as hints, and are enforced here when the answer is validated.
 """
 
 from __future__ import annotations
@@ -293,8 +296,15 @@ def _type_node(tp: Any, where: str, stack: tuple[type, ...]) -> _Node:
         return _literal_node(list(args), where, tp)
     if origin in _LIST_ORIGINS:
         return _list_node(tp, origin, args, where, stack)
-    if origin in _DICT_ORIGINS or tp in _DICT_ORIGINS:
-        return _Node(pa.string(), _to_json)
+    if origin in _DICT_ORIGINS or tp in _DICT_ORIGINS or _is_mapping_type(tp, origin):
+        raise _unsupported(
+            where,
+            tp,
+            "a free-form dict: structured outputs make every object strict (only its declared "
+            "keys, additionalProperties false), so the answer could only ever be {}; use a "
+            "nested model with named fields, or list[Item] with a model Item(key: str, "
+            "value: ...) for keyed data",
+        )
     if tp is Any or tp is object:
         raise _unsupported(where, tp, "but the API's strict schemas need a concrete type")
     if not inspect.isclass(tp):
@@ -324,6 +334,13 @@ def _type_node(tp: Any, where: str, stack: tuple[type, ...]) -> _Node:
     if tp in (list, tuple, set, frozenset):
         raise _unsupported(where, tp, f"give the element type, e.g. {tp.__name__}[str]")
     raise _unsupported(where, tp, "not a type dsbatch can make a column of")
+
+
+def _is_mapping_type(tp: Any, origin: Any) -> bool:
+    """A dict or Mapping type by another name (OrderedDict, Counter, a dict subclass)."""
+    cls = origin if inspect.isclass(origin) else tp
+    typed_dict = hasattr(cls, "__total__")  # declared keys: not free-form (refused elsewhere)
+    return inspect.isclass(cls) and issubclass(cls, collections.abc.Mapping) and not typed_dict
 
 
 def _list_node(
@@ -369,8 +386,11 @@ def _literal_node(values: list[Any], where: str, tp: Any) -> _Node:
     return _Node(arrow_type, _enum_value)
 
 
+_DOCS = "docs/structured-outputs.md, 'Columns and their types'"
+
+
 def _unsupported(where: str, tp: Any, why: str) -> ValueError:
-    return ValueError(f"field {where!r} has type {_type_name(tp)}, {why} (see dsbatch._structured)")
+    return ValueError(f"field {where!r} has type {_type_name(tp)}, {why} (see {_DOCS})")
 
 
 def _type_name(tp: Any) -> str:
@@ -399,10 +419,6 @@ def _checked_int(where: str, value: int) -> int:
 
 def _utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
-
-
-def _to_json(value: Any) -> str:
-    return pydantic_core.to_json(value).decode()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,7 +118,12 @@ def reconcile(
         server = backend.server_now()
         intent = None if server is None else record.intent_at + (server - backend.clock())
     since = None if intent is None else intent - _SLACK
-    batches = retrying.call(backend.recent, since) if retrying else backend.recent(since)
+    action = f"looking for batch #{record.seq} of job {job.fingerprint} among the newest batches"
+    batches = (
+        retrying.call(backend.recent, since, action=action)
+        if retrying
+        else backend.recent(since, action=action)
+    )
     if intent is None:
         server = backend.server_now()
         if server is None:

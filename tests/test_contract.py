@@ -17,6 +17,13 @@ from dsbatch.testing import Emulator
 
 BASE = {"model": "claude-haiku-4-5", "max_tokens": 64}
 USER = [{"role": "user", "content": "hello"}]
+THINK = {"type": "enabled", "budget_tokens": 1024}
+TOOL = {"name": "lookup", "input_schema": {"type": "object", "properties": {}}}
+
+
+def _blocks(*blocks):
+    return [{"role": "user", "content": list(blocks)}]
+
 
 BAD_REQUESTS = [
     ("no model", {"max_tokens": 64, "messages": USER}),
@@ -64,7 +71,93 @@ BAD_REQUESTS = [
             ],
         },
     ),
+    # Issue 11: what the API refuses at processing time, refused up front too.
+    ("a misspelled max_tokens", {**BASE, "max_token": 5, "messages": USER}),
+    ("a misspelled stop_sequences", {**BASE, "stop_sequence": ["END"], "messages": USER}),
+    ("stream false", {**BASE, "messages": USER, "stream": False}),
+    ("workspace_id in params", {**BASE, "messages": USER, "workspace_id": "wrkspc_1"}),
+    ("a text block without text", {**BASE, "messages": _blocks({"type": "text"})}),
+    ("an empty text block", {**BASE, "messages": _blocks({"type": "text", "text": ""})}),
+    ("a whitespace text block", {**BASE, "messages": _blocks({"type": "text", "text": " \n"})}),
+    ("whitespace content", {**BASE, "messages": [{"role": "user", "content": "  "}]}),
+    ("an unknown block type", {**BASE, "messages": _blocks({"type": "images", "source": {}})}),
+    ("an image without source", {**BASE, "messages": _blocks({"type": "image"})}),
+    ("max_tokens of 10**30", {**BASE, "max_tokens": 10**30, "messages": USER}),
+    (
+        "max_tokens above the model's limit",
+        {**BASE, "model": "claude-sonnet-4-6", "max_tokens": 200_000, "messages": USER},
+    ),
+    (
+        "a prefill ending in whitespace",
+        {**BASE, "messages": [*USER, {"role": "assistant", "content": "The answer is "}]},
+    ),
+    (
+        "a thinking budget not below max_tokens",
+        {**BASE, "max_tokens": 1024, "thinking": THINK, "messages": USER},
+    ),
+    (
+        "a thinking budget below 1024",
+        {**BASE, "thinking": {"type": "enabled", "budget_tokens": 500}, "messages": USER},
+    ),
+    (
+        "thinking with a forced tool",
+        {
+            **BASE,
+            "max_tokens": 4096,
+            "thinking": THINK,
+            "tools": [TOOL],
+            "tool_choice": {"type": "tool", "name": "lookup"},
+            "messages": USER,
+        },
+    ),
+    (
+        "a forced tool on an always-thinking model",
+        {
+            **BASE,
+            "model": "claude-opus-5-5",
+            "tools": [TOOL],
+            "tool_choice": {"type": "any"},
+            "messages": USER,
+        },
+    ),
+    (
+        "manual thinking on a model that refuses it",
+        {**BASE, "model": "claude-opus-5", "max_tokens": 4096, "thinking": THINK, "messages": USER},
+    ),
+    (
+        "adaptive thinking on a model that only knows manual",
+        {**BASE, "thinking": {"type": "adaptive"}, "messages": USER},
+    ),
+    (
+        "a tool_choice naming a missing tool",
+        {
+            **BASE,
+            "tools": [TOOL],
+            "tool_choice": {"type": "tool", "name": "other"},
+            "messages": USER,
+        },
+    ),
 ]
+
+# New rows the emulator does not refuse yet: its side of issue 11 is on another branch. Their
+# emulator assertion is an expected failure until that branch is merged; then remove this set.
+EMULATOR_PENDING = {
+    "a text block without text",
+    "an empty text block",
+    "a whitespace text block",
+    "whitespace content",
+    "an unknown block type",
+    "an image without source",
+    "max_tokens of 10**30",
+    "max_tokens above the model's limit",
+    "a prefill ending in whitespace",
+    "a thinking budget not below max_tokens",
+    "a thinking budget below 1024",
+    "thinking with a forced tool",
+    "a forced tool on an always-thinking model",
+    "manual thinking on a model that refuses it",
+    "adaptive thinking on a model that only knows manual",
+}
 
 
 @pytest.mark.parametrize(("name", "params"), BAD_REQUESTS, ids=[n for n, _ in BAD_REQUESTS])
@@ -84,6 +177,8 @@ def test_dsbatch_refuses_it_before_any_call(name, params):
 
 @pytest.mark.parametrize(("name", "params"), BAD_REQUESTS, ids=[n for n, _ in BAD_REQUESTS])
 def test_the_emulator_refuses_it_as_the_api_does(name, params):
+    if name in EMULATOR_PENDING:
+        pytest.xfail("the emulator's side of issue 11 (refusing this) is not merged yet")
     with Emulator(delay=0) as emu:
         client = emu.client(max_retries=0)  # it sends anthropic-version 2026-10-21
         body = {"requests": [{"custom_id": "bad", "params": params}]}
@@ -100,6 +195,10 @@ def test_the_emulator_refuses_it_as_the_api_does(name, params):
         result = line["result"]
         assert result["type"] == "errored", result
         assert result["error"]["error"]["type"] == "invalid_request_error"
+
+
+def test_every_pending_case_is_a_row_of_the_table():
+    assert not EMULATOR_PENDING - {name for name, _ in BAD_REQUESTS}
 
 
 def test_a_good_request_passes_both():

@@ -190,7 +190,7 @@ def test_reconcile_never_adopts_a_batch_another_job_of_the_cache_claims(tmp_path
     ours.intent_server_at = 100.0
 
     class Listing(Backend):
-        def recent(self, since=None, *, limit=1000):
+        def recent(self, since=None, *, limit=1000, action=""):
             counts = {"processing": 2, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
             return [BatchInfo("msgbatch_theirs", "in_progress", counts, 101.0, None, None, None)]
 

@@ -188,9 +188,8 @@ def test_failures_after_max_attempts_follow_on_error():
         assert len(dropped) == 100 - len(failed)
         assert {s["status"] for s in dropped["dsbatch"]} == {"succeeded"}
 
-        with pytest.raises(
-            RowFailedError, match=f"{len(failed)} rows failed: {len(failed)} errored"
-        ) as info:
+        expected = rf"{len(failed)} rows failed: {len(failed)} errored \(no answer; not billed\)"
+        with pytest.raises(RowFailedError, match=expected) as info:
             run(ds, emu, max_attempts=1, on_error="raise")
         assert info.value.rows == failed
         assert sum(emu.calls.values()) == 0

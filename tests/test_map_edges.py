@@ -439,7 +439,9 @@ def test_a_batch_canceled_behind_our_back_with_max_attempts_1_says_canceled():
             if status["status"] == "canceled":
                 assert response is None and "resend_canceled=True" in status["error"]
                 assert status["attempts"] == 1
-        with pytest.raises(RowFailedError, match="10 rows failed: 10 canceled"):
+        with pytest.raises(
+            RowFailedError, match=r"10 rows failed: 10 canceled \(no answer; not billed\)"
+        ):
             run(ds, emu, max_attempts=1, on_error="raise")
         # Canceled sends do not use up attempts: resend_canceled works at max_attempts=1.
         more = run(ds, emu, max_attempts=1, resend_canceled=True, wait=100)
@@ -702,7 +704,8 @@ def test_prompt_errors_name_the_row_and_split_and_send_nothing(emu):
             emu,
             fn=lambda r: {
                 "messages": [{"role": "user", "content": "x"}],
-                "metadata": {"n": r["t"]},
+                # A free-form place (the SDK's types take any JSON there): NaN is not JSON.
+                "tools": [{"name": "t", "input_schema": {"type": "object", "n": r["t"]}}],
             },
         )
     assert sum(emu.calls.values()) == 0

@@ -93,6 +93,15 @@ def test_with_indices_passes_the_row_index():
     assert params_of(rendered, 1)["messages"][0]["content"] == "1: a"
 
 
+USER = [{"role": "user", "content": "x"}]
+TEXT_SOURCE = {"type": "text", "media_type": "text/plain", "data": "a document"}
+
+
+def _tool(schema_value):
+    """A tool whose input_schema (free-form JSON to the SDK's types) holds ``schema_value``."""
+    return {"name": "t", "input_schema": {"type": "object", "x": schema_value}}
+
+
 def _deep(depth):
     value = {}
     for _ in range(depth):
@@ -106,14 +115,14 @@ def _deep(depth):
         ({"messages": [{"role": "system", "content": "x"}]}, "use system=|pass system="),
         ({"messages": [{"role": "bot", "content": "x"}]}, "role 'bot'"),
         ({"messages": []}, "no messages"),
-        ("   ", "empty content"),
+        ("   ", "whitespace only"),
         ({"messages": [{"role": "user", "content": []}]}, "empty content list"),
         ({"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
         ({"stream": True, "messages": [{"role": "user", "content": "x"}]}, "stream"),
-        ({"metadata": {"n": float("nan")}, "messages": [{"role": "user", "content": "x"}]}, "JSON"),
-        ({"metadata": {1, 2}, "messages": [{"role": "user", "content": "x"}]}, "JSON"),
+        ({"tools": [_tool({"n": float("nan")})], "messages": USER}, "JSON"),
+        ({"tools": [_tool({1, 2})], "messages": USER}, "JSON"),
         (42, "must return a str"),
-        ({"metadata": _deep(5000), "messages": [{"role": "user", "content": "x"}]}, "too deeply"),
+        ({"tools": [_tool(_deep(5000))], "messages": USER}, "too deeply"),
         ({"messages": [{"role": "user", "content": ["just a string"]}]}, "content[0] must be"),
         ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, "content[0] must be"),
         ({"system": 42, "messages": [{"role": "user", "content": "x"}]}, "system must be"),
@@ -125,7 +134,7 @@ def _deep(depth):
         (
             [
                 {"role": "user", "content": "x"},
-                {"role": "assistant", "content": [{"type": "document", "source": {}}]},
+                {"role": "assistant", "content": [{"type": "document", "source": TEXT_SOURCE}]},
             ],
             "document block in an assistant message",
         ),
@@ -185,10 +194,10 @@ def test_response_format_additions_are_added_and_clashes_refused():
     # Other output_config settings are kept beside the format.
     effort = render(
         [{"t": "a"}],
-        lambda r: {"messages": [{"role": "user", "content": "x"}], "output_config": {"e": 1}},
+        lambda r: {"messages": USER, "output_config": {"effort": "low"}},
         additions={"output_config": fmt},
     )
-    assert params_of(effort, 0)["output_config"] == {"e": 1, **fmt}
+    assert params_of(effort, 0)["output_config"] == {"effort": "low", **fmt}
     for own in ({"output_config": fmt}, {"tools": []}, {"tool_choice": {"type": "any"}}):
         with pytest.raises(PromptError, match="row 0: the request already has"):
             render(

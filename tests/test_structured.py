@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import decimal
 import enum
@@ -9,6 +10,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Generic, Literal, Optional, TypeVar
 
 import anthropic
@@ -60,7 +62,6 @@ class Review(BaseModel):
     mood: Mood
     posted: dt.datetime
     day: dt.date
-    extra: dict[str, int]
 
 
 REVIEW_SCHEMA = pa.schema(
@@ -77,7 +78,6 @@ REVIEW_SCHEMA = pa.schema(
         ("mood", pa.string()),
         ("posted", pa.timestamp("us", tz="UTC")),
         ("day", pa.date32()),
-        ("extra", pa.string()),
     ]
 )
 
@@ -94,7 +94,6 @@ REVIEW_ANSWER = {
     "mood": "grumpy",
     "posted": "2024-05-01T12:30:00+02:00",
     "day": "2024-05-02",
-    "extra": {"b": 2, "a": 1},
 }
 
 # What a user finds in the dataset row for REVIEW_ANSWER.
@@ -102,7 +101,6 @@ REVIEW_ROW = {
     **REVIEW_ANSWER,
     "posted": dt.datetime(2024, 5, 1, 10, 30, tzinfo=UTC),
     "day": dt.date(2024, 5, 2),
-    "extra": '{"b":2,"a":1}',
 }
 
 
@@ -152,7 +150,6 @@ def test_features_are_what_a_dataset_of_the_columns_has():
         (uuid.UUID, pa.string()),
         (int | None, pa.int64()),
         (list[Optional[float]], pa.list_(pa.float64())),  # noqa: UP045
-        (dict, pa.string()),
     ],
 )
 def test_more_field_types(annotation, arrow_type):
@@ -181,7 +178,6 @@ def test_values_are_plain_python_ready_for_arrow():
     assert values["author"] == {"name": "Cy", "karma": 10}
     assert values["posted"] == dt.datetime(2024, 5, 1, 10, 30, tzinfo=UTC)
     assert values["posted"].tzinfo == UTC
-    assert values["extra"] == '{"b":2,"a":1}'
 
 
 def test_a_naive_datetime_is_taken_as_utc():
@@ -510,6 +506,12 @@ class Empty(BaseModel):
         (Literal["a", 1], "its values are not all strings, all numbers or all bools"),
         (Node, "field 'x.children[]' refers back to Node: a recursive model"),
         (Empty, "'x' (Empty) has no fields"),
+        (dict[str, int], "field 'x' has type dict[str, int], a free-form dict"),
+        (dict, "field 'x' has type dict, a free-form dict"),
+        (Mapping[str, str], "has type collections.abc.Mapping[str, str], a free-form dict"),
+        (collections.Counter, "field 'x' has type Counter, a free-form dict"),
+        (list[dict[str, float]], "field 'x[]' has type dict[str, float], a free-form dict"),
+        (Optional[dict], "field 'x' has type dict, a free-form dict"),  # noqa: UP045
     ],
 )
 def test_a_field_type_without_a_column_type_is_a_value_error_naming_it(annotation, message):
@@ -521,6 +523,24 @@ def test_a_field_type_without_a_column_type_is_a_value_error_naming_it(annotatio
         request_params(model, "native")
 
 
+def test_a_refused_field_points_to_the_docs_and_says_what_to_use():
+    with pytest.raises(ValueError) as info:
+        check_response_format(_model_with(dict[str, int]))
+
+    message = str(info.value)
+    # transform_schema makes the object strict with no properties: only {} could come back.
+    assert anthropic.transform_schema(_model_with(dict[str, int]))["properties"]["x"] == {
+        "type": "object",
+        "title": "X",
+        "properties": {},
+        "additionalProperties": False,
+    }
+    assert "the answer could only ever be {}" in message
+    assert "use a nested model with named fields, or list[Item]" in message
+    assert message.endswith("(see docs/structured-outputs.md, 'Columns and their types')")
+    assert "dsbatch._structured" not in message
+
+
 def test_a_nested_field_is_named_by_its_path():
     class Inner(BaseModel):
         payload: bytes
@@ -530,6 +550,38 @@ def test_a_nested_field_is_named_by_its_path():
 
 
 # --- columns ----------------------------------------------------------------------------------
+
+
+class Stamp(BaseModel):
+    at: dt.datetime
+
+
+@pytest.mark.parametrize(
+    ("annotation", "answer", "column"),
+    [
+        (list[Optional[int]], [1, None, 3], [1, None, 3]),  # noqa: UP045
+        (
+            list[Optional[dt.datetime]],  # noqa: UP045
+            ["2024-01-02T03:04:05Z", None],
+            [dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), None],
+        ),
+        (
+            list[Optional[Stamp]],  # noqa: UP045
+            [None, {"at": "2024-01-02T03:04:05+01:00"}],
+            [None, {"at": dt.datetime(2024, 1, 2, 2, 4, 5, tzinfo=UTC)}],
+        ),
+    ],
+)
+def test_null_elements_of_a_list_stay_null_in_the_typed_column(annotation, answer, column):
+    model = _model_with(annotation)
+
+    parsed = native(model, json.dumps({"x": answer}))
+    table = pa.table(columns(model, [parsed]))
+
+    assert parsed.error is None
+    assert table["x"].to_pylist() == [column]
+    assert table["x"].type == arrow_schema(model).field("x").type
+    assert table["x"].combine_chunks().values.null_count == 1
 
 
 def test_columns_with_every_row_failed_are_typed_and_all_null():
