@@ -287,7 +287,7 @@ class Backend:
             response = self.client.messages.batches.with_raw_response.list(limit=1)
         except anthropic.APIError as e:
             raise _api_error(
-                "checking what the server is (listing one batch)", e, where=self.where()
+                "checking the API before the first batch", e, where=self.where()
             ) from e
         self._saw(response.headers)
         return {name.lower(): value for name, value in response.headers.items()}

@@ -14,9 +14,9 @@ from typing import Any, Literal
 import anthropic
 from datasets import Dataset, DatasetDict
 
-from dsbatch._backend import Backend, is_transient
+from dsbatch._backend import Backend, Unreachable, is_transient
 from dsbatch._compat import fingerprint_of
-from dsbatch._errors import LedgerError
+from dsbatch._errors import BatchAPIError, LedgerError
 from dsbatch._inputs import keep_inputs
 from dsbatch._job import Job
 from dsbatch._ledger import Ledger
@@ -157,11 +157,16 @@ def _start(
     # to ask has no need to know.
     # It is this cache's first contact with a server it does not know: a wrong base URL fails
     # within seconds, naming it.
-    origin = (
-        resolve_origin(backend, ledger, first_contact_retrying(options.schedule, is_transient))
-        if rendered.bodies
-        else ""
-    )
+    try:
+        origin = (
+            resolve_origin(backend, ledger, first_contact_retrying(options.schedule, is_transient))
+            if rendered.bodies
+            else ""
+        )
+    except Unreachable as e:
+        raise BatchAPIError(
+            f"{e}. Nothing was bought: fix the cause and run the same call again."
+        ) from e
     job = ledger.job(job_fingerprint(rendered.row_custom_ids, origin))
     manifest = job.read_manifest()
     fingerprints = {split: fingerprint_of(ds) for split, ds in splits.items()}

@@ -103,8 +103,13 @@ class Rule:
 
 
 def _stream(params: dict[str, Any], ctx: _Context) -> str | None:
-    if "stream" in params:
-        return "'stream' is not allowed in a batch request (a batch never streams): remove it"
+    # The API takes "stream": false (what the SDK's non-streaming type allows); a batch never
+    # streams, so anything else is refused.
+    if params.get("stream") is not False:
+        return (
+            "'stream' is not allowed in a batch request (a batch never streams): remove it, or "
+            "give false"
+        )
     return None
 
 

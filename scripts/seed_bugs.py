@@ -444,7 +444,7 @@ BUGS = [
         'jpeg = getattr(image, "format", None) == "JPG"',
         "an image read from a JPEG file is sent as PNG"),
     Bug("betas-order-kept", "dsbatch/_options.py",
-        "return tuple(sorted(set(betas)))", "return tuple(dict.fromkeys(betas))",
+        "return tuple(sorted(set(value)))", "return tuple(dict.fromkeys(value))",
         "the same betas in another order make other custom_ids (paid again)"),
 ]  # fmt: skip
 

@@ -67,8 +67,9 @@ def test_a_base_url_nothing_answers_at_fails_in_seconds_naming_it(caplog):
     message = str(info.value)
     assert time.waits == [1.0, 2.0, 4.0]
     assert sum(time.waits) < BOUND_SECONDS
-    assert message.startswith("could not create batch #0 of job ")
-    assert f"checking the API before the first batch failed: cannot connect to {url} (" in message
+    assert message.startswith(
+        f"checking the API before the first batch failed: cannot connect to {url} ("
+    )
     assert "Connection refused" in message
     assert "that base URL came from the client given to dsbatch.map (client=)" in message
     assert message.endswith("Nothing was bought: fix the cause and run the same call again.")
@@ -115,12 +116,12 @@ def test_once_a_batch_exists_an_unreachable_api_is_waited_out_as_an_outage():
     ds = Dataset.from_dict({"text": ["a", "b"]})
     with Emulator(delay=0, responder=echo, faults=Faults(errored=1.0)) as emu:
         first = run(ds, emu, max_attempts=1)
+        url = emu.base_url
     assert [s["status"] for s in first["dsbatch"]] == ["errored", "errored"]
 
-    # The same job, one more attempt allowed: the errored requests go out again, to a base URL
-    # nothing answers at. The job has created a batch before: this is an outage, waited out.
+    # The same job (the same server, now gone), one more attempt allowed: the errored requests
+    # go out again. The job has created a batch before: this is an outage, waited out.
     time = VirtualTime()
-    url = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(BatchAPIError) as info:
         dsbatch.map(
             ds,

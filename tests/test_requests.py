@@ -242,9 +242,10 @@ CASES = [
         "deprecated for this model.'): remove it",
     ),
     (
-        "stream-false",
-        {"stream": False, "messages": USER},
-        "'stream' is not allowed in a batch request (a batch never streams): remove it",
+        "stream-true",
+        {"stream": True, "messages": USER},
+        "'stream' is not allowed in a batch request (a batch never streams): remove it, or give "
+        "false",
     ),
     (
         "workspace_id-in-params",
