@@ -626,13 +626,8 @@ class Ledger:
         return _tree_bytes(self.root / "jobs" / fingerprint)
 
     def results_files(self) -> dict[str, int]:
-        """batch_id -> bytes of its stored results file."""
-        rdir = self.root / "results"
-        out = {}
-        for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
-            with suppress(OSError):
-                out[path.stem] = path.stat().st_size
-        return out
+        """batch_id -> bytes of its stored results (and their index)."""
+        return self.store.sizes()
 
     def other_bytes(self) -> int:
         """Bytes of what is neither a job nor stored results (journal, downloads, locks...)."""
@@ -650,11 +645,7 @@ class Ledger:
 
     def remove_results(self, batch_id: str) -> None:
         """Delete one batch's stored results (downloaded again, or bought again, if needed)."""
-        path = self.store.path(batch_id)
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as e:
-            raise LedgerError(f"cannot remove {path}: {e}", path=str(path)) from e
+        self.store.remove(batch_id)
 
     def locked(self) -> AbstractContextManager[None]:
         """The cache-wide lock: deciding what to send and writing the intent happen under it."""

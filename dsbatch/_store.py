@@ -1,25 +1,35 @@
 """Part of the ledger: the results store shared by every job of a cache, and downloads.
 
     results/<batch_id>.parquet     every result line of a batch (``RESULT_SCHEMA``)
+    results/<batch_id>.keys.arrow  its index: a 64-bit hash of each custom_id, sorted, and the
+                                   row it is on (rebuilt from the Parquet file when missing)
     downloads/<batch_id>.jsonl     raw result bytes while they are being ingested
 
-A request is never paid for twice anywhere in the cache: every job reads every batch's results.
+A request is never paid for twice anywhere in the cache: every job looks in every batch's
+results. The index makes that look cost the same whatever the cache holds: a job's custom_ids
+are hashed once and searched (binary search, memory-mapped) in each batch's index; only the
+batches that hold some of them are read. What a process has read is remembered while the files
+are unchanged (their size and modification time), so a job's steps do not read it again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 from dsbatch._errors import LedgerError
-from dsbatch._files import atomic_write
+from dsbatch._files import arrow_bytes, atomic_write, read_arrow
 
-__all__ = ["RESULT_SCHEMA", "ResultsStore"]
+__all__ = ["RESULT_SCHEMA", "ResultsStore", "custom_id_keys"]
 
 log = logging.getLogger("dsbatch")
 
@@ -45,6 +55,47 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 _KEY_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "raw"]
+_INDEX_SCHEMA = pa.schema([("key", pa.uint64()), ("row", pa.int64())])
+_INDEX_SUFFIX = ".keys.arrow"
+
+
+def custom_id_keys(custom_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The 64-bit index key of each custom_id. dsbatch's own ids (``dsb_`` + 32 hex digits, a
+    hash already) give their first 16 hex digits, read in bulk; any other id its xxh3."""
+    ids = custom_ids.combine_chunks() if isinstance(custom_ids, pa.ChunkedArray) else custom_ids
+    ids = ids.cast(pa.string())
+    n = len(ids)
+    if n and ids.null_count == 0:
+        offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset : ids.offset + n + 1]
+        start = int(offsets[0])
+        # Every id of dsbatch's form, one after the other: a (n, 36) block of bytes.
+        if int(offsets[-1]) - start == n * _ID_LENGTH and (np.diff(offsets) == _ID_LENGTH).all():
+            data = np.frombuffer(ids.buffers()[2], dtype=np.uint8)
+            block = data[start : start + n * _ID_LENGTH].reshape(n, _ID_LENGTH)
+            nibbles = _NIBBLE[block[:, len(_ID_PREFIX) : len(_ID_PREFIX) + 16]]
+            if (nibbles != 255).all() and (block[:, : len(_ID_PREFIX)] == _PREFIX_BYTES).all():
+                packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+                return np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
+    digest = xxhash.xxh3_64_intdigest
+    return np.fromiter((digest(c.encode()) for c in ids.to_pylist()), dtype=np.uint64, count=n)
+
+
+_ID_PREFIX = "dsb_"
+_ID_LENGTH = len(_ID_PREFIX) + 32
+_PREFIX_BYTES = np.frombuffer(_ID_PREFIX.encode(), dtype=np.uint8)
+_NIBBLE = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _NIBBLE[_c] = _i
+
+
+@dataclass
+class _Seen:
+    """What this process read of one results file, while the file is unchanged."""
+
+    stamp: tuple[int, int]  # (size, mtime_ns) of the Parquet file
+    keys: np.ndarray  # sorted uint64
+    rows: np.ndarray  # the row of each key
+    hits: dict[int, pa.Table] = field(default_factory=dict)  # needed's digest -> its rows
 
 
 class ResultsStore:
@@ -52,6 +103,7 @@ class ResultsStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._seen: dict[str, _Seen] = {}
 
     def path(self, batch_id: str) -> Path:
         return self.root / "results" / f"{batch_id}.parquet"
@@ -59,41 +111,130 @@ class ResultsStore:
     def has(self, batch_id: str) -> bool:
         """Whether the batch's results are stored and readable."""
         path = self.path(batch_id)
-        if not path.exists():
+        try:
+            stamp = _stamp(path)
+        except OSError:
             return False
+        seen = self._seen.get(batch_id)
+        if seen is not None and seen.stamp == stamp:
+            return True
         try:
             pq.read_metadata(path)
         except (OSError, pa.ArrowInvalid):
             return False
         return True
 
+    def sizes(self) -> dict[str, int]:
+        """batch_id -> bytes of its stored results (and their index)."""
+        rdir = self.root / "results"
+        out = {}
+        for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
+            with suppress(OSError):
+                index = path.with_name(path.stem + _INDEX_SUFFIX)
+                out[path.stem] = path.stat().st_size + (
+                    index.stat().st_size if index.exists() else 0
+                )
+        return out
+
+    def remove(self, batch_id: str) -> None:
+        """Delete one batch's stored results and their index."""
+        self._seen.pop(batch_id, None)
+        for path in (self.path(batch_id), self.root / "results" / f"{batch_id}{_INDEX_SUFFIX}"):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                raise LedgerError(f"cannot remove {path}: {e}", path=str(path)) from e
+
     def write(self, batch_id: str, table: pa.Table) -> None:
         # A batch downloaded twice (a crash between write and record) rewrites the same rows.
+        table = table.cast(RESULT_SCHEMA)
         sink = pa.BufferOutputStream()
-        pq.write_table(table.cast(RESULT_SCHEMA), sink)
-        atomic_write(self.path(batch_id), sink.getvalue())
+        pq.write_table(table, sink)
+        path = self.path(batch_id)
+        atomic_write(path, sink.getvalue())
+        self._write_index(batch_id, table["custom_id"], _stamp(path))
+
+    def _write_index(
+        self, batch_id: str, custom_ids: pa.ChunkedArray | pa.Array, stamp: tuple[int, int]
+    ) -> _Seen:
+        keys = custom_id_keys(custom_ids)
+        order = np.argsort(keys, kind="stable")
+        seen = _Seen(stamp, keys[order], order.astype(np.int64))
+        index = pa.table(
+            {"key": pa.array(seen.keys), "row": pa.array(seen.rows)}, schema=_INDEX_SCHEMA
+        ).replace_schema_metadata({"parquet": json.dumps(list(stamp))})
+        try:
+            atomic_write(self.root / "results" / f"{batch_id}{_INDEX_SUFFIX}", arrow_bytes(index))
+        except LedgerError as e:  # a read-only cache: kept in this process only
+            log.info("dsbatch: could not write the index of %s: %s", batch_id, e)
+        self._seen[batch_id] = seen
+        return seen
+
+    def _index(self, batch_id: str, stamp: tuple[int, int]) -> _Seen:
+        """The batch's index: remembered, read from its file, or rebuilt from the results."""
+        seen = self._seen.get(batch_id)
+        if seen is not None and seen.stamp == stamp:
+            return seen
+        path = self.root / "results" / f"{batch_id}{_INDEX_SUFFIX}"
+        try:
+            index = read_arrow(path)
+            written = json.loads((index.schema.metadata or {}).get(b"parquet", b"null"))
+            if written == list(stamp):
+                seen = _Seen(
+                    stamp,
+                    index["key"].to_numpy(zero_copy_only=False),
+                    index["row"].to_numpy(zero_copy_only=False),
+                )
+                self._seen[batch_id] = seen
+                return seen
+        except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+            pass  # missing, damaged or stale: rebuilt below
+        ids = pq.read_table(self.path(batch_id), columns=["custom_id"])["custom_id"]
+        return self._write_index(batch_id, ids, stamp)
 
     def results_for(self, custom_ids: pa.Array) -> tuple[pa.Table, set[str]]:
         """Every stored result of every attempt for these custom_ids (without ``raw``), and the
-        ids of batches whose results file cannot be read (they are downloaded again)."""
+        ids of batches whose results file cannot be read (they are downloaded again).
+
+        What was found for the same custom_ids in a file that has not changed is not read
+        again (a job's steps ask the same every time)."""
         value_set = pa.array(custom_ids, pa.string())
+        wanted = np.unique(custom_id_keys(value_set))
+        token = xxhash.xxh3_64_intdigest(wanted.tobytes())
         parts, unreadable = [], set()
         rdir = self.root / "results"
         for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
+            batch_id = path.stem
             try:
-                # The small key column first: most files hold nothing for this job.
-                keys = pq.read_table(path, columns=["custom_id"])["custom_id"]
-                mask = pc.is_in(keys, value_set=value_set)
-                if not pc.any(mask).as_py():
-                    continue
-                table = pq.read_table(path, columns=_KEY_COLUMNS, schema=RESULT_SCHEMA)
-                parts.append(table.filter(mask))
+                stamp = _stamp(path)
+                seen = self._index(batch_id, stamp)
+                hit = seen.hits.get(token)
+                if hit is None:
+                    hit = self._hits(path, seen, wanted, value_set)
+                    seen.hits = {token: hit}  # one job's at a time
+                if hit.num_rows:
+                    parts.append(hit)
             except (OSError, pa.ArrowInvalid) as e:
                 log.warning("dsbatch: the results file %s cannot be read (%s)", path, e)
-                unreadable.add(path.stem)
+                unreadable.add(batch_id)
+                self._seen.pop(batch_id, None)
         if not parts:
             return RESULT_SCHEMA.empty_table().drop_columns(["raw"]), unreadable
         return pa.concat_tables(parts), unreadable
+
+    def _hits(self, path: Path, seen: _Seen, wanted: np.ndarray, value_set: pa.Array) -> pa.Table:
+        """The rows of one results file whose custom_id is wanted (hash hits checked)."""
+        left = np.searchsorted(seen.keys, wanted, side="left")
+        right = np.searchsorted(seen.keys, wanted, side="right")
+        found = right > left
+        if not found.any():
+            return _EMPTY
+        rows = np.concatenate([seen.rows[a:b] for a, b in zip(left[found], right[found])])
+        table = pq.read_table(path, columns=_KEY_COLUMNS, schema=RESULT_SCHEMA).take(
+            pa.array(np.sort(rows))
+        )
+        # A 64-bit hash may collide: the custom_ids themselves decide.
+        return table.filter(pc.is_in(table["custom_id"], value_set=value_set))
 
     def table(self, batch_id: str, columns: Sequence[str] = ("custom_id", "type")) -> pa.Table:
         """Some columns of one batch's stored results."""
@@ -127,3 +268,11 @@ class ResultsStore:
     def discard_download(self, batch_id: str) -> None:
         """Forget a download once its results are stored for good."""
         (self.root / "downloads" / f"{batch_id}.jsonl").unlink(missing_ok=True)
+
+
+_EMPTY = RESULT_SCHEMA.empty_table().drop_columns(["raw"])
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
