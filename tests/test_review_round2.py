@@ -432,3 +432,28 @@ def test_an_emulator_run_never_marks_a_real_batch_in_flight_lost(monkeypatch):
         assert list(out["response"]) == answers(rows)
         # The real batch served the real run: each request bought once (today twice).
         assert sent(api) == dict.fromkeys(ids_of(rows), 1)
+
+
+# -- 12. waiting on another job's batch, silently ------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="which batch and job a call waits on is logged at INFO only: with no logging set up "
+    "(the default) the bar sits still for up to the lease's 30 minutes and nothing says why",
+)
+def test_a_call_waiting_on_another_jobs_batch_says_which_without_any_logging_setup(capfd, caplog):
+    rows = texts(6)
+    with Emulator(delay=0, responder=echo) as emu:
+        alive = f"{socket.gethostname()}:{os.getpid()}:a-call-of-this-process"
+        Ledger().job("another-job").new_record(
+            ids_of(rows[:4]),
+            intent_at=emu.now(),
+            origin="emulator",
+            holder=alive,
+            lease_until=emu.now() + LEASE_SECONDS,
+        )
+        out = run(dataset(rows), emu, wait=60, progress=True)
+        assert list(out["response"]) == answers(rows)
+    shown = capfd.readouterr().err + caplog.text  # the bar, and what a default logger shows
+    assert "another-job" in shown
