@@ -38,7 +38,7 @@ from dsbatch._backend import Backend
 from dsbatch._batch import BatchKeeper
 from dsbatch._cli import main
 from dsbatch._lease import LEASE_SECONDS, Holder
-from dsbatch._ledger import Ledger
+from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._origin import ANTHROPIC
 from dsbatch._records import BatchState
 from dsbatch.testing import Emulator, Faults
@@ -533,3 +533,22 @@ def test_collect_to_a_path_that_cannot_be_written_says_so_in_one_line(shell, cap
         capsys, "collect", job.name[:12], "--output", str(target), "--format", "jsonl"
     )
     assert code == 1 and str(target) in err and "Traceback" not in err
+
+
+# -- 15. listing jobs reads every request body ---------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`dsbatch jobs`, status(refresh=False) and repr read every job's whole requests.parquet "
+    "(the params of every request: gigabytes for a 10M-row job) to count custom_ids",
+)
+def test_listing_jobs_never_reads_their_request_bodies(emu, capsys, monkeypatch):
+    run(dataset(texts(3)), emu)
+
+    def read_every_body(self):
+        raise AssertionError(f"read every request body of job {self.fingerprint}")
+
+    monkeypatch.setattr(JobLedger, "read_requests", read_every_body)
+    code, out, _ = cli(capsys, "jobs")
+    assert code == 0 and out.splitlines()[1].split()[-1] == "done"
