@@ -52,6 +52,22 @@ def dataset(values, **columns) -> Dataset:
     return Dataset.from_dict({"text": list(values), **columns})
 
 
+class Runaway(Exception):
+    """A call that would wait without end: the test fails instead of hanging."""
+
+
+def bounded(emu, *, hours: float) -> dsbatch.PollSchedule:
+    """``virtual(emu, 60)`` that gives up after ``hours`` of the emulator's clock."""
+    deadline = emu.now() + hours * 3600
+
+    def sleep(seconds):
+        if emu.now() > deadline:
+            raise Runaway(f"still waiting after {hours} hours")
+        emu.advance(seconds)
+
+    return dsbatch.PollSchedule(initial=60, sleep=sleep, clock=emu.now)
+
+
 def journaled() -> set[str]:
     """Every batch id the cache's journal remembers."""
     return {e["batch_id"] for e in Ledger().journal()}
@@ -426,7 +442,7 @@ def test_an_emulator_run_never_marks_a_real_batch_in_flight_lost(monkeypatch):
         call(api, wait=False)  # a real batch, in flight for an hour
         _as_format_2()  # written by the previous dsbatch; this one upgrades the cache
         # Meanwhile the user tries a change of the pipeline on the emulator.
-        tried = call(emu, poll_interval=virtual(emu, 60))
+        tried = call(emu, poll_interval=bounded(emu, hours=2))
         assert list(tried["response"]) == answers(rows)
         api.advance(3600)
         out = call(api, poll_interval=virtual(api, 60))
