@@ -10,6 +10,7 @@ lease is free, and then looks for its batch before creating anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -63,6 +64,8 @@ class BatchKeeper:
         self.first_contact = first_contact_retrying(schedule, is_transient)
         self.downloading = call_retrying(schedule, retry_download)
         self._held: dict[tuple[str, int], BatchRecord] = {}  # intents this call has held
+        # Untagged batches (recorded before origins were kept) this server does not know.
+        self.unseen: set[str] = set()
 
     def lease_until(self) -> float:
         return self.clock() + LEASE_SECONDS
@@ -86,6 +89,10 @@ class BatchKeeper:
         try:
             self._create(record, resumed=resumed)
         except StaleRecord as e:
+            if _canceled(self.job) and record.state is BatchState.INTENT:
+                with contextlib.suppress(StaleRecord):
+                    self.job.mark_unsent(record, "the job was canceled before it was created")
+                return
             log.warning("dsbatch: %s; not creating it here", e)
 
     def _create(self, record: BatchRecord, *, resumed: bool) -> None:
@@ -110,10 +117,13 @@ class BatchKeeper:
             )
 
         def renew() -> None:
-            # Before every attempt: an intent whose lease ran out may have been taken over.
+            # Before every attempt: an intent whose lease ran out may have been taken over; a
+            # job canceled meanwhile creates nothing more.
+            if _canceled(self.job):
+                raise StaleRecord(f"job {self.job.fingerprint} was canceled")
             self.job.hold(record, self.holder, self.lease_until())
 
-        submit(
+        info = submit(
             self.backend,
             self.job,
             record,
@@ -123,6 +133,10 @@ class BatchKeeper:
             resumed=resumed,
             renew=renew,
         )
+        if _canceled(self.job):
+            # Canceled while the create was on its way: stop it before it answers more.
+            log.warning("dsbatch: job %s was canceled: canceling %s", self.job.fingerprint, info.id)
+            self.retrying.call(self.backend.cancel, info.id)
 
     def release(self) -> None:
         """Give up this call's leases on intents it leaves (it stops): another call may take
@@ -154,7 +168,7 @@ class BatchKeeper:
     def _advance(self, job: JobLedger, record: BatchRecord) -> None:
         if record.state is BatchState.INTENT:
             if self._lease_free(record):
-                job.hold(self.held(record), self.holder, self.lease_until())
+                job.hold(self.held(record), self.holder, self.lease_until(), takeover=True)
                 self._resolve_intent(job, record)
             return
         batch_id = record.batch_id or ""
@@ -165,9 +179,18 @@ class BatchKeeper:
                 job.mark_ingested(record, _counts(table), self.origin)
             return
         info = poll_batch(self.backend, batch_id, self.retrying)
+        if info is None and not record.origin:
+            # A batch recorded before origins were kept, that this server does not know: it is
+            # another server's, never lost for that. This call leaves it alone (and sends what
+            # it needs itself: another origin's answers would not serve it anyway).
+            self.unseen.add(batch_id)
+            return
         if info is None:
             self._missing(job, record, "the API does not know it")
             return
+        if not record.origin:
+            origin = self.origin  # found here: it is this server's
+            job.change(record, lambda fresh: setattr(fresh, "origin", origin))
         if info.size != record.request_count:
             self._not_ours(job, record, f"it holds {info.size} requests")
             return

@@ -4,8 +4,9 @@ the ``datasets`` and Hub caches expect (``cleanup_cache_files``, ``scan-cache``/
 What may go, and what a rerun then costs:
 
 - a finished (or canceled) job's folder: its manifest, requests, row maps, kept inputs and
-  finished columns. Its answers stay in the shared results and its batch ids in the journal, so
-  a rerun of the same call renders and joins again, and buys nothing.
+  finished columns. Its answers stay in the shared results, and its batch records (a few
+  hundred bytes each) stay too, so that any job can find those batches again: a rerun renders
+  and joins again, and buys nothing.
 - the stored results of batches made more than a given number of days ago. A rerun that needs
   them downloads them again while the API still has them (29 days after the batch was made),
   and buys them again after that.
@@ -68,7 +69,8 @@ def disk_usage(ledger: Ledger) -> CacheUsage:
         jobs.append(
             JobUsage(
                 fingerprint=fingerprint,
-                state=manifest.state if manifest else "unknown",
+                # A job whose folder was pruned keeps only its batch records.
+                state=manifest.state if manifest else "pruned",
                 created_at=manifest.created_at if manifest else None,
                 model=manifest.model if manifest else None,
                 rows=sum(manifest.splits.values()) if manifest else 0,
@@ -164,7 +166,7 @@ def plan_prune(
     plan = PrunePlan()
     named = set(jobs)
     for job in usage.jobs:
-        if not (finished_jobs or job.fingerprint in named):
+        if not (finished_jobs or job.fingerprint in named) or job.state == "pruned":
             continue
         if job.in_flight or job.state not in ("finished", "canceled"):
             plan.kept_in_flight.append(job.fingerprint)

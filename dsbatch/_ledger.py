@@ -7,7 +7,7 @@ Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsba
     journal.jsonl                         every batch id ever created: never forgotten
     origins.json                          base URL -> where its answers come from (``_origin``)
     results/<batch_id>.parquet            every result of a batch, one row per custom_id
-    downloads/<batch_id>.jsonl            raw result bytes while they are being ingested
+    downloads/<batch_id>.<tag>.jsonl      raw result bytes while they are being ingested
     jobs/<fingerprint>/manifest.json      what the job is (splits, model, state, outputs)
     jobs/<fingerprint>/requests.parquet   custom_id -> canonical params, the exact bodies sent
     jobs/<fingerprint>/rows/<split>.arrow row -> custom_id of each split (null: skipped)
@@ -64,6 +64,8 @@ FORMAT_VERSION = 3
 
 # A temporary file untouched this long belongs to a process that died.
 _STALE_TMP_SECONDS = 600.0
+# A finished download not stored this long was left by a process that died while ingesting.
+_STALE_DOWNLOAD_SECONDS = 86400.0
 _BATCH_ID = re.compile(rb"msgbatch_[A-Za-z0-9]+")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
@@ -498,14 +500,40 @@ class JobLedger:
 
         self.change(record, apply)
 
-    def hold(self, record: BatchRecord, holder: str, lease_until: float | None) -> None:
+    def record_late_batch(
+        self, record: BatchRecord, batch_id: str, created_at: float
+    ) -> BatchRecord:
+        """Record a batch that ``record``'s create made after another call had taken the intent
+        over (so it cannot be that record's): a new record of the same requests, in a slot of
+        its own, journaled like any batch: a batch paid for is never forgotten."""
+        ids = self.record_ids(record) or []
+        with self.ledger.locked():
+            late = self.new_record(
+                ids,
+                intent_at=record.intent_at,
+                key_hash=record.key_hash,
+                origin=record.origin,
+            )
+        self.mark_submitted(late, batch_id, created_at)
+        return late
+
+    def hold(
+        self,
+        record: BatchRecord,
+        holder: str,
+        lease_until: float | None,
+        *,
+        takeover: bool = False,
+    ) -> None:
         """Hold an intent until ``lease_until`` (renewed by its holder; taken over by another
-        call once the lease is free); ``lease_until=None`` gives it up."""
+        call once the lease is free); ``lease_until=None`` gives it up. A ``takeover`` acts on
+        the lease it read: one its holder renewed since is not taken."""
 
         def apply(fresh: BatchRecord) -> None:
             fresh.holder, fresh.lease_until = holder, lease_until
 
-        self.change(record, apply, expect=("state", "holder"))
+        expect = ("state", "holder", "lease_until") if takeover else ("state", "holder")
+        self.change(record, apply, expect=expect)
 
     # -- inputs: what the job was run on (``_inputs``) ----------------------------------------
     def write_input(self, split: str, obj: Any) -> None:
@@ -612,6 +640,11 @@ class Ledger:
             with suppress(OSError):
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
+        # A download left by a process that died before storing it (stored ones are removed).
+        for path in (self.root / "downloads").glob("*.jsonl"):
+            with suppress(OSError):
+                if path.stat().st_mtime < time.time() - _STALE_DOWNLOAD_SECONDS:
+                    path.unlink()
 
     def job(self, fingerprint: str) -> JobLedger:
         return JobLedger(self, fingerprint)
@@ -635,11 +668,19 @@ class Ledger:
         return total - _tree_bytes(self.root / "jobs") - _tree_bytes(self.root / "results")
 
     def remove_job(self, fingerprint: str) -> None:
-        """Delete one job's folder (its batches stay in the journal and its answers in the
-        results): the caller checked that nothing of it is in flight."""
+        """Delete what one job keeps (its manifest, requests, row maps, inputs and finished
+        columns), but not its batch records: they are what lets any job find those batches
+        again (download their results when they are gone from the cache, count their
+        attempts). The caller checked that nothing of it is in flight."""
         path = self.root / "jobs" / fingerprint
         try:
-            shutil.rmtree(path)
+            for child in path.iterdir() if path.is_dir() else []:
+                if child.name == "batches":
+                    continue
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         except OSError as e:
             raise LedgerError(f"cannot remove {path}: {e}", path=str(path)) from e
 

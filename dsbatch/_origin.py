@@ -74,12 +74,16 @@ def resolve_origin(backend: Backend, ledger: Ledger, retrying: Retrying) -> str:
     this cache's first contact with that server: a server that cannot be reached at all is
     ``Unreachable`` within seconds, and raised)."""
     url = backend.base_url
+    # A client made by ``Emulator.client()`` says what it points at in its own headers: that
+    # wins over what the cache remembers of the URL (a port once used by something else).
+    declared = EMULATOR if EMULATOR_HEADER in backend.declared_headers() else None
     known = origin_of_url(url) or ledger.known_origin(url)
-    if known is not None:
+    if declared is None and known is not None:
         return known
-    if EMULATOR_HEADER in backend.declared_headers():
-        # A client made by ``Emulator.client()`` says what it points at in its own headers.
-        origin = EMULATOR
+    if declared is not None:
+        origin = declared
+        if known == declared:
+            return origin
     else:
         try:
             headers = retrying.call(backend.identify)

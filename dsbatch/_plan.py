@@ -10,7 +10,7 @@ the cache-wide lock, then writes the intents before releasing it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,9 +74,12 @@ class View:
         return {c for _, ids in self.waiting for c in ids}
 
 
-def survey(ledger: Ledger, own: str, needed: pa.Array, origin: str) -> View:
+def survey(
+    ledger: Ledger, own: str, needed: pa.Array, origin: str, skip: Collection[str] = ()
+) -> View:
     """Everything the cache knows of ``needed`` (the custom_ids of job ``own``) from batches
-    made at ``origin`` (or at an origin no one recorded: see ``_origin``)."""
+    made at ``origin`` (or at an origin no one recorded: see ``_origin``), but the batches in
+    ``skip`` (untagged ones this server turned out not to know)."""
     scan = ledger.all_records(own)
     store = ledger.store
     results, unreadable = store.results_for(needed)
@@ -90,7 +93,7 @@ def survey(ledger: Ledger, own: str, needed: pa.Array, origin: str) -> View:
     view = View(scan.records, results)
     stand_ins: list[pa.Table] = []
     for record in scan.records:
-        if record.origin not in ("", origin):
+        if record.origin not in ("", origin) or record.batch_id in skip:
             continue
         refetch = record.state is BatchState.INGESTED and (
             record.batch_id in unreadable or not store.has(record.batch_id or "")

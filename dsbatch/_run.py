@@ -126,7 +126,9 @@ class JobLoop:
 
     def survey(self) -> View:
         """What the cache knows of the job's requests now."""
-        return survey(self.job.ledger, self.job.fingerprint, self.needed, self.origin)
+        return survey(
+            self.job.ledger, self.job.fingerprint, self.needed, self.origin, self.batches.unseen
+        )
 
     def step(self) -> Standing:
         for record, _ in self.survey().waiting:
@@ -188,7 +190,7 @@ class JobLoop:
         for record, ids in others:
             if record.name not in self._said:
                 self._said.add(record.name)
-                log.info(
+                log.warning(
                     "dsbatch: %d of this job's requests are in batch %s of job %s%s: waiting "
                     "for it, and reading its results here once it ends",
                     len(ids),

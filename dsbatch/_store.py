@@ -3,7 +3,8 @@
     results/<batch_id>.parquet     every result line of a batch (``RESULT_SCHEMA``)
     results/<batch_id>.keys.arrow  its index: a 64-bit hash of each custom_id, sorted, and the
                                    row it is on (rebuilt from the Parquet file when missing)
-    downloads/<batch_id>.jsonl     raw result bytes while they are being ingested
+    downloads/<batch_id>.<tag>.jsonl  raw result bytes while they are being ingested (one
+                                   file per download: two calls may read one batch at once)
 
 A request is never paid for twice anywhere in the cache: every job looks in every batch's
 results. The index makes that look cost the same whatever the cache holds: a job's custom_ids
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -105,6 +107,7 @@ class ResultsStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._seen: dict[str, _Seen] = {}
+        self._downloads: dict[str, list[Path]] = {}  # batch_id -> this store's downloads
 
     def path(self, batch_id: str) -> Path:
         return self.root / "results" / f"{batch_id}.parquet"
@@ -255,9 +258,11 @@ class ResultsStore:
     def store_download(self, batch_id: str, chunks: Iterable[bytes]) -> pa.Buffer:
         """Write a results download to disk as it streams in; once complete, return it
         memory-mapped (a large download is never held in memory twice). A download that fails
-        midway leaves no file behind."""
-        path = self.root / "downloads" / f"{batch_id}.jsonl"
+        midway leaves no file behind. Each download has a file of its own: two calls reading
+        one batch at once never remove each other's."""
+        path = self.root / "downloads" / f"{batch_id}.{secrets.token_hex(6)}.jsonl"
         atomic_write(path, chunks)
+        self._downloads.setdefault(batch_id, []).append(path)
         try:
             if path.stat().st_size == 0:
                 return pa.py_buffer(b"")
@@ -267,8 +272,9 @@ class ResultsStore:
             raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
 
     def discard_download(self, batch_id: str) -> None:
-        """Forget a download once its results are stored for good."""
-        (self.root / "downloads" / f"{batch_id}.jsonl").unlink(missing_ok=True)
+        """Forget this store's downloads of a batch once its results are stored for good."""
+        for path in self._downloads.pop(batch_id, []):
+            path.unlink(missing_ok=True)
 
 
 _EMPTY = RESULT_SCHEMA.empty_table().drop_columns(["raw"])

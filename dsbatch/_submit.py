@@ -8,12 +8,13 @@ bad key, a rate limit) made nothing: its intent binds nothing and is marked unse
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
 from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, is_transient
 from dsbatch._errors import BatchAPIError
-from dsbatch._ledger import JobLedger, Ledger
+from dsbatch._ledger import JobLedger, Ledger, StaleRecord
 from dsbatch._records import BatchRecord
 from dsbatch._retry import Retrying
 
@@ -92,7 +93,26 @@ def submit(
             "cause and run the same call again.",
             status_code=e.status_code,
         ) from e
-    adopt(job, record, info, adopted=adopted)
+    try:
+        adopt(job, record, info, adopted=adopted)
+    except StaleRecord:
+        # Another call took the intent over while this create was on its way (this process
+        # was stopped past its lease): the batch is paid for all the same, so it is recorded
+        # and read; what it holds was bought twice, so it is canceled if it can still be.
+        late = job.record_late_batch(record, info.id, info.created_at)
+        log.warning(
+            "dsbatch: batch %s was created after another call took batch #%d of job %s over: "
+            "its %d requests were bought twice; it is recorded as batch #%d and canceled if it "
+            "is still running (what it answered is kept)",
+            info.id,
+            record.seq,
+            job.fingerprint,
+            record.request_count,
+            late.seq,
+        )
+        with contextlib.suppress(BatchAPIError):
+            backend.cancel(info.id)
+        return info
     log.info("dsbatch: created %s (%d requests)", info.id, record.request_count)
     return info
 

@@ -97,11 +97,6 @@ def shell(monkeypatch):
 # -- 1. prune: "buys nothing", then another job buys it all again ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after prune --jobs --results-older-than, a job needing the pruned answers buys them "
-    "again (only that job's own rerun finds their batches in the journal)",
-)
 def test_a_prune_that_says_a_rerun_buys_nothing_never_makes_another_job_buy_again(emu, capsys):
     rows = texts(6)
     run(dataset(rows), emu)
@@ -121,11 +116,6 @@ def test_a_prune_that_says_a_rerun_buys_nothing_never_makes_another_job_buy_agai
 # -- 2. a create that lands after its intent was taken over is forgotten ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a create that succeeds after its intent was taken over is never recorded: a paid "
-    "batch whose id is forgotten and whose answers are never read",
-)
 def test_a_batch_created_after_its_intent_was_taken_over_is_never_forgotten(monkeypatch):
     rows = texts(4)
     ds = dataset(rows)
@@ -155,11 +145,6 @@ def test_a_batch_created_after_its_intent_was_taken_over_is_never_forgotten(monk
 # -- 3. a takeover compares the holder, not the lease ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JobLedger.hold on takeover checks only state and holder: a lease its holder renewed "
-    "after another call read it as run out is taken over anyway (then bought twice)",
-)
 def test_an_intent_whose_holder_renewed_its_lease_is_not_taken_over_on_a_stale_read():
     with Emulator(delay=0, responder=echo) as emu:
         ledger = Ledger()
@@ -195,11 +180,6 @@ def test_an_intent_whose_holder_renewed_its_lease_is_not_taken_over_on_a_stale_r
 # -- 4. cancel racing a create ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job canceled while its intent is being created still creates the batch, which runs "
-    "to the end and is billed (cancel said 0 batches in flight)",
-)
 def test_a_batch_created_while_its_job_is_canceled_does_not_run_to_the_end(monkeypatch):
     rows = texts(4)
     real_create = Backend.create
@@ -224,11 +204,6 @@ def test_a_batch_created_while_its_job_is_canceled_does_not_run_to_the_end(monke
 # -- 5. origins: a client that says it is the emulator -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resolve_origin trusts origins.json before the client's own x-dsbatch-emulator "
-    "header: the emulator's answers are tagged as the Anthropic API's",
-)
 def test_a_client_that_says_it_is_the_emulator_is_the_emulator_whatever_the_cache_remembers():
     rows = texts(4)
     with Emulator(delay=0, responder=echo) as emu:
@@ -320,11 +295,6 @@ def test_result_from_another_process_returns_the_rows_of_the_latest_map(emu):
 # -- 8. two calls downloading one batch ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two calls reading the same ended batch share downloads/<batch_id>.jsonl: the first "
-    "to finish deletes it under the other, which fails with a LedgerError",
-)
 def test_two_calls_reading_one_batch_at_once_both_get_the_answers(monkeypatch):
     rows = texts(4)
     real_write = _store.atomic_write
@@ -411,11 +381,6 @@ def _as_format_2():
     journal.write_text("".join(json.dumps({**e, "origin": None}) + "\n" for e in entries))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a batch in flight at the migration to format 3 has no origin: an emulator run polls "
-    "it, never finds it, marks it lost after 10 minutes, and the real run buys it again",
-)
 def test_an_emulator_run_never_marks_a_real_batch_in_flight_lost(monkeypatch):
     rows = texts(4)
     key = "sk-the-users-own-key"  # exported in the shell, used with the emulator too
@@ -454,11 +419,6 @@ def test_an_emulator_run_never_marks_a_real_batch_in_flight_lost(monkeypatch):
 # -- 12. waiting on another job's batch, silently ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="which batch and job a call waits on is logged at INFO only: with no logging set up "
-    "(the default) the bar sits still for up to the lease's 30 minutes and nothing says why",
-)
 def test_a_call_waiting_on_another_jobs_batch_says_which_without_any_logging_setup(capfd, caplog):
     rows = texts(6)
     with Emulator(delay=0, responder=echo) as emu:
