@@ -125,10 +125,8 @@ def output_table(
         per_request = pa.array([texts.get(c) for c in latest["custom_id"].to_pylist()], pa.string())
         columns[spec.thinking_column] = fan(per_request)
     if spec.conversation_column is not None and bodies is not None:
-        answered = pc.equal(status, "succeeded").fill_null(False)
-        said = pc.if_else(answered, response, pa.nulls(len(response), pa.string()))
-        per_request = conversations(latest["custom_id"].to_pylist(), said.to_pylist(), bodies)
-        # A row that failed (parse's own verdict included) has no conversation.
+        per_request = conversations(latest["custom_id"].to_pylist(), response.to_pylist(), bodies)
+        # A row that failed (a parse_error keeps its answer in the output column) has none.
         kept = pc.equal(row_status, "succeeded").fill_null(False)
         columns[spec.conversation_column] = _arr(
             pc.if_else(kept, fan(per_request), pa.nulls(len(ids), per_request.type))

@@ -31,6 +31,7 @@ __all__ = [
     "custom_id_for",
     "render_split",
     "sample_custom_id",
+    "sample_suffix",
 ]
 
 CUSTOM_ID_PREFIX = "dsb_"
@@ -68,7 +69,12 @@ def sample_custom_id(custom_id: str, sample: int) -> str:
     """The custom_id of answer ``sample`` to a request (``samples=k``): sample 0 is the request's
     own id, so one sample is exactly a plain run; sample j > 0 is that id + ``_s<j>``. The
     params sent are the same bytes: only the id differs, so each sample is bought once."""
-    return custom_id if sample == 0 else f"{custom_id}_s{sample}"
+    return custom_id + sample_suffix(sample) if sample else custom_id
+
+
+def sample_suffix(sample: int) -> str:
+    """What sample j > 0 adds to its request's custom_id."""
+    return f"_s{sample}"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsbatch._policy import FAILED_STATUSES
+from dsbatch._render import sample_suffix
 
 __all__ = ["SAMPLE_COLUMN", "SAMPLES_AS", "failed_mask", "reshape", "sample_ids"]
 
@@ -25,7 +26,7 @@ def sample_ids(row_custom_ids: pa.Array, samples: int) -> pa.Array:
     """The custom_ids of every sample of every row, sample-major (null: a skipped row)."""
     ids = pa.array(row_custom_ids, pa.string())
     return pa.concat_arrays(
-        [ids, *(pc.binary_join_element_wise(ids, f"_s{j}", "") for j in range(1, samples))]
+        [ids, *(pc.binary_join_element_wise(ids, sample_suffix(j), "") for j in range(1, samples))]
     )
 
 
