@@ -122,27 +122,21 @@ def _repeated(dataset: Dataset, times: int) -> Iterator[dict[str, Any]]:
     return itertools.chain.from_iterable(iter_rows(dataset) for _ in range(times))
 
 
-def _raw_lines(ledger: Ledger, answered: pa.Table) -> dict[str, str]:
-    """custom_id -> the stored raw result line of its answer."""
-    lines: dict[str, str] = {}
-    for batch_id in pc.unique(answered["batch_id"]).to_pylist():
-        ids = answered.filter(pc.equal(answered["batch_id"], batch_id))["custom_id"]
-        lines.update(ledger.store.raw_lines(batch_id, ids.combine_chunks()))
-    return lines
-
-
 def _messages(ledger: Ledger, answered: pa.Table) -> dict[str, dict[str, Any]]:
     """custom_id -> the Message of its answer, read from the stored raw result lines."""
     messages: dict[str, dict[str, Any]] = {}
-    for custom_id, line in _raw_lines(ledger, answered).items():
-        message = json.loads(line).get("result", {}).get("message")
-        if isinstance(message, dict):
-            messages[custom_id] = message
+    for batch_id in pc.unique(answered["batch_id"]).to_pylist():
+        ids = answered.filter(pc.equal(answered["batch_id"], batch_id))["custom_id"]
+        for custom_id, line in ledger.store.raw_lines(batch_id, ids.combine_chunks()).items():
+            message = json.loads(line).get("result", {}).get("message")
+            if isinstance(message, dict):
+                messages[custom_id] = message
     return messages
 
 
 def _thinking(ledger: Ledger, answered: pa.Table) -> dict[str, str | None]:
-    """custom_id -> the thinking column's value, read from the stored raw result lines."""
+    """custom_id -> the thinking column's value, read from the stored raw result lines (kept
+    in Arrow: the lines that hold no thinking block are never parsed)."""
     texts: dict[str, str | None] = {}
     for batch_id in pc.unique(answered["batch_id"]).to_pylist():
         ids = answered.filter(pc.equal(answered["batch_id"], batch_id))["custom_id"]

@@ -119,7 +119,7 @@ def output_table(
         )
         columns.update(parsed)
     if spec.thinking_column is not None and thinking is not None:
-        # Any answer thinks, one that did not parse too (the output column keeps it as well).
+        # Every paid answer: one that did not parse keeps its reasoning, as it keeps its text.
         paid = pc.equal(latest["type"], "succeeded").fill_null(False)
         texts = thinking(latest.filter(paid)) if pc.any(paid).as_py() else {}
         per_request = pa.array([texts.get(c) for c in latest["custom_id"].to_pylist()], pa.string())

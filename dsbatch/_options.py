@@ -217,9 +217,17 @@ class MapOptions:
     def build(cls, **given: Any) -> MapOptions:
         """Check every keyword (each names itself in its error), then how they go together."""
         values = {f.name: f.metadata["check"](f.name, given[f.name]) for f in fields(cls) if f.init}
-        columns = ("output_column", "status_column", "thinking_column", "conversation_column")
-        named = [(keyword, values[keyword]) for keyword in columns if values[keyword] is not None]
-        if values["samples_as"] == "rows":
+        options = cls(**values)
+        options._check_names(thinks=False)
+        return options
+
+    def _check_names(self, *, thinks: bool) -> None:
+        """No two new columns share a name (the thinking column exists when the job thinks)."""
+        keywords = ["output_column", "status_column", "conversation_column"]
+        if thinks:
+            keywords.append("thinking_column")
+        named = [(k, getattr(self, k)) for k in keywords if getattr(self, k) is not None]
+        if self.samples_as == "rows":
             named.append(("the sample column of samples_as='rows'", SAMPLE_COLUMN))
         for i, (keyword, name) in enumerate(named):
             for other, other_name in named[i + 1 :]:
@@ -227,7 +235,6 @@ class MapOptions:
                     raise ValueError(
                         f"{keyword} and {other} are both {name!r}: give them different names"
                     )
-        return cls(**values)
 
     # -- what a job keeps ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -377,20 +384,21 @@ class MapOptions:
     ) -> None:
         """The thinking, conversation and sample columns clash with no input column nor
         response_format field."""
-        new = {}
+        self._check_names(thinks=thinks)
+        new: dict[str, tuple[str, str]] = {}  # column -> (what it holds, what to do instead)
         if thinks and self.thinking_column is not None:
-            new[self.thinking_column] = ("thinking_column", "the answers' reasoning")
-        if self.conversation_column is not None:
-            new[self.conversation_column] = ("conversation_column", "the conversations")
-        if self.samples_as == "rows":
-            new[SAMPLE_COLUMN] = ("samples_as", "the sample numbers")
-        for name, (keyword, what) in new.items():
-            fix = (
-                "use samples_as='lists', or rename that column"
-                if keyword == "samples_as"
-                else f"pass {keyword}='...' with another name"
-                + (", or thinking_column=None" if keyword == "thinking_column" else "")
+            new[self.thinking_column] = (
+                "the answers' reasoning",
+                "pass thinking_column='...' with another name, or thinking_column=None",
             )
+        if self.conversation_column is not None:
+            new[self.conversation_column] = (
+                "the conversations",
+                "pass conversation_column='...' with another name",
+            )
+        if self.samples_as == "rows":
+            new[SAMPLE_COLUMN] = ("the sample numbers", "use samples_as='lists', or rename it")
+        for name, (what, fix) in new.items():
             if name in fields:
                 raise ValueError(
                     f"the response_format field {name!r} has the name of the column of "

@@ -250,8 +250,8 @@ def _keywords(**changes):
             "output_column and conversation_column are both 'response': give them different",
         ),
         (
-            {"samples_as": "rows", "thinking_column": "sample"},
-            "thinking_column and the sample column of samples_as='rows' are both 'sample'",
+            {"samples_as": "rows", "conversation_column": "sample"},
+            "conversation_column and the sample column of samples_as='rows' are both 'sample'",
         ),
     ],
 )

@@ -120,6 +120,16 @@ def test_a_thinking_column_that_would_overwrite_one_is_refused_before_sending(em
     assert run(ds, emu, params=THINK, thinking_column="reasoning")["thinking"] == ["x", "y", "z"]
 
 
+def test_a_thinking_column_named_like_another_new_column_matters_only_when_the_job_thinks(emu):
+    ds = Dataset.from_dict({"text": TEXTS})
+    assert run(ds, emu, output_column="thinking")["thinking"] == answers(TEXTS)
+    with pytest.raises(ValueError, match="output_column and thinking_column are both 'thinking'"):
+        run(ds, emu, params=THINK, output_column="thinking")
+    assert sum(sent(emu).values()) == 3  # the thinking job sent nothing
+    out = run(ds, emu, params=THINK, output_column="thinking", thinking_column="reasoning")
+    assert out.column_names == ["text", "thinking", "reasoning", "dsbatch"]
+
+
 def test_thinking_texts_join_blocks_mark_redaction_and_read_odd_lines():
     def line(*content, custom_id="a"):
         message = {"content": list(content), "usage": {"output_tokens": 5}}
