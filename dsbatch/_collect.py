@@ -9,9 +9,10 @@ user's code (``parse``, a ``response_format``'s validators), which is joined aga
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,9 @@ from dsbatch._errors import LedgerError, RowFailedError
 from dsbatch._join import MissingResult, OutputSpec, output_table
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._policy import FAILED_STATUSES, attempts, latest_results
+from dsbatch._reasoning import any_thinks, thinking_texts
 from dsbatch._records import Manifest
+from dsbatch._samples import failed_mask, reshape, sample_ids
 
 __all__ = ["Outputs", "attach", "cached_outputs", "collect"]
 
@@ -72,21 +75,36 @@ def collect(
     row_custom_ids: Mapping[str, pa.Array],
     spec: OutputSpec,
     splits: Mapping[str, Dataset] | None,
+    bodies: Mapping[str, bytes],
 ) -> Outputs:
     """Join the results to every split's rows and store the finished columns. ``splits`` (the
-    input rows) are read only by ``parse``."""
+    input rows) are read only by ``parse``; ``bodies`` (custom_id -> the params sent) tell
+    whether the job thinks, and make the conversations."""
     latest = latest_results(results)
     sent = attempts(results)
+    thinks = spec.thinking_column is not None and any_thinks(bodies.values())
     outputs = Outputs({}, {})
     for split, ids in row_custom_ids.items():
         try:
             table = output_table(
-                ids,
+                sample_ids(ids, spec.samples),
                 latest,
                 sent,
                 spec,
-                rows=functools.partial(iter_rows, splits[split]) if splits is not None else None,
+                rows=(
+                    functools.partial(_repeated, splits[split], spec.samples)
+                    if splits is not None
+                    else None
+                ),
                 messages=functools.partial(_messages, job.ledger),
+                thinking=functools.partial(_thinking, job.ledger) if thinks else None,
+                bodies=bodies if spec.conversation_column is not None else None,
+            )
+            table = reshape(
+                table,
+                spec.samples,
+                as_rows=spec.samples_as == "rows",
+                status_column=spec.status_column,
             )
         except MissingResult as e:
             raise LedgerError(
@@ -97,6 +115,11 @@ def collect(
         outputs.tables[split] = table
         outputs.digests[split] = job.write_output(split, table)
     return outputs
+
+
+def _repeated(dataset: Dataset, times: int) -> Iterator[dict[str, Any]]:
+    """The rows once per sample, as the join builds the samples' columns (sample-major)."""
+    return itertools.chain.from_iterable(iter_rows(dataset) for _ in range(times))
 
 
 def _messages(ledger: Ledger, answered: pa.Table) -> dict[str, dict[str, Any]]:
@@ -111,6 +134,19 @@ def _messages(ledger: Ledger, answered: pa.Table) -> dict[str, dict[str, Any]]:
     return messages
 
 
+def _thinking(ledger: Ledger, answered: pa.Table) -> dict[str, str | None]:
+    """custom_id -> the thinking column's value, read from the stored raw result lines (kept
+    in Arrow: the lines that hold no thinking block are never parsed)."""
+    texts: dict[str, str | None] = {}
+    for batch_id in pc.unique(answered["batch_id"]).to_pylist():
+        ids = answered.filter(pc.equal(answered["batch_id"], batch_id))["custom_id"]
+        lines = ledger.store.table(batch_id, ["custom_id", "raw"])
+        lines = lines.filter(pc.is_in(lines["custom_id"], value_set=ids.combine_chunks()))
+        values = thinking_texts(lines["raw"].combine_chunks())
+        texts.update(zip(lines["custom_id"].to_pylist(), values.to_pylist(), strict=True))
+    return texts
+
+
 def attach(
     splits: Mapping[str, Dataset],
     outputs: Outputs,
@@ -120,25 +156,21 @@ def attach(
     output_key: str | None,
     fingerprints: Mapping[str, str],
     labels: Mapping[str, str | None],
+    repeat: int = 1,
 ) -> dict[str, Dataset]:
     """The output datasets, after ``on_error`` (one RowFailedError names every failing split).
     ``fingerprints`` are the input datasets' own (a dataset rebuilt in another process has
-    another, but the output must be the one ``map`` gives)."""
-    failed = {
-        split: pc.is_in(
-            pc.struct_field(table[status_column], "status"),
-            value_set=pa.array(FAILED_STATUSES),
-        ).fill_null(False)
-        for split, table in outputs.tables.items()
-    }
+    another, but the output must be the one ``map`` gives). ``repeat``: output rows per input
+    row (``samples_as="rows"``)."""
+    failed = {split: failed_mask(table[status_column]) for split, table in outputs.tables.items()}
     if on_error == "raise":
         failures = {
             split: rows
             for split, mask in failed.items()
-            if (rows := pc.indices_nonzero(mask.combine_chunks()).to_pylist())
+            if (rows := pc.indices_nonzero(mask).to_pylist())
         }
         if failures:
-            raise _row_failed(outputs, failures, status_column, labels)
+            raise _row_failed(outputs, failures, status_column, labels, repeat)
     out = {}
     for split, ds in splits.items():
         # The answers' digest, not just the job's: a rerun that changed answers (more attempts)
@@ -146,9 +178,9 @@ def attach(
         fingerprint = xxhash.xxh3_64_hexdigest(
             f"{fingerprints[split]}|{outputs.digests[split]}|{output_key}|{on_error}".encode()
         )
-        attached = attach_columns(ds, outputs.tables[split], fingerprint=fingerprint)
+        attached = attach_columns(ds, outputs.tables[split], fingerprint=fingerprint, repeat=repeat)
         if on_error == "drop":
-            keep = pc.indices_nonzero(pc.invert(failed[split]).combine_chunks())
+            keep = pc.indices_nonzero(pc.invert(failed[split]))
             attached = attached.select(keep.to_pylist())
         out[split] = attached
     return out
@@ -159,25 +191,40 @@ def _row_failed(
     failures: dict[str, list[int]],
     status_column: str,
     labels: Mapping[str, str | None],
+    repeat: int,
 ) -> RowFailedError:
     details: list[str] = []
     custom_ids: list[str] = []
+    by_split: dict[str, list[int]] = {}
     for split, rows in failures.items():
-        statuses = outputs.tables[split][status_column].take(rows).to_pylist()
-        custom_ids.extend(s["custom_id"] for s in statuses)
+        values = outputs.tables[split][status_column].take(rows).to_pylist()
+        failed = [_failed_sample(r, v, repeat) for r, v in zip(rows, values, strict=True)]
+        custom_ids.extend(s["custom_id"] for _, s in failed)
+        by_split[split] = list(dict.fromkeys(r // repeat for r in rows))
         where = "" if labels[split] is None else f" in split {split!r}"
-        counts = Counter(s["status"] for s in statuses)
+        counts = Counter(s["status"] for _, s in failed)
         summary = ", ".join(f"{n} {_FAILED_AS.get(k, k)}" for k, n in counts.most_common())
-        shown = "; ".join(
-            f"row {r}: {s['status']}: {s['error']}"
-            for r, s in zip(rows[:_SHOWN_ROWS], statuses[:_SHOWN_ROWS])
-        )
+        shown = "; ".join(f"{at}: {s['status']}: {s['error']}" for at, s in failed[:_SHOWN_ROWS])
         more = "; ..." if len(rows) > _SHOWN_ROWS else ""
-        details.append(f"{len(rows)} rows{where} failed: {summary} ({shown}{more})")
+        what = "samples" if repeat > 1 else "rows"
+        details.append(f"{len(failed)} {what}{where} failed: {summary} ({shown}{more})")
     return RowFailedError(
         "; ".join(details) + ". Their results are cached: on_error='keep' returns the dataset "
         "without paying again.",
-        rows=next(iter(failures.values())),
+        rows=next(iter(by_split.values())),
         custom_ids=custom_ids,
-        by_split=failures,
+        by_split=by_split,
     )
+
+
+def _failed_sample(row: int, status: Any, repeat: int) -> tuple[str, dict[str, Any]]:
+    """(where, status) of an output row's failure: its first failed sample in a row of lists;
+    with ``repeat`` output rows per input row, which row and sample it is."""
+    if isinstance(status, list):
+        sample, status = next(
+            (j, s) for j, s in enumerate(status) if s["status"] in FAILED_STATUSES
+        )
+        return f"row {row} sample {sample}", status
+    if repeat > 1:
+        return f"row {row // repeat} sample {row % repeat}", status
+    return f"row {row}", status

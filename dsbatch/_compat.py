@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from datasets import Dataset, Features
 from datasets.table import InMemoryTable, concat_tables
@@ -32,18 +33,28 @@ def fingerprint_of(dataset: Dataset) -> str:
     return str(dataset._fingerprint)
 
 
-def attach_columns(dataset: Dataset, new: pa.Table, *, fingerprint: str) -> Dataset:
+def attach_columns(
+    dataset: Dataset, new: pa.Table, *, fingerprint: str, repeat: int = 1
+) -> Dataset:
     """The dataset with the new columns appended (their features follow their Arrow types), in
-    the dataset's own format (numpy, torch, ...)."""
+    the dataset's own format (numpy, torch, ...); ``repeat``: each row ``repeat`` times in a
+    row, beside as many rows of ``new``."""
     fmt = dataset.format
     if not dataset.column_names:
         info = dataset.info.copy()
         info.features = Features.from_arrow_schema(new.schema)
         out = Dataset(InMemoryTable(new), info=info, split=dataset.split, fingerprint=fingerprint)
     else:
-        if dataset._indices is not None:
-            dataset = dataset.flatten_indices()
-        table = concat_tables([dataset._data, InMemoryTable(new)], axis=1)
+        if repeat > 1:
+            rows = np.repeat(np.arange(len(dataset)), repeat)
+            if dataset._indices is not None:
+                rows = dataset._indices.column(0).to_numpy()[rows]
+            data = InMemoryTable(dataset._data.table.take(pa.array(rows)))
+        elif dataset._indices is not None:
+            data = dataset.flatten_indices()._data
+        else:
+            data = dataset._data
+        table = concat_tables([data, InMemoryTable(new)], axis=1)
         info = dataset.info.copy()
         info.features.update(Features.from_arrow_schema(new.schema))
         out = Dataset(table, info=info, split=dataset.split, fingerprint=fingerprint)

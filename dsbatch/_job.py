@@ -267,6 +267,7 @@ class Job:
             output_key=options.output_key(),
             fingerprints=self._manifest.fingerprints,
             labels=self._labels(),
+            repeat=options.samples if options.samples_as == "rows" else 1,
         )
         return DatasetDict(out) if self._manifest.labelled else out[_SINGLE]
 
@@ -283,7 +284,8 @@ class Job:
                 path=str(self._job.dir / "rows"),
             )
         splits = self._inputs(dataset) if options.parse is not None else None
-        outputs = collect(self._job, results, ids, options.output, splits)  # type: ignore[arg-type]
+        bodies = self._bodies if self._bodies is not None else self._job.read_requests()
+        outputs = collect(self._job, results, ids, options.output, splits, bodies)  # type: ignore[arg-type]
 
         def finished(manifest: Manifest) -> None:
             if manifest.state == "running":

@@ -1,7 +1,8 @@
 """Join: custom_id -> row; the new columns built with Arrow ``take``.
 
 Each distinct request's result is turned into its columns once (status, answer text, structured
-fields) and fanned out to every row that asked for it; ``parse(row, message)`` runs per row.
+fields, thinking, conversation) and fanned out to every row that asked for it; ``parse(row,
+message)`` runs per row.
 Nothing here calls the API: a new ``parse`` or ``response_format`` validator re-runs the join
 over the raw result lines the cache already holds.
 """
@@ -17,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsbatch import _structured
+from dsbatch._conversation import conversations
+from dsbatch._samples import SAMPLE_COLUMN
 
 __all__ = ["STATUS_TYPE", "MissingResult", "OutputSpec", "ParseFn", "output_table"]
 
@@ -51,6 +54,10 @@ class OutputSpec:
     response_format: type | None = None
     structured_output: str = "native"
     parse: ParseFn | None = None
+    thinking_column: str | None = "thinking"  # when the job's requests think
+    conversation_column: str | None = None
+    samples: int = 1
+    samples_as: str = "lists"  # or "rows": k output rows per input row, numbered by `sample`
 
 
 class MissingResult(LookupError):
@@ -65,12 +72,15 @@ def output_table(
     *,
     rows: Callable[[], Iterable[dict[str, Any]]] | None = None,
     messages: Callable[[pa.Table], dict[str, dict[str, Any]]] | None = None,
+    thinking: Callable[[pa.Table], dict[str, str | None]] | None = None,
+    bodies: Mapping[str, bytes] | None = None,
 ) -> pa.Table:
     """The new columns of one split.
 
     ``latest`` holds one result per custom_id (``policy.latest_results``). ``rows`` iterates the
     split's rows and ``messages(results)`` gives custom_id -> Message dict; both only for
-    ``spec.parse``.
+    ``spec.parse``. ``thinking(answered)`` gives custom_id -> the thinking column's value, for
+    a job whose requests think; ``bodies`` (custom_id -> params sent) the conversations.
     """
     ids = row_custom_ids
     index = pc.index_in(ids, value_set=latest["custom_id"])
@@ -97,9 +107,30 @@ def output_table(
     columns.update({name: fan(values) for name, values in structured.items()})
     if spec.parse is not None and rows is not None and messages is not None:
         parsed, row_status, row_error = _parse_columns(
-            spec.parse, ids, latest, index, row_status, row_error, rows, messages, _taken(spec)
+            spec.parse,
+            ids,
+            latest,
+            index,
+            row_status,
+            row_error,
+            rows,
+            messages,
+            _taken(spec, thinks=thinking is not None),
         )
         columns.update(parsed)
+    if spec.thinking_column is not None and thinking is not None:
+        # Every paid answer: one that did not parse keeps its reasoning, as it keeps its text.
+        paid = pc.equal(latest["type"], "succeeded").fill_null(False)
+        texts = thinking(latest.filter(paid)) if pc.any(paid).as_py() else {}
+        per_request = pa.array([texts.get(c) for c in latest["custom_id"].to_pylist()], pa.string())
+        columns[spec.thinking_column] = fan(per_request)
+    if spec.conversation_column is not None and bodies is not None:
+        per_request = conversations(latest["custom_id"].to_pylist(), response.to_pylist(), bodies)
+        # A row that failed (a parse_error keeps its answer in the output column) has none.
+        kept = pc.equal(row_status, "succeeded").fill_null(False)
+        columns[spec.conversation_column] = _arr(
+            pc.if_else(kept, fan(per_request), pa.nulls(len(ids), per_request.type))
+        )
     taken = latest.take(index)
     succeeded = pc.equal(taken["type"], "succeeded").fill_null(False)
     columns[spec.status_column] = pa.StructArray.from_arrays(
@@ -258,12 +289,18 @@ def _parse_columns(
     )
 
 
-def _taken(spec: OutputSpec) -> dict[str, str]:
+def _taken(spec: OutputSpec, *, thinks: bool) -> dict[str, str]:
     """The new columns besides parse's: name -> what it is, for parse's clash errors."""
     taken = {
         spec.output_column: "the output column",
         spec.status_column: "the status column",
     }
+    if spec.thinking_column is not None and thinks:
+        taken[spec.thinking_column] = "the thinking column"
+    if spec.conversation_column is not None:
+        taken[spec.conversation_column] = "the conversation column"
+    if spec.samples_as == "rows":
+        taken[SAMPLE_COLUMN] = "the sample column"
     if spec.response_format is not None:
         for name in _structured.arrow_schema(spec.response_format).names:
             taken[name] = "the response_format field"

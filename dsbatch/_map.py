@@ -25,6 +25,7 @@ from dsbatch._options import MapOptions
 from dsbatch._origin import resolve_origin
 from dsbatch._plan import check_sizes, job_fingerprint
 from dsbatch._poll import PollSchedule, first_contact_retrying
+from dsbatch._reasoning import any_thinks
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, render_split
 from dsbatch._stable import warn_if_replacing, warn_if_unstable
@@ -63,6 +64,10 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     max_batch_requests: int = MAX_BATCH_REQUESTS,
     max_batch_bytes: int = MAX_BATCH_BYTES,
     check_determinism: bool = True,
+    samples: int = 1,
+    samples_as: Literal["lists", "rows"] = "lists",
+    thinking_column: str | None = "thinking",
+    conversation_column: str | None = None,
     wait: bool = True,
 ) -> Dataset | DatasetDict | Job:
     """Run every row of ``dataset`` through ``prompt`` and the Message Batches API.
@@ -95,6 +100,12 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     against the Anthropic API. A prompt function that renders other requests when called again
     (it reads ``random``, the time, a counter) is warned about, since every rerun would pay
     again; ``check_determinism=False`` silences that for prompts that vary on purpose.
+
+    Training data: ``samples=k`` asks k answers of each row (the new columns become lists of k,
+    or with ``samples_as="rows"`` each row comes back k times with a ``sample`` column); a job
+    whose requests think has a ``thinking_column`` with the reasoning text;
+    ``conversation_column="messages"`` adds each row's conversation (system, turns, answer) as
+    ``{"role", "content"}`` dicts. See docs/training-data.md.
     """
     if not isinstance(dataset, (Dataset, DatasetDict)):
         raise TypeError(
@@ -150,6 +161,12 @@ def _start(
             shape=shape,
             with_indices=options.with_indices,
             label=labels[split],
+            samples=options.samples,
+            text_only=options.conversation_column is not None,
+        )
+    if options.thinking_column is not None and any_thinks(rendered.bodies.values()):
+        options.check_columns(
+            {labels[s] or "": ds.column_names for s, ds in splits.items()}, thinks=True
         )
     check_sizes(rendered.bodies, max_bytes=options.max_batch_bytes, first_row=rendered.first_row)
     ledger = Ledger(options.cache_dir)
@@ -167,7 +184,7 @@ def _start(
         raise BatchAPIError(
             f"{e}. Nothing was bought: fix the cause and run the same call again."
         ) from e
-    job = ledger.job(job_fingerprint(rendered.row_custom_ids, origin))
+    job = ledger.job(job_fingerprint(rendered.row_custom_ids, origin, options.samples))
     manifest = job.read_manifest()
     fingerprints = {split: fingerprint_of(ds) for split, ds in splits.items()}
     if options.check_determinism and rendered.bodies and manifest is None:

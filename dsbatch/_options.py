@@ -23,6 +23,7 @@ from dsbatch._join import OutputSpec
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._poll import PollSchedule, poll_schedule
 from dsbatch._render import RequestShape
+from dsbatch._samples import SAMPLE_COLUMN, SAMPLES_AS
 
 __all__ = ["CodeRef", "MapOptions"]
 
@@ -90,6 +91,10 @@ def _column(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty column name, not {value!r}")
     return value
+
+
+def _optional_column(name: str, value: Any) -> str | None:
+    return None if value is None else _column(name, value)
 
 
 def _response_format(name: str, value: Any) -> Any:
@@ -164,6 +169,14 @@ def _load(ref: str) -> Any:
 
 # -- the options --------------------------------------------------------------------------------
 
+# What the options a job kept before a keyword existed mean by it (its default).
+_KEPT_BEFORE: dict[str, Any] = {
+    "samples": 1,
+    "samples_as": "lists",
+    "thinking_column": "thinking",
+    "conversation_column": None,
+}
+
 
 @dataclass(frozen=True)
 class MapOptions:
@@ -190,6 +203,10 @@ class MapOptions:
     max_batch_requests: int = _opt(_between(1, MAX_BATCH_REQUESTS))
     max_batch_bytes: int = _opt(_between(1, MAX_BATCH_BYTES))
     check_determinism: bool = _opt(_flag)
+    samples: int = _opt(_positive_int)
+    samples_as: str = _opt(_one_of(SAMPLES_AS))
+    thinking_column: str | None = _opt(_optional_column)
+    conversation_column: str | None = _opt(_optional_column)
     # The poll schedule of this call, made once from poll_interval (it keeps its own backoff).
     schedule: PollSchedule = field(init=False, repr=False, compare=False)
 
@@ -200,12 +217,24 @@ class MapOptions:
     def build(cls, **given: Any) -> MapOptions:
         """Check every keyword (each names itself in its error), then how they go together."""
         values = {f.name: f.metadata["check"](f.name, given[f.name]) for f in fields(cls) if f.init}
-        if values["output_column"] == values["status_column"]:
-            raise ValueError(
-                f"output_column and status_column are both {values['output_column']!r}: give "
-                "them different names"
-            )
-        return cls(**values)
+        options = cls(**values)
+        options._check_names(thinks=False)
+        return options
+
+    def _check_names(self, *, thinks: bool) -> None:
+        """No two new columns share a name (the thinking column exists when the job thinks)."""
+        keywords = ["output_column", "status_column", "conversation_column"]
+        if thinks:
+            keywords.append("thinking_column")
+        named = [(k, getattr(self, k)) for k in keywords if getattr(self, k) is not None]
+        if self.samples_as == "rows":
+            named.append(("the sample column of samples_as='rows'", SAMPLE_COLUMN))
+        for i, (keyword, name) in enumerate(named):
+            for other, other_name in named[i + 1 :]:
+                if name == other_name:
+                    raise ValueError(
+                        f"{keyword} and {other} are both {name!r}: give them different names"
+                    )
 
     # -- what a job keeps ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -225,7 +254,9 @@ class MapOptions:
     def from_json(cls, kept: Mapping[str, Any], **given: Any) -> tuple[MapOptions, dict[str, str]]:
         """The options a job kept, with ``given`` ones instead; and, for code that could not
         be imported back, keyword -> what it was (``Label``, from ``my_module``)."""
-        values: dict[str, Any] = {f.name: kept.get(f.name) for f in fields(cls) if f.init}
+        values: dict[str, Any] = {
+            f.name: kept.get(f.name, _KEPT_BEFORE.get(f.name)) for f in fields(cls) if f.init
+        }
         values["progress"], values["cache_dir"] = True, None
         missing: dict[str, str] = {}
         for name in ("response_format", "parse"):
@@ -263,6 +294,10 @@ class MapOptions:
             response_format=self.response_format,
             structured_output=self.structured_output,
             parse=self.parse,
+            thinking_column=self.thinking_column,
+            conversation_column=self.conversation_column,
+            samples=self.samples,
+            samples_as=self.samples_as,
         )
 
     def shape(self, api_version: str) -> RequestShape:
@@ -285,10 +320,12 @@ class MapOptions:
         )
         return [spec.output_column, *fields, spec.status_column]
 
-    def check_columns(self, splits: Mapping[str, Sequence[str]]) -> None:
-        """Refuse new columns that would overwrite input columns (or each other)."""
+    def check_columns(self, splits: Mapping[str, Sequence[str]], *, thinks: bool = False) -> None:
+        """Refuse new columns that would overwrite input columns (or each other); ``thinks``:
+        the job's requests think, so it has a thinking column."""
         spec = self.output
         fields = self.new_columns()[1:-1]
+        self._check_training_columns(splits, fields, thinks=thinks)
         for name in fields:
             if name in (spec.output_column, spec.status_column):
                 raise ValueError(
@@ -333,5 +370,44 @@ class MapOptions:
             spec.status_column,
             self.max_attempts,
             self.resend_canceled,
+            {
+                "samples": self.samples,
+                "samples_as": self.samples_as,
+                "thinking_column": self.thinking_column,
+                "conversation_column": self.conversation_column,
+            },
         ]
         return xxhash.xxh3_64_hexdigest(json.dumps(described).encode())
+
+    def _check_training_columns(
+        self, splits: Mapping[str, Sequence[str]], fields: Sequence[str], *, thinks: bool
+    ) -> None:
+        """The thinking, conversation and sample columns clash with no input column nor
+        response_format field."""
+        self._check_names(thinks=thinks)
+        new: dict[str, tuple[str, str]] = {}  # column -> (what it holds, what to do instead)
+        if thinks and self.thinking_column is not None:
+            new[self.thinking_column] = (
+                "the answers' reasoning",
+                "pass thinking_column='...' with another name, or thinking_column=None",
+            )
+        if self.conversation_column is not None:
+            new[self.conversation_column] = (
+                "the conversations",
+                "pass conversation_column='...' with another name",
+            )
+        if self.samples_as == "rows":
+            new[SAMPLE_COLUMN] = ("the sample numbers", "use samples_as='lists', or rename it")
+        for name, (what, fix) in new.items():
+            if name in fields:
+                raise ValueError(
+                    f"the response_format field {name!r} has the name of the column of "
+                    f"{what}: {fix}"
+                )
+            for split, columns in splits.items():
+                if name in columns:
+                    where = f" of split {split!r}" if split else ""
+                    raise ValueError(
+                        f"the dataset{where} already has a column {name!r}, which {what} "
+                        f"would overwrite: {fix} (or remove the column first)"
+                    )

@@ -42,11 +42,16 @@ _BODY_OPEN = b'{"requests":['
 _BODY_CLOSE = b"]}"
 
 
-def job_fingerprint(row_custom_ids: Mapping[str, Sequence[str | None]], origin: str) -> str:
-    """A job is what it asks of each row of each split, and where (``_origin``): the same
-    splits, rows, requests and origin give the same fingerprint; moving a row to another split,
-    or running against another server, gives another."""
+def job_fingerprint(
+    row_custom_ids: Mapping[str, Sequence[str | None]], origin: str, samples: int = 1
+) -> str:
+    """A job is what it asks of each row of each split, how many times, and where
+    (``_origin``): the same splits, rows, requests, samples and origin give the same
+    fingerprint; moving a row to another split, asking for more samples, or running against
+    another server, gives another."""
     h = xxhash.xxh3_128(b"dsbatch-job-3\x00" + origin.encode())
+    if samples != 1:  # one sample is the job a plain run always was
+        h.update(b"\x00samples\x00" + str(samples).encode())
     for split, ids in row_custom_ids.items():
         h.update(b"\x00split\x00" + split.encode() + b"\x00")
         for custom_id in ids:

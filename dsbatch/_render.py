@@ -17,6 +17,7 @@ import xxhash
 from datasets import Dataset
 
 from dsbatch._compat import iter_rows
+from dsbatch._conversation import conversation_turns
 from dsbatch._errors import PromptError
 from dsbatch._images import IMAGE_BLOCK_HINT, encode_images, is_image
 from dsbatch._limits import API_VERSION_2026
@@ -29,6 +30,8 @@ __all__ = [
     "canonical_json",
     "custom_id_for",
     "render_split",
+    "sample_custom_id",
+    "sample_suffix",
 ]
 
 CUSTOM_ID_PREFIX = "dsb_"
@@ -60,6 +63,18 @@ def custom_id_for(canonical: bytes, betas: Sequence[str] = ()) -> str:
     if betas:
         h.update(b"\x00anthropic-beta:" + ",".join(betas).encode())
     return CUSTOM_ID_PREFIX + h.hexdigest()
+
+
+def sample_custom_id(custom_id: str, sample: int) -> str:
+    """The custom_id of answer ``sample`` to a request (``samples=k``): sample 0 is the request's
+    own id, so one sample is exactly a plain run; sample j > 0 is that id + ``_s<j>``. The
+    params sent are the same bytes: only the id differs, so each sample is bought once."""
+    return custom_id + sample_suffix(sample) if sample else custom_id
+
+
+def sample_suffix(sample: int) -> str:
+    """What sample j > 0 adds to its request's custom_id."""
+    return f"_s{sample}"
 
 
 @dataclass(frozen=True)
@@ -103,8 +118,12 @@ def render_split(
     shape: RequestShape,
     with_indices: bool,
     label: str | None,
+    samples: int = 1,
+    text_only: bool = False,
 ) -> None:
-    """Render every row of one split into ``rendered``; ``label`` names the split in errors."""
+    """Render every row of one split into ``rendered``; ``label`` names the split in errors.
+    ``samples`` requests are made of each (``sample_custom_id``); ``text_only`` refuses a
+    request whose conversation has no text form (``_conversation``)."""
     ids: list[str | None] = []
     bodies = rendered.bodies
     first_row = rendered.first_row
@@ -128,7 +147,10 @@ def render_split(
                 template = template or _TextTemplate(shape, checker)
                 body = template.body(answer)
             else:
-                body = canonical_json(_to_params(answer, shape, checker))
+                params = _to_params(answer, shape, checker)
+                if text_only:
+                    conversation_turns(params)
+                body = canonical_json(params)
         except PromptError as e:
             raise PromptError(str(e), row=idx, split=label) from None
         except RecursionError:
@@ -139,8 +161,9 @@ def render_split(
             raise PromptError(f"the request is not valid JSON: {e}", row=idx, split=label) from e
         custom_id = custom_id_for(body, shape.betas)
         if custom_id not in bodies:
-            bodies[custom_id] = body
-            first_row[custom_id] = (label, idx)
+            for sample in range(samples):
+                bodies[sample_custom_id(custom_id, sample)] = body
+                first_row[sample_custom_id(custom_id, sample)] = (label, idx)
         ids.append(custom_id)
     rendered.row_custom_ids[split] = ids
 
