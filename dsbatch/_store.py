@@ -63,24 +63,42 @@ _INDEX_SUFFIX = ".keys.arrow"
 
 
 def custom_id_keys(custom_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The 64-bit index key of each custom_id. dsbatch's own ids (``dsb_`` + 32 hex digits, a
-    hash already) give their first 16 hex digits, read in bulk; any other id its xxh3."""
+    """The 64-bit index key of each custom_id, the same whatever array it comes in: an id of
+    dsbatch's form (``dsb_`` + 32 hex digits, a hash already, and any suffix, e.g. a sample's)
+    gives its first 16 hex digits, read in bulk; any other id its xxh3. Ids sharing a key
+    (a request and its samples) are told apart by the ids themselves."""
     ids = custom_ids.combine_chunks() if isinstance(custom_ids, pa.ChunkedArray) else custom_ids
     ids = ids.cast(pa.string())
     n = len(ids)
-    if n and ids.null_count == 0:
-        offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset : ids.offset + n + 1]
-        start = int(offsets[0])
-        # Every id of dsbatch's form, one after the other: a (n, 36) block of bytes.
-        if int(offsets[-1]) - start == n * _ID_LENGTH and (np.diff(offsets) == _ID_LENGTH).all():
-            data = np.frombuffer(ids.buffers()[2], dtype=np.uint8)
-            block = data[start : start + n * _ID_LENGTH].reshape(n, _ID_LENGTH)
-            nibbles = _NIBBLE[block[:, len(_ID_PREFIX) : len(_ID_PREFIX) + 16]]
-            if (nibbles != 255).all() and (block[:, : len(_ID_PREFIX)] == _PREFIX_BYTES).all():
-                packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
-                return np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
-    digest = xxhash.xxh3_64_intdigest
-    return np.fromiter((digest(c.encode()) for c in ids.to_pylist()), dtype=np.uint64, count=n)
+    keys = np.zeros(n, dtype=np.uint64)
+    if n == 0:
+        return keys
+    ours = np.zeros(n, dtype=bool)
+    buffers = ids.buffers()
+    if ids.null_count == 0 and buffers[2] is not None and buffers[2].size >= _ID_LENGTH:
+        offsets = np.frombuffer(buffers[1], dtype=np.int32)[ids.offset : ids.offset + n + 1]
+        data = np.frombuffer(buffers[2], dtype=np.uint8)
+        starts = offsets[:-1].astype(np.int64)
+        long_enough = np.diff(offsets) >= _ID_LENGTH
+        if (np.diff(offsets) == _ID_LENGTH).all():  # the usual case: a (n, 36) block of bytes
+            block = data[int(starts[0]) : int(starts[0]) + n * _ID_LENGTH].reshape(n, _ID_LENGTH)
+        else:
+            at = np.where(long_enough, starts, 0)
+            block = data[np.minimum(at[:, None] + np.arange(_ID_LENGTH), len(data) - 1)]
+        nibbles = _NIBBLE[block[:, len(_ID_PREFIX) : len(_ID_PREFIX) + 16]]
+        ours = (
+            long_enough
+            & (nibbles != 255).all(axis=1)
+            & (block[:, : len(_ID_PREFIX)] == _PREFIX_BYTES).all(axis=1)
+        )
+        packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+        keys = np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
+    if not ours.all():
+        digest = xxhash.xxh3_64_intdigest
+        others = np.flatnonzero(~ours)
+        values = ids.take(pa.array(others)).to_pylist()
+        keys[others] = [digest((v or "").encode()) for v in values]
+    return keys
 
 
 _ID_PREFIX = "dsb_"

@@ -41,6 +41,16 @@ def full_scan(root, wanted):
     return pa.concat_tables(parts).sort_by("custom_id").to_pylist()
 
 
+def test_samples_and_other_ids_are_found_beside_plain_ones(tmp_path):
+    store = ResultsStore(tmp_path)
+    plain = ids(10)
+    store.write("msgbatch_a", results(plain, "msgbatch_a"))
+    store.write("msgbatch_b", results([c + "_s1" for c in plain] + ["odd"], "msgbatch_b"))
+    wanted = [*plain[:3], plain[0] + "_s1", "odd", plain[5] + "_s2"]
+    found, _ = ResultsStore(tmp_path).results_for(pa.array(wanted))
+    assert sorted(found["custom_id"].to_pylist()) == sorted(wanted[:5])
+
+
 def test_the_index_finds_exactly_what_a_full_scan_finds(tmp_path):
     store = ResultsStore(tmp_path)
     store.write("msgbatch_a", results(ids(500, "a"), "msgbatch_a"))
@@ -91,9 +101,14 @@ def test_keys_of_dsbatch_ids_are_read_in_bulk_and_others_hashed():
     keys = custom_id_keys(pa.array(own))
     assert keys.dtype == np.uint64
     assert list(keys[:3]) == [int(c[4:20], 16) for c in own[:3]]
-    odd = ["dsb_" + "G" * 32, "short", *own[:2]]
-    assert list(custom_id_keys(pa.array(odd))) == [
-        xxhash.xxh3_64_intdigest(c.encode()) for c in odd
+    odd = ["dsb_" + "G" * 32, "short"]
+    mixed = custom_id_keys(pa.array([*odd, own[0], own[1] + "_s1"]))
+    # The same id gives the same key whatever array it is in; a sample shares its request's.
+    assert list(mixed) == [
+        xxhash.xxh3_64_intdigest(odd[0].encode()),
+        xxhash.xxh3_64_intdigest(odd[1].encode()),
+        keys[0],
+        keys[1],
     ]
     sliced = pa.array(own).slice(7, 5)
     assert list(custom_id_keys(sliced)) == [int(c[4:20], 16) for c in own[7:12]]
