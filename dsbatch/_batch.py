@@ -22,7 +22,13 @@ from dsbatch._ingest import fetch_results, retry_download
 from dsbatch._lease import LEASE_SECONDS, Holder, holder_gone
 from dsbatch._ledger import JobLedger, StaleRecord
 from dsbatch._plan import batch_body
-from dsbatch._poll import MISSING_SECONDS, PollSchedule, call_retrying, poll_batch
+from dsbatch._poll import (
+    MISSING_SECONDS,
+    PollSchedule,
+    call_retrying,
+    create_retrying,
+    poll_batch,
+)
 from dsbatch._records import BatchRecord, BatchState
 from dsbatch._submit import adopt, reconcile, same_workspace, submit
 
@@ -54,6 +60,8 @@ class BatchKeeper:
         self.holder = str(holder)
         self.origin = origin
         self.retrying = call_retrying(schedule, is_transient)
+        # A create waits out rate limits (a full processing queue) without spending attempts.
+        self.creating = create_retrying(schedule, is_transient)
         self.downloading = call_retrying(schedule, retry_download)
         self._held: dict[tuple[str, int], BatchRecord] = {}  # intents this call has held
 
@@ -112,7 +120,7 @@ class BatchKeeper:
             record,
             batch_body(self.job.record_ids(record) or [], self.bodies),
             betas=self.betas,
-            retrying=self.retrying,
+            retrying=self.creating,
             resumed=resumed,
             renew=renew,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,11 +72,13 @@ def collect(
     row_custom_ids: Mapping[str, pa.Array],
     spec: OutputSpec,
     splits: Mapping[str, Dataset] | None,
+    cost: Callable[[pa.Table], pa.Array] | None = None,
 ) -> Outputs:
     """Join the results to every split's rows and store the finished columns. ``splits`` (the
-    input rows) are read only by ``parse``."""
+    input rows) are read only by ``parse``; ``cost(latest)`` prices each request's result."""
     latest = latest_results(results)
     sent = attempts(results)
+    costs = cost(latest) if cost is not None else None
     outputs = Outputs({}, {})
     for split, ids in row_custom_ids.items():
         try:
@@ -87,6 +89,7 @@ def collect(
                 spec,
                 rows=functools.partial(iter_rows, splits[split]) if splits is not None else None,
                 messages=functools.partial(_messages, job.ledger),
+                cost=costs,
             )
         except MissingResult as e:
             raise LedgerError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anthropic
@@ -175,6 +175,7 @@ class Job:
             loop.needed,
             self._job.records(strict=False),
             poll=poll if refresh else None,
+            cost=loop.pricer.total,
         )
 
     def _local_loop(self, options: MapOptions) -> JobLoop:
@@ -245,7 +246,7 @@ class Job:
                     f"job {self.fingerprint} is still running after {timeout} s; nothing is "
                     "lost: call result() or wait() again"
                 )
-            outputs = self._collect(options, loop.results(), dataset)
+            outputs = self._collect(options, loop.results(), dataset, loop.pricer.per_request)
         splits = self._inputs(dataset)
         out = attach(
             splits,
@@ -259,7 +260,11 @@ class Job:
         return DatasetDict(out) if self._manifest.labelled else out[_SINGLE]
 
     def _collect(
-        self, options: MapOptions, results: pa.Table, dataset: Dataset | DatasetDict | None
+        self,
+        options: MapOptions,
+        results: pa.Table,
+        dataset: Dataset | DatasetDict | None,
+        cost: Callable[[pa.Table], pa.Array] | None = None,
     ) -> Outputs:
         ids = {split: self._job.read_rows(split) for split in self._manifest.splits}
         missing = [split for split, rows in ids.items() if rows is None]
@@ -271,7 +276,7 @@ class Job:
                 path=str(self._job.dir / "rows"),
             )
         splits = self._inputs(dataset) if options.parse is not None else None
-        outputs = collect(self._job, results, ids, options.output, splits)  # type: ignore[arg-type]
+        outputs = collect(self._job, results, ids, options.output, splits, cost)  # type: ignore[arg-type]
 
         def finished(manifest: Manifest) -> None:
             if manifest.state == "running":

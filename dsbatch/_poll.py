@@ -8,6 +8,7 @@ few quick polls).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,7 +27,14 @@ from dsbatch._retry import (
     wait_fixed,
 )
 
-__all__ = ["MISSING_SECONDS", "PollSchedule", "call_retrying", "poll_batch", "poll_schedule"]
+__all__ = [
+    "MISSING_SECONDS",
+    "PollSchedule",
+    "call_retrying",
+    "create_retrying",
+    "poll_batch",
+    "poll_schedule",
+]
 
 log = logging.getLogger("dsbatch")
 
@@ -35,6 +43,10 @@ MISSING_SECONDS = 600.0
 # A failing call is tried this often, over at most this long, before the job stops (it resumes).
 _CALL_ATTEMPTS = 8
 _CALL_PATIENCE = 1800.0
+# A create refused for a rate limit (the processing queue is full, or too many requests a
+# minute) waits this long at most: every batch in the queue ends within 24 hours.
+_QUEUE_PATIENCE = 86_400.0
+_RATE_LIMITED = 429
 
 
 @dataclass
@@ -93,6 +105,23 @@ def call_retrying(schedule: PollSchedule, retry: Callable[[BaseException], bool]
         clock=schedule.clock,
         before_sleep=_log_retry,
     )
+
+
+def create_retrying(schedule: PollSchedule, retry: Callable[[BaseException], bool]) -> Retrying:
+    """The retry policy of a create: as ``call_retrying``, except that a rate limit (429: the
+    organisation's processing queue is full, or too many requests a minute) is waited out
+    without spending the attempts kept for real failures, for up to a day. A 429 made nothing,
+    so waiting on it never risks a second batch."""
+    policy = call_retrying(schedule, retry)
+    return dataclasses.replace(
+        policy,
+        stop=stop_after_attempt(_CALL_ATTEMPTS, counting=_not_rate_limited)
+        | stop_after_delay(_QUEUE_PATIENCE),
+    )
+
+
+def _not_rate_limited(error: BaseException) -> bool:
+    return getattr(error, "status_code", None) != _RATE_LIMITED
 
 
 def _log_retry(state: RetryState, seconds: float) -> None:
