@@ -15,9 +15,15 @@ out before anything is sent (``dsbatch.Plan``).
   a cache write (at the 1-hour price if the request names a 1-hour TTL, else the 5-minute one)
   in a request that carries a ``cache_control``, as input otherwise: no run of these requests
   costs more, at the prices in effect today (``_cost``), up to the input estimate's error.
-- ``cost_usd_expected``: input at the input price (no cache effect assumed), and each answer
-  using the share of its ``max_tokens`` that this job's answers already in the cache used (up
-  to ``_RATIO_SAMPLE`` of them); without any, ``EXPECTED_FRACTION`` of it.
+- ``cost_usd_expected``: each answer using the share of its ``max_tokens`` that this job's
+  answers already in the cache used (up to ``_RATIO_SAMPLE`` of them), without any,
+  ``EXPECTED_FRACTION`` of it; input at the input price, except a cached prefix (the blocks up
+  to a request's last ``cache_control``, in the API's order: tools, system, messages; the whole
+  input for a top-level ``cache_control``) at least the model's minimum cacheable length:
+  written (at its TTL's price) by the first request to send that has it, read by every other
+  one. Its tokens are the request's input tokens times the prefix's share of the input's
+  characters (a text block's text, other blocks' JSON). Hits in a batch are best-effort: this
+  is what caching would save if every one hit.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from dsbatch._backend import Backend
 from dsbatch._cost import PriceBook, answer_cost
 from dsbatch._errors import BatchAPIError, BudgetExceededError
 from dsbatch._ledger import Ledger
-from dsbatch._models import CHECKED
+from dsbatch._models import CHECKED, DEFAULT_CACHE_MIN_TOKENS, Prices, model_facts
 from dsbatch._options import MapOptions
 from dsbatch._plan import chunk_requests, decide, queued, survey
 from dsbatch._policy import latest_results
@@ -150,6 +156,7 @@ def make_plan(
     most: float | None = 0.0
     expected: float | None = 0.0
     models = set()
+    written: set[str] = set()  # the cached prefixes an earlier request to send writes
     for custom_id, request, counted in zip(to_send, params, tokens, strict=True):
         model = request.get("model")
         models.add(str(model))
@@ -168,7 +175,7 @@ def make_plan(
             write_5m=whole if cached and not one_hour else 0,
             write_1h=whole if one_hour else 0,
         )
-        expected += answer_cost(prices, input_tokens=whole, output_tokens=round(ratio * limit))
+        expected += _expected(prices, request, whole, round(ratio * limit), written)
     return Plan(
         fingerprint=fingerprint,
         rows=rows,
@@ -181,11 +188,82 @@ def make_plan(
         cost_usd_max=most,
         cost_usd_expected=expected,
         token_count=token_count,
-        expected_basis=basis,
+        expected_basis=basis + (_CACHED_BASIS if written else ""),
         models=tuple(sorted(models)) or ((options.model,) if options.model else ()),
         queued=sum(r.request_count for r in queued(view.records, origin)),
         max_queued_requests=options.max_queued_requests,
     )
+
+
+_CACHED_BASIS = (
+    "; each cached prefix written by the first request that has it and read by the others"
+)
+
+
+def _expected(
+    prices: Prices, request: dict[str, Any], tokens: int, output: int, written: set[str]
+) -> float:
+    """The expected cost of one request (see the module's docstring); ``written`` gathers the
+    cached prefixes of the requests before it."""
+    prefix = _cache_prefix(request)
+    facts = model_facts(str(request.get("model")))
+    minimum = facts.minimum_cacheable if facts is not None else DEFAULT_CACHE_MIN_TOKENS
+    cached = 0 if prefix is None else round(tokens * prefix[0])
+    if prefix is None or cached < minimum:
+        return answer_cost(prices, input_tokens=tokens, output_tokens=output)
+    _, ttl, key = prefix
+    if key in written:
+        return answer_cost(
+            prices, input_tokens=tokens - cached, output_tokens=output, cache_read=cached
+        )
+    written.add(key)
+    return answer_cost(
+        prices,
+        input_tokens=tokens - cached,
+        output_tokens=output,
+        write_5m=cached if ttl != "1h" else 0,
+        write_1h=cached if ttl == "1h" else 0,
+    )
+
+
+def _cache_prefix(params: dict[str, Any]) -> tuple[float, str, str] | None:
+    """The request's cached prefix: its share of the input's characters, its TTL (the last
+    breakpoint's) and a key equal for requests with the same prefix; None without one."""
+    parts: list[tuple[str, Any]] = [("tool", tool) for tool in params.get("tools") or ()]
+    system = params.get("system")
+    parts += [("system", b) for b in ([system] if isinstance(system, str) else system or [])]
+    for message in params.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        role = str(message.get("role")) if isinstance(message, dict) else ""
+        parts += [(role, b) for b in ([content] if isinstance(content, str) else content or [])]
+    marks = [
+        i
+        for i, (_, block) in enumerate(parts)
+        if isinstance(block, dict) and isinstance(block.get("cache_control"), dict)
+    ]
+    automatic = params.get("cache_control")
+    if isinstance(automatic, dict) and parts:
+        marks.append(len(parts) - 1)
+    if not marks:
+        return None
+    end = max(marks)
+    block = parts[end][1]
+    control = block.get("cache_control") if isinstance(block, dict) else None
+    if not isinstance(control, dict):
+        control = automatic if isinstance(automatic, dict) else {}
+    sizes = [_chars(b) for _, b in parts]
+    key = json.dumps([params.get("model"), parts[: end + 1]], sort_keys=True, default=str)
+    return sum(sizes[: end + 1]) / max(1, sum(sizes)), str(control.get("ttl", "5m")), key
+
+
+def _chars(block: Any) -> int:
+    if isinstance(block, str):
+        return len(block)
+    if isinstance(block, dict):
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            return len(block["text"])
+        block = {k: v for k, v in block.items() if k != "cache_control"}
+    return len(json.dumps(block, sort_keys=True, separators=(",", ":")))
 
 
 def _input_tokens(
@@ -212,9 +290,8 @@ def _input_tokens(
             f"be used: {_short(e)})"
         )
     if len(counted) == len(to_send):
-        return [float(counted[i]) for i in range(len(to_send))], (
-            f"count_tokens on all {len(to_send):,} requests"
-        )
+        every = f"all {len(to_send):,} requests" if len(to_send) > 1 else "the one request"
+        return [float(counted[i]) for i in range(len(to_send))], f"count_tokens on {every}"
     per_byte = sum(counted.values()) / max(1, sum(sizes[i] for i in counted))
     tokens = [float(counted.get(i, size * per_byte)) for i, size in enumerate(sizes)]
     return tokens, f"count_tokens on {len(counted)} sampled requests, extrapolated by bytes"

@@ -151,6 +151,22 @@ def test_a_cache_breakpoint_prices_the_maximum_as_cache_writes(emu):
     assert plan.cost_usd_expected == pytest.approx(2 * (105 * 1 + 64 * 5) * HALF)
 
 
+def test_the_expected_cost_writes_a_shared_cached_prefix_once_and_reads_it_after(emu):
+    # A 5,000-token system prompt with a 1-hour breakpoint, over Haiku 4.5's 4,096 minimum.
+    system = [
+        {"type": "text", "text": "b" * 20_000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    ]
+    plan = dry(Dataset.from_dict({"text": texts(10)}), emu, system=system)
+    assert plan.input_tokens == 10 * 5005
+    first = 5 + 5000 * 2 + 64 * 5  # writes the prefix at the 1-hour price
+    others = 5 + 5000 * 0.10 + 64 * 5  # read it
+    assert plan.cost_usd_expected == pytest.approx((first + 9 * others) * HALF)
+    assert plan.expected_basis.endswith(
+        "each cached prefix written by the first request that has it and read by the others"
+    )
+    assert plan.cost_usd_max == pytest.approx(10 * (5005 * 2 + 256 * 5) * HALF)
+
+
 # -- budgets --------------------------------------------------------------------------------------
 
 
