@@ -3,15 +3,15 @@ to send and submits it, then says where the job stands; ``run`` is steps and wai
 
 Every change is written to the ledger before the next begins, so a process that dies anywhere
 is replaced by a new one running the same call: it finds the batches in flight and picks up.
+The batches a job waits for may be another job's (one view of the whole cache, for the job's
+origin): whichever call needs a batch advances it, whatever the process that made it is doing
+(``_batch``, ``_lease``).
 
 Waves: a step sends no more than fits under ``max_queued_requests`` beside every batch of the
 cache in the processing queue at the job's origin (this job's and other jobs', in any process:
 the count and the intents are made under the cache-wide lock). What does not fit is held back,
 not recorded anywhere, and sent by a later step once earlier batches end; meanwhile the job
 polls the batches that fill the queue, whoever made them, so a dead process's batches free it.
-The batches a job waits for may be another job's (one view of the whole cache, for the job's
-origin): whichever call needs a batch advances it, whatever the process that made it is doing
-(``_batch``, ``_lease``).
 """
 
 from __future__ import annotations
