@@ -270,6 +270,11 @@ def test_two_processes_under_one_queue_limit_never_hold_more_than_it_together(tm
         first.wait_for("ready")
         second.wait_for("ready")
         go.touch()  # both call dsbatch.map at once
+        # Each says so once it holds requests back, after the creates of its step: by then the
+        # first wave is out, and it is exactly the limit (one worker's 200, the other's none).
+        first.wait_for("wait for room in the processing queue")
+        second.wait_for("wait for room in the processing queue")
+        assert sum(b["request_counts"]["processing"] for b in emu.batches.values()) == 200
 
         def wave_out() -> bool:
             # The queue is full, or holds all that was left to send.
