@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsbatch._errors import (
     BatchAPIError,
+    BudgetExceededError,
     DsbatchError,
     LedgerError,
     PromptError,
@@ -14,6 +15,7 @@ from dsbatch._errors import (
 from dsbatch._poll import PollSchedule
 
 if TYPE_CHECKING:
+    from dsbatch._estimate import Plan
     from dsbatch._job import Job, jobs
     from dsbatch._map import map
     from dsbatch._status import BatchStatus, JobStatus
@@ -23,10 +25,12 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "BatchAPIError",
     "BatchStatus",
+    "BudgetExceededError",
     "DsbatchError",
     "Job",
     "JobStatus",
     "LedgerError",
+    "Plan",
     "PollSchedule",
     "PromptError",
     "RequestTooLargeError",
@@ -42,6 +46,7 @@ _LAZY = {
     "BatchStatus": "dsbatch._status",
     "Job": "dsbatch._job",
     "JobStatus": "dsbatch._status",
+    "Plan": "dsbatch._estimate",
     "jobs": "dsbatch._job",
     "map": "dsbatch._map",
 }

@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - an SDK that moved it
 
 __all__ = [
     "ANTHROPIC_HEADER",
+    "COUNT_TOKENS_KEYS",
     "EMULATOR_HEADER",
     "Backend",
     "BatchInfo",
@@ -47,6 +48,20 @@ EMULATOR_HEADER = "x-dsbatch-emulator"
 _DEFAULT_BASE_URL = "https://api.anthropic.com"
 
 _COUNT_FIELDS = ("processing", "succeeded", "errored", "canceled", "expired")
+# What token counting takes of a request (the spec's CountMessageTokensParams, which refuses any
+# other key: max_tokens, temperature, metadata, stop_sequences, service_tier...).
+COUNT_TOKENS_KEYS = (
+    "cache_control",
+    "messages",
+    "model",
+    "output_config",
+    "system",
+    "thinking",
+    "tool_choice",
+    "tools",
+)
+# Seconds one token count may take: a dry run must not hang on a network that drops packets.
+_COUNT_TIMEOUT = 30.0
 # Statuses worth waiting out: timeout, conflict, rate limited; 5xx below.
 _TRANSIENT = frozenset({408, 409, 429})
 
@@ -329,6 +344,19 @@ class Backend:
                 ) from e
             raise error from e
         return BatchInfo.from_sdk(batch)
+
+    def count_tokens(self, params: dict[str, Any], betas: Sequence[str] = ()) -> int:
+        """Every input token of one request's params (cache reads and writes included), by the
+        free token-counting endpoint; the keys it refuses are left out."""
+        kept = {key: params[key] for key in COUNT_TOKENS_KEYS if key in params}
+        headers = {"anthropic-beta": ",".join(betas)} if betas else None
+        try:
+            counted = self.client.with_options(timeout=_COUNT_TIMEOUT).messages.count_tokens(
+                **kept, extra_headers=headers
+            )
+        except anthropic.APIError as e:
+            raise _api_error("counting tokens", e) from e
+        return int(counted.input_tokens)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         try:

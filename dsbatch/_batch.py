@@ -27,6 +27,7 @@ from dsbatch._poll import (
     MISSING_SECONDS,
     PollSchedule,
     call_retrying,
+    create_retrying,
     first_contact_retrying,
     poll_batch,
 )
@@ -62,6 +63,8 @@ class BatchKeeper:
         self.origin = origin
         self.retrying = call_retrying(schedule, is_transient)
         self.first_contact = first_contact_retrying(schedule, is_transient)
+        # A create waits out rate limits (a full processing queue) without spending attempts.
+        self.creating = create_retrying(schedule, is_transient)
         self.downloading = call_retrying(schedule, retry_download)
         self._held: dict[tuple[str, int], BatchRecord] = {}  # intents this call has held
         # Untagged batches (recorded before origins were kept) this server does not know.
@@ -129,7 +132,7 @@ class BatchKeeper:
             record,
             batch_body(self.job.record_ids(record) or [], self.bodies),
             betas=self.betas,
-            retrying=self.retrying,
+            retrying=self.creating,
             resumed=resumed,
             renew=renew,
         )

@@ -12,7 +12,7 @@ import functools
 import itertools
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,13 +76,16 @@ def collect(
     spec: OutputSpec,
     splits: Mapping[str, Dataset] | None,
     bodies: Mapping[str, bytes],
+    cost: Callable[[pa.Table], pa.Array] | None = None,
 ) -> Outputs:
     """Join the results to every split's rows and store the finished columns. ``splits`` (the
     input rows) are read only by ``parse``; ``bodies`` (custom_id -> the params sent) tell
-    whether the job thinks, and make the conversations."""
+    whether the job thinks, and make the conversations; ``cost(latest)`` prices each
+    request's result."""
     latest = latest_results(results)
     sent = attempts(results)
     thinks = spec.thinking_column is not None and any_thinks(bodies.values())
+    costs = cost(latest) if cost is not None else None
     outputs = Outputs({}, {})
     for split, ids in row_custom_ids.items():
         try:
@@ -99,6 +102,7 @@ def collect(
                 messages=functools.partial(_messages, job.ledger),
                 thinking=functools.partial(_thinking, job.ledger) if thinks else None,
                 bodies=bodies if spec.conversation_column is not None else None,
+                cost=costs,
             )
             table = reshape(
                 table,

@@ -5,6 +5,8 @@ The tree::
     DsbatchError                  anything dsbatch raises on purpose
     ├── BatchAPIError             the Batches API failed us (carries batch_id, status_code,
     │                             retry_after)
+    ├── BudgetExceededError       what is still to send may cost more than budget_usd: nothing
+    │                             was sent (carries budget_usd, cost_usd_max, plan)
     ├── LedgerError               the cache directory is unusable or inconsistent (carries path)
     ├── PromptError               a row could not become a request (carries row index, split)
     │   └── RequestTooLargeError  one request is over the batch byte limit on its own
@@ -18,9 +20,11 @@ the library, not something that went wrong with a job.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "BatchAPIError",
+    "BudgetExceededError",
     "DsbatchError",
     "LedgerError",
     "PromptError",
@@ -49,6 +53,24 @@ class BatchAPIError(DsbatchError):
         self.status_code = status_code
         # Seconds the server asked us to wait before trying again (a 429's retry-after).
         self.retry_after = retry_after
+
+
+class BudgetExceededError(DsbatchError):
+    """What a call still has to send may cost more than its ``budget_usd``; nothing was sent.
+    ``cost_usd_max`` is None when a model's price is not known (the budget cannot be checked)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget_usd: float,
+        cost_usd_max: float | None,
+        plan: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.budget_usd = budget_usd
+        self.cost_usd_max = cost_usd_max
+        self.plan = plan  # the dsbatch.Plan the figures come from
 
 
 class LedgerError(DsbatchError):

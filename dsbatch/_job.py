@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anthropic
@@ -181,6 +181,7 @@ class Job:
             loop.needed,
             self._job.records(strict=False),
             poll=poll if refresh else None,
+            cost=loop.pricer.total,
         )
 
     def _submit(self) -> None:
@@ -257,7 +258,7 @@ class Job:
                     f"job {self.fingerprint} is still running after {timeout} s; nothing is "
                     "lost: call result() or wait() again"
                 )
-            outputs = self._collect(options, loop.results(), dataset)
+            outputs = self._collect(options, loop.results(), dataset, loop.pricer.per_request)
         splits = self._inputs(dataset)
         out = attach(
             splits,
@@ -272,7 +273,11 @@ class Job:
         return DatasetDict(out) if self._manifest.labelled else out[_SINGLE]
 
     def _collect(
-        self, options: MapOptions, results: pa.Table, dataset: Dataset | DatasetDict | None
+        self,
+        options: MapOptions,
+        results: pa.Table,
+        dataset: Dataset | DatasetDict | None,
+        cost: Callable[[pa.Table], pa.Array] | None = None,
     ) -> Outputs:
         ids = {split: self._job.read_rows(split) for split in self._manifest.split_names}
         missing = [split for split, rows in ids.items() if rows is None]
@@ -285,7 +290,7 @@ class Job:
             )
         splits = self._inputs(dataset) if options.parse is not None else None
         bodies = self._bodies if self._bodies is not None else self._job.read_requests()
-        outputs = collect(self._job, results, ids, options.output, splits, bodies)  # type: ignore[arg-type]
+        outputs = collect(self._job, results, ids, options.output, splits, bodies, cost)  # type: ignore[arg-type]
 
         def finished(manifest: Manifest) -> None:
             if manifest.state == "running":

@@ -34,6 +34,10 @@ STATUS_TYPE = pa.struct(
         ("cache_read_input_tokens", pa.int64()),
         ("cache_creation_input_tokens", pa.int64()),
         ("attempts", pa.int64()),
+        # The answer's cost in USD at batch prices (``_cost``): 0 for a request not billed,
+        # null when unknown or the row was skipped. Rows sharing a request share its answer,
+        # paid once: sum over distinct custom_ids for what the answers cost.
+        ("cost_usd", pa.float64()),
     ]
 )
 
@@ -74,6 +78,7 @@ def output_table(
     messages: Callable[[pa.Table], dict[str, dict[str, Any]]] | None = None,
     thinking: Callable[[pa.Table], dict[str, str | None]] | None = None,
     bodies: Mapping[str, bytes] | None = None,
+    cost: pa.Array | None = None,
 ) -> pa.Table:
     """The new columns of one split.
 
@@ -81,6 +86,7 @@ def output_table(
     split's rows and ``messages(results)`` gives custom_id -> Message dict; both only for
     ``spec.parse``. ``thinking(answered)`` gives custom_id -> the thinking column's value, for
     a job whose requests think; ``bodies`` (custom_id -> params sent) the conversations.
+    ``cost`` is each result's cost in USD (null when not known).
     """
     ids = row_custom_ids
     index = pc.index_in(ids, value_set=latest["custom_id"])
@@ -144,6 +150,7 @@ def output_table(
             _zero_if_succeeded(taken["cache_read_input_tokens"], succeeded),
             _zero_if_succeeded(taken["cache_creation_input_tokens"], succeeded),
             pa.array([attempts.get(c, 0) if c else 0 for c in ids.to_pylist()], pa.int64()),
+            fan(cost) if cost is not None else pa.nulls(len(ids), pa.float64()),
         ],
         fields=list(STATUS_TYPE),
     )

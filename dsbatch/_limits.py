@@ -12,6 +12,8 @@ Where each comes from:
   unfinished requests (``expires_at`` is ``created_at`` + 24 h).
 - ``RESULTS_RETENTION_SECONDS``: the batch-processing guide: results can be downloaded for 29
   days after the batch was created.
+- ``DEFAULT_MAX_QUEUED``: the rate-limits page: requests waiting in the processing queue across
+  all of an organisation's batches, 100,000 at the lowest tier (500,000 at tier 4).
 - ``API_VERSION_LEGACY``: the ``anthropic-version`` every API release accepted until 2026.
 - ``API_VERSION_2026``: the first new ``anthropic-version`` since then (released 2026-10-21),
   the default of the ``anthropic`` SDK 2.x (``anthropic._constants.ANTHROPIC_API_VERSION``).
@@ -21,6 +23,7 @@ __all__ = [
     "API_VERSION_2026",
     "API_VERSION_LEGACY",
     "CUSTOM_ID_PATTERN",
+    "DEFAULT_MAX_QUEUED",
     "EXPIRY_SECONDS",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_REQUESTS",
@@ -30,6 +33,7 @@ __all__ = [
 MAX_BATCH_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 CUSTOM_ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
+DEFAULT_MAX_QUEUED = 100_000
 EXPIRY_SECONDS = 24 * 3600
 RESULTS_RETENTION_SECONDS = 29 * 24 * 3600
 API_VERSION_LEGACY = "2023-06-01"

@@ -16,11 +16,13 @@ from datasets import Dataset, DatasetDict
 
 from dsbatch._backend import Backend, Unreachable, is_transient
 from dsbatch._compat import fingerprint_of
+from dsbatch._cost import PriceBook
 from dsbatch._errors import BatchAPIError, LedgerError
+from dsbatch._estimate import Plan, check_budget, make_plan
 from dsbatch._inputs import keep_inputs
 from dsbatch._job import Job
 from dsbatch._ledger import Ledger
-from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
+from dsbatch._limits import DEFAULT_MAX_QUEUED, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._options import MapOptions
 from dsbatch._origin import resolve_origin
 from dsbatch._plan import check_sizes, job_fingerprint
@@ -68,8 +70,12 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     samples_as: Literal["lists", "rows"] = "lists",
     thinking_column: str | None = "thinking",
     conversation_column: str | None = None,
+    budget_usd: float | None = None,
+    dry_run: bool = False,
+    max_queued_requests: int = DEFAULT_MAX_QUEUED,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
     wait: bool = True,
-) -> Dataset | DatasetDict | Job:
+) -> Dataset | DatasetDict | Job | Plan:
     """Run every row of ``dataset`` through ``prompt`` and the Message Batches API.
 
     ``prompt(row)`` (or ``prompt(row, idx)`` with ``with_indices``) returns a str (one user
@@ -92,9 +98,20 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     ``on_error``: ``"keep"`` the row with a null answer, ``"drop"`` it, or ``"raise"``
     ``dsbatch.RowFailedError``.
 
-    ``wait=False`` returns a ``dsbatch.Job`` as soon as every batch is created: its
+    ``wait=False`` returns a ``dsbatch.Job`` as soon as every batch that fits the processing
+    queue is created (the rest go out while someone waits on the job, in any process): its
     ``wait()``, ``status()``, ``cancel()`` and ``result()`` work from any process
     (``dsbatch.Job.load(fingerprint)``), without the dataset or the prompt function.
+
+    Cost (details: docs/cost.md): ``dry_run=True`` returns a ``dsbatch.Plan`` (what would be
+    sent, its input tokens, the cost at most and expected) and sends nothing. ``budget_usd``
+    refuses, before anything is sent, a call whose requests still to send may cost more
+    (``dsbatch.BudgetExceededError``). Prices are dsbatch's table at batch prices; ``prices``
+    (model -> standard USD per million tokens: ``input``, ``output``, ``cache_write_5m``,
+    ``cache_write_1h``, ``cache_read``) or a JSON file named by ``DSBATCH_PRICES`` override it.
+    The status column's ``cost_usd`` is each answer's cost. A job keeps at most
+    ``max_queued_requests`` requests in the processing queue, counting every batch of the
+    cache in flight: the rest go out in waves as earlier batches end.
 
     Answers serve only runs against the server that gave them: an emulator's never serve a run
     against the Anthropic API. A prompt function that renders other requests when called again
@@ -118,6 +135,8 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     )
     splits = dict(dataset) if isinstance(dataset, DatasetDict) else {_SINGLE: dataset}
     job = _start(splits, prompt, options, client, labelled=isinstance(dataset, DatasetDict))
+    if isinstance(job, Plan):
+        return job
     if not wait:
         job._submit()
         return job
@@ -144,10 +163,12 @@ def _start(
     client: anthropic.Anthropic | None,
     *,
     labelled: bool,
-) -> Job:
+) -> Job | Plan:
     """Render every row, find the job (its fingerprint) and record it, with what a process that
-    never saw the dataset or the prompt needs to go on with it."""
+    never saw the dataset or the prompt needs to go on with it. A dry run returns its plan
+    instead, and a budget is checked, before anything about the job is written."""
     backend = Backend(client)
+    PriceBook(options.prices)  # a bad DSBATCH_PRICES file is refused before anything is written
     labels = {split: split if labelled else None for split in splits}
     options.check_columns({labels[s] or "": ds.column_names for s, ds in splits.items()})
     shape = options.shape(backend.api_version)
@@ -199,6 +220,22 @@ def _start(
         )
         if stable:
             warn_if_replacing(ledger, job.fingerprint, fingerprints, list(rendered.bodies))
+    if options.dry_run or options.budget_usd is not None:
+        plan = make_plan(
+            backend,
+            ledger,
+            job.fingerprint,
+            rendered.bodies,
+            rows=sum(len(ids) for ids in rendered.row_custom_ids.values()),
+            origin=origin,
+            options=options,
+            canceled=manifest is not None
+            and manifest.state == "canceled"
+            and not options.resend_canceled,
+        )
+        if options.dry_run:
+            return plan
+        check_budget(plan, options.budget_usd)  # type: ignore[arg-type]
     if manifest is None or not manifest.options or not job.has_requests():
         job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
         for split, ids in rendered.row_custom_ids.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -19,8 +20,9 @@ from typing import Any
 import xxhash
 
 from dsbatch import _structured
+from dsbatch._cost import check_prices, prices_key
 from dsbatch._join import OutputSpec
-from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
+from dsbatch._limits import DEFAULT_MAX_QUEUED, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._poll import PollSchedule, poll_schedule
 from dsbatch._render import RequestShape
 from dsbatch._samples import SAMPLE_COLUMN, SAMPLES_AS
@@ -33,10 +35,11 @@ _MODES = ("native", "tool")
 Check = Callable[[str, Any], Any]
 
 
-def _opt(check: Check, *, keep: bool = True) -> Any:
+def _opt(check: Check, *, keep: bool = True, missing: Any = None) -> Any:
     """A keyword: ``check(name, value)`` returns the value to use or raises; ``keep``: the job
-    keeps it in its manifest."""
-    return field(metadata={"check": check, "keep": keep})
+    keeps it in its manifest; ``missing``: its value for a job whose manifest was written before
+    the keyword existed."""
+    return field(metadata={"check": check, "keep": keep, "missing": missing})
 
 
 # -- checks: each takes the keyword's name and value, returns the value to use -------------------
@@ -127,6 +130,16 @@ def _any(name: str, value: Any) -> Any:
     return value
 
 
+def _budget(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be None or a number of US dollars, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of US dollars >= 0, not {value!r}")
+    return float(value)
+
+
 def _poll_interval(name: str, value: Any) -> float | PollSchedule | None:
     poll_schedule(value)  # refuses what is not None, a schedule, or a finite number >= 0
     return value if value is None or isinstance(value, PollSchedule) else float(value)
@@ -169,14 +182,6 @@ def _load(ref: str) -> Any:
 
 # -- the options --------------------------------------------------------------------------------
 
-# What the options a job kept before a keyword existed mean by it (its default).
-_KEPT_BEFORE: dict[str, Any] = {
-    "samples": 1,
-    "samples_as": "lists",
-    "thinking_column": "thinking",
-    "conversation_column": None,
-}
-
 
 @dataclass(frozen=True)
 class MapOptions:
@@ -203,10 +208,16 @@ class MapOptions:
     max_batch_requests: int = _opt(_between(1, MAX_BATCH_REQUESTS))
     max_batch_bytes: int = _opt(_between(1, MAX_BATCH_BYTES))
     check_determinism: bool = _opt(_flag)
-    samples: int = _opt(_positive_int)
-    samples_as: str = _opt(_one_of(SAMPLES_AS))
-    thinking_column: str | None = _opt(_optional_column)
+    samples: int = _opt(_positive_int, missing=1)
+    samples_as: str = _opt(_one_of(SAMPLES_AS), missing="lists")
+    thinking_column: str | None = _opt(_optional_column, missing="thinking")
     conversation_column: str | None = _opt(_optional_column)
+    # Cost (``_cost``, ``_estimate``): prices are kept (a job's status prices its answers
+    # alike in any process); the budget and dry run concern one call.
+    budget_usd: float | None = _opt(_budget, keep=False)
+    dry_run: bool = _opt(_flag, keep=False)
+    max_queued_requests: int = _opt(_positive_int, missing=DEFAULT_MAX_QUEUED)
+    prices: dict[str, dict[str, float]] | None = _opt(check_prices)
     # The poll schedule of this call, made once from poll_interval (it keeps its own backoff).
     schedule: PollSchedule = field(init=False, repr=False, compare=False)
 
@@ -255,7 +266,7 @@ class MapOptions:
         """The options a job kept, with ``given`` ones instead; and, for code that could not
         be imported back, keyword -> what it was (``Label``, from ``my_module``)."""
         values: dict[str, Any] = {
-            f.name: kept.get(f.name, _KEPT_BEFORE.get(f.name)) for f in fields(cls) if f.init
+            f.name: kept.get(f.name, f.metadata["missing"]) for f in fields(cls) if f.init
         }
         values["progress"], values["cache_dir"] = True, None
         missing: dict[str, str] = {}
@@ -376,6 +387,7 @@ class MapOptions:
                 "thinking_column": self.thinking_column,
                 "conversation_column": self.conversation_column,
             },
+            prices_key(self.prices),  # the status column's cost_usd
         ]
         return xxhash.xxh3_64_hexdigest(json.dumps(described).encode())
 

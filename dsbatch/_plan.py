@@ -32,6 +32,7 @@ __all__ = [
     "chunk_requests",
     "decide",
     "job_fingerprint",
+    "queued",
     "stand_in_results",
     "survey",
 ]
@@ -204,6 +205,13 @@ def decide(view: View, needed: pa.Array, *, max_attempts: int, resend_canceled: 
         max_attempts=max_attempts,
         resend_canceled=resend_canceled,
     )
+
+
+def queued(records: Sequence[BatchRecord], origin: str) -> list[BatchRecord]:
+    """The batches of the cache in the processing queue at ``origin``, as far as the cache
+    knows: intents (being created) and batches not yet seen ended, of every job. The queue limit
+    is the organisation's; the cache is the best view of it dsbatch has."""
+    return [r for r in records if r.state in IN_FLIGHT and r.origin in ("", origin)]
 
 
 # -- batches -------------------------------------------------------------------------------------

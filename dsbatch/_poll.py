@@ -32,6 +32,7 @@ __all__ = [
     "PollSchedule",
     "call_retrying",
     "first_contact_retrying",
+    "create_retrying",
     "poll_batch",
     "poll_schedule",
 ]
@@ -47,6 +48,10 @@ _CALL_PATIENCE = 1800.0
 # than an outage: that many tries, over at most that long (1, 2, 4 s apart), then it fails.
 _FIRST_CONTACT_ATTEMPTS = 4
 _FIRST_CONTACT_PATIENCE = 15.0
+# A create refused for a rate limit (the processing queue is full, or too many requests a
+# minute) waits this long at most: every batch in the queue ends within 24 hours.
+_QUEUE_PATIENCE = 86_400.0
+_RATE_LIMITED = 429
 
 
 @dataclass
@@ -128,6 +133,23 @@ def first_contact_retrying(
         return (short_wait if isinstance(state.error, Unreachable) else usual.wait)(state)
 
     return dataclasses.replace(usual, stop=stop, wait=wait)
+
+
+def create_retrying(schedule: PollSchedule, retry: Callable[[BaseException], bool]) -> Retrying:
+    """The retry policy of a create: as ``call_retrying``, except that a rate limit (429: the
+    organisation's processing queue is full, or too many requests a minute) is waited out
+    without spending the attempts kept for real failures, for up to a day. A 429 made nothing,
+    so waiting on it never risks a second batch."""
+    policy = call_retrying(schedule, retry)
+    return dataclasses.replace(
+        policy,
+        stop=stop_after_attempt(_CALL_ATTEMPTS, counting=_not_rate_limited)
+        | stop_after_delay(_QUEUE_PATIENCE),
+    )
+
+
+def _not_rate_limited(error: BaseException) -> bool:
+    return getattr(error, "status_code", None) != _RATE_LIMITED
 
 
 def _log_retry(state: RetryState, seconds: float) -> None:

@@ -1,4 +1,5 @@
-"""The progress bar: distinct requests ended out of those the job needs, and how many succeeded."""
+"""The progress bar: distinct requests ended out of those the job needs, how many succeeded, and
+what the answers so far cost (at batch prices; "unknown" for a model without a price)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ class ProgressBar:
         if self._bar is None:
             return
         failed = standing.ended - standing.succeeded
-        self._bar.set_postfix(
-            {"succeeded": standing.succeeded, "not answered": failed}, refresh=False
-        )
+        cost = "unknown" if standing.cost_usd is None else f"${standing.cost_usd:,.4f}"
+        postfix = {"succeeded": standing.succeeded, "not answered": failed, "cost": cost}
+        if standing.held:
+            postfix["waiting for queue room"] = standing.held
+        self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(standing.ended - self._bar.n)
 
     def close(self) -> None:

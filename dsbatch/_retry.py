@@ -33,6 +33,9 @@ class RetryState:
     attempt: int  # 1-based number of the attempt that just failed
     elapsed: float  # seconds since the first attempt began, by the injected clock
     error: BaseException
+    # Every failure so far, oldest first (the last is ``error``): for strategies that count
+    # only some kinds of failure.
+    errors: tuple[BaseException, ...] = ()
 
 
 class _StopBase:
@@ -57,12 +60,18 @@ class stop_any(_StopBase):
 
 @dataclass(frozen=True)
 class stop_after_attempt(_StopBase):
-    """Give up once ``max_attempt`` attempts have failed."""
+    """Give up once ``max_attempt`` attempts have failed; with ``counting``, once that many
+    failures it accepts have (a rate limit saying "wait" need not spend the attempts kept for
+    real failures)."""
 
     max_attempt: int
+    counting: Callable[[BaseException], bool] | None = None
 
     def __call__(self, state: RetryState) -> bool:
-        return state.attempt >= self.max_attempt
+        if self.counting is None:
+            return state.attempt >= self.max_attempt
+        errors = state.errors or (state.error,)
+        return sum(1 for error in errors if self.counting(error)) >= self.max_attempt
 
 
 @dataclass(frozen=True)
@@ -165,13 +174,20 @@ class Retrying:
         """Return ``fn(*args, **kwargs)``; on giving up, re-raise its last error unchanged."""
         start = self.clock()
         attempt = 0
+        errors: list[BaseException] = []
         while True:
             attempt += 1
             try:
                 return fn(*args, **kwargs)
             # Not BaseException: a Ctrl-C or SystemExit ends the job whatever the predicate says.
             except Exception as error:
-                state = RetryState(attempt=attempt, elapsed=self.clock() - start, error=error)
+                errors.append(error)
+                state = RetryState(
+                    attempt=attempt,
+                    elapsed=self.clock() - start,
+                    error=error,
+                    errors=tuple(errors),
+                )
                 if not self.retry(error) or self.stop(state):
                     raise
                 seconds = self.delay(state)

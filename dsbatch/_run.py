@@ -6,6 +6,12 @@ is replaced by a new one running the same call: it finds the batches in flight a
 The batches a job waits for may be another job's (one view of the whole cache, for the job's
 origin): whichever call needs a batch advances it, whatever the process that made it is doing
 (``_batch``, ``_lease``).
+
+Waves: a step sends no more than fits under ``max_queued_requests`` beside every batch of the
+cache in the processing queue at the job's origin (this job's and other jobs', in any process:
+the count and the intents are made under the cache-wide lock). What does not fit is held back,
+not recorded anywhere, and sent by a later step once earlier batches end; meanwhile the job
+polls the batches that fill the queue, whoever made them, so a dead process's batches free it.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import pyarrow.compute as pc
 
 from dsbatch._backend import Backend
 from dsbatch._batch import BatchKeeper
+from dsbatch._cost import PriceBook, Pricer
 from dsbatch._lease import Holder
 from dsbatch._ledger import JobLedger
-from dsbatch._plan import View, chunk_requests, decide, stand_in_results, survey
+from dsbatch._plan import View, chunk_requests, decide, queued, stand_in_results, survey
 from dsbatch._policy import latest_results
 from dsbatch._progress import ProgressBar
-from dsbatch._records import BatchState
+from dsbatch._records import BatchRecord, BatchState
 
 if TYPE_CHECKING:
     from dsbatch._options import MapOptions
@@ -46,14 +53,16 @@ class Standing:
     batches: int  # batches waited for
     # (batch id or "#seq", job fingerprint) of the batches of other jobs waited for
     others: tuple[tuple[str, str], ...] = ()
+    held: int = 0  # to send, held back until the processing queue has room (waves)
+    cost_usd: float | None = None  # of the answers so far (None: unknown, or not asked)
 
     @property
     def ended(self) -> int:
-        return self.needed - self.waiting - self.sent
+        return self.needed - self.waiting - self.sent - self.held
 
     @property
     def done(self) -> bool:
-        return self.batches == 0 and self.sent == 0
+        return self.batches == 0 and self.sent == 0 and self.held == 0
 
 
 class JobLoop:
@@ -88,6 +97,10 @@ class JobLoop:
             origin=origin,
         )
         self._said: set[str] = set()  # the other jobs' batches already named in the log
+        self._held_ids: list[str] = []  # what the last step held back for the queue limit
+        self.pricer = Pricer(
+            job.ledger.store, bodies, PriceBook(options.prices), default_model=options.model
+        )
 
     def run(self, timeout: float | None = None, *, progress: bool | None = None) -> bool:
         """Step and wait until the job is done (True), or until ``timeout`` seconds of the
@@ -131,7 +144,7 @@ class JobLoop:
         )
 
     def step(self) -> Standing:
-        for record, _ in self.survey().waiting:
+        for record in self._to_advance(self.survey()):
             self.batches.advance(record)
         with self.job.ledger.locked():
             view = self.survey()
@@ -147,6 +160,9 @@ class JobLoop:
                     [view.results, stand_in_results(pa.array(pending), kind="canceled")]
                 )
                 pending = []
+            in_queue = sum(r.request_count for r in queued(view.records, self.origin))
+            room = max(0, self.options.max_queued_requests - in_queue)
+            pending, held = pending[:room], pending[room:]
             # The whole plan first: a request too large fails before any batch is paid.
             plans = list(
                 chunk_requests(
@@ -174,7 +190,27 @@ class JobLoop:
             self.batches.create(record, resumed=False)
         self._view = view if not pending else None  # nothing sent: still what the cache holds
         self.last_view = view
-        return self._standing(view, len(pending))
+        if held and not self._held_ids:  # said once per stretch of waiting
+            log.info(
+                "dsbatch: %d requests wait for room in the processing queue "
+                "(max_queued_requests=%d; the cache's batches hold %d): sent as earlier "
+                "batches end",
+                len(held),
+                self.options.max_queued_requests,
+                in_queue + len(pending),
+            )
+        self._held_ids = held
+        return self._standing(view, len(pending), len(held))
+
+    def _to_advance(self, view: View) -> list[BatchRecord]:
+        """The batches to poll before deciding: those holding the job's requests, and, while
+        requests are held back, every batch filling the queue (whoever made it: a process that
+        died must not keep the queue full)."""
+        records = [record for record, _ in view.waiting]
+        if self._held_ids:
+            seen = {(r.job, r.seq) for r in records}
+            records += [r for r in queued(view.records, self.origin) if (r.job, r.seq) not in seen]
+        return records
 
     def results(self) -> pa.Table:
         """Every result of every attempt of the job's requests (no raw lines): after a step that
@@ -183,9 +219,12 @@ class JobLoop:
             return self._view.results
         return self.survey().results
 
-    def _standing(self, view: View, sent: int) -> Standing:
+    def _standing(self, view: View, sent: int, held: int) -> Standing:
         latest = latest_results(view.results)
-        succeeded = pc.sum(pc.equal(latest["type"], "succeeded")).as_py() or 0
+        answered = pc.equal(latest["type"], "succeeded").fill_null(False)
+        succeeded = pc.sum(answered).as_py() or 0
+        # Priced only for the progress bar: every poll of a large job should stay cheap.
+        cost = self.pricer.total(latest.filter(answered)) if self.options.progress else None
         others = [(r, ids) for r, ids in view.waiting if r.job != self.job.fingerprint]
         for record, ids in others:
             if record.name not in self._said:
@@ -205,4 +244,6 @@ class JobLoop:
             sent,
             len(view.waiting),
             tuple((r.batch_id or f"#{r.seq}", r.job) for r, _ in others),
+            held,
+            cost,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -72,8 +73,10 @@ def run(ds, emu, fn=prompt, *, wait=None, retries=None, **kwargs):
         0 if wait is None else virtual(emu, wait),
     )
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("model", MODEL)
+    kwargs.setdefault("max_tokens", 256)
     client = _client(emu, retries)
-    return dsbatch.map(ds, fn, model=MODEL, max_tokens=256, client=client, **kwargs)
+    return dsbatch.map(ds, fn, client=client, **kwargs)
 
 
 def sent(emu, batch_id=None) -> Counter[str]:
@@ -93,3 +96,23 @@ def job_dirs() -> list[Path]:
 def records(job: Path) -> list[dict]:
     """The batch records of a job folder, as stored."""
     return [json.loads(p.read_bytes()) for p in sorted((job / "batches").glob("*.json"))]
+
+
+def observe_queue(emu, durations=None) -> list[int]:
+    """The requests in the emulator's processing queue right after each create (the queue only
+    grows at a create, so the largest of these is the largest it ever held). ``durations``: how
+    long each new batch takes, in turn."""
+    store = emu._store
+    create = store.create
+    cycle = itertools.cycle(durations) if durations else None
+    seen: list[int] = []
+
+    def observed(requests, **kwargs):
+        if cycle is not None:
+            emu.delay = next(cycle)
+        batch = create(requests, **kwargs)
+        seen.append(sum(b["request_counts"]["processing"] for b in emu.batches.values()))
+        return batch
+
+    store.create = observed
+    return seen

@@ -9,10 +9,12 @@ def test_public_names():
     assert dsbatch.__all__ == [
         "BatchAPIError",
         "BatchStatus",
+        "BudgetExceededError",
         "DsbatchError",
         "Job",
         "JobStatus",
         "LedgerError",
+        "Plan",
         "PollSchedule",
         "PromptError",
         "RequestTooLargeError",
@@ -32,6 +34,7 @@ def test_testing_names():
 def test_errors_share_one_root():
     for name in (
         "BatchAPIError",
+        "BudgetExceededError",
         "LedgerError",
         "PromptError",
         "RequestTooLargeError",

@@ -23,6 +23,7 @@ STATUS_FIELDS = {
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
     "attempts",
+    "cost_usd",
 }
 
 
@@ -48,6 +49,9 @@ def test_answers_land_on_their_rows_in_order(emu):
     assert status["status"] == "succeeded" and status["error"] is None
     assert status["attempts"] == 1 and status["stop_reason"] == "end_turn"
     assert status["input_tokens"] > 0 and status["output_tokens"] > 0
+    # Haiku 4.5 at batch prices: half of $1 (input) and $5 (output) per million tokens.
+    assert (status["input_tokens"], status["output_tokens"]) == (4, 5)
+    assert status["cost_usd"] == pytest.approx((4 * 1 + 5 * 5) * 0.5 / 1e6)
     assert emu.calls["create"] == 1
 
 

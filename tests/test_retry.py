@@ -90,6 +90,34 @@ def test_giving_up_after_the_last_attempt_reraises_the_last_error_itself():
     assert fake.sleeps == [1, 1]
 
 
+class RateLimited(Transient):
+    status_code = 429
+
+
+def test_a_stop_counting_only_real_failures_waits_out_any_number_of_rate_limits():
+    fake = FakeTime()
+    # 12 rate limits around two real failures: 14 failures, 2 of them counted.
+    errors = [RateLimited() for _ in range(6)] + [Transient("real 1")]
+    errors += [RateLimited() for _ in range(6)] + [Transient("real 2")]
+    call = Flaky(*errors)
+    real = stop_after_attempt(3, counting=lambda e: not isinstance(e, RateLimited))
+
+    assert retrying(fake, stop=real).call(call) == ((), {})
+    assert call.calls == 15 and len(fake.sleeps) == 14
+
+
+def test_a_stop_counting_only_real_failures_gives_up_at_the_third_real_one():
+    fake = FakeTime()
+    errors = [RateLimited(), Transient("real 1"), RateLimited(), Transient("real 2")]
+    errors += [RateLimited(), Transient("real 3"), Transient("never reached")]
+    call = Flaky(*errors)
+    real = stop_after_attempt(3, counting=lambda e: not isinstance(e, RateLimited))
+
+    with pytest.raises(Transient, match="real 3"):
+        retrying(fake, stop=real).call(call)
+    assert call.calls == 6
+
+
 def test_stop_after_delay_is_measured_on_the_injected_clock():
     fake = FakeTime()
     call = Flaky(*(Transient() for _ in range(10)))
@@ -239,9 +267,10 @@ def test_before_sleep_sees_each_retry_with_its_state_and_delay():
     )
 
     assert seen == [
-        (RetryState(attempt=1, elapsed=0, error=errors[0]), 4),
-        (RetryState(attempt=2, elapsed=4, error=errors[1]), 0),  # still told, though not slept
-        (RetryState(attempt=3, elapsed=4, error=errors[2]), 9),
+        (RetryState(attempt=1, elapsed=0, error=errors[0], errors=(errors[0],)), 4),
+        # still told, though not slept
+        (RetryState(attempt=2, elapsed=4, error=errors[1], errors=tuple(errors[:2])), 0),
+        (RetryState(attempt=3, elapsed=4, error=errors[2], errors=tuple(errors)), 9),
     ]
     assert fake.sleeps == [4, 9]
 

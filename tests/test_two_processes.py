@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
-from support import MODEL, answers, echo, ids_of, prompt, sent, virtual
+from support import MODEL, answers, echo, ids_of, observe_queue, prompt, sent, virtual
 
 import dsbatch
 from dsbatch.testing import Emulator
@@ -91,6 +91,7 @@ WORKER = textwrap.dedent(
             cache_dir=args["cache"],
             poll_interval=dsbatch.PollSchedule(initial=0.05, factor=1, maximum=0.05, sleep=sleep),
             progress=False,
+            **args.get("map", {}),
         )
     except dsbatch.DsbatchError as e:
         error = {"type": type(e).__name__, "message": str(e), "path": getattr(e, "path", None)}
@@ -241,6 +242,55 @@ def test_2_a_process_whose_partner_was_killed_reads_the_dead_ones_batch_itself(t
     # The survivor polled and stored the dead process's batch, for the dead job too.
     assert record_of(cache, dead_batch)["state"] == "ingested"
     assert (cache / "results" / f"{dead_batch}.parquet").exists()
+
+
+# -- issue 14: two processes under one processing-queue limit ---------------------------------
+
+
+def _until(condition, timeout: float = 60.0) -> None:
+    """Wait for the workers (other processes) to bring ``condition`` about; fail after
+    ``timeout`` seconds. Only the workers' progress is waited on, never the emulator's clock."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("the workers did not get there in time")
+        time.sleep(0.01)
+
+
+def test_two_processes_under_one_queue_limit_never_hold_more_than_it_together(tmp_path, workers):
+    cache, go = tmp_path / "cache", tmp_path / "go"
+    limit = {"max_queued_requests": 200, "max_batch_requests": 100}
+    first_rows, second_rows = texts(300, "first"), texts(300, "second")
+    with Emulator(delay=3600, responder=echo, api_key=KEY) as emu:
+        queue = observe_queue(emu)
+        # A longer patience than the others': three waves in each worker on a busy machine.
+        common = {"url": emu.base_url, "cache": cache, "go": go, "map": limit, "patience": 120.0}
+        first = workers("first", texts=first_rows, **common)
+        second = workers("second", texts=second_rows, **common)
+        first.wait_for("ready")
+        second.wait_for("ready")
+        go.touch()  # both call dsbatch.map at once
+        # Each says so once it holds requests back, after the creates of its step: by then the
+        # first wave is out, and it is exactly the limit (one worker's 200, the other's none).
+        first.wait_for("wait for room in the processing queue")
+        second.wait_for("wait for room in the processing queue")
+        assert sum(b["request_counts"]["processing"] for b in emu.batches.values()) == 200
+
+        def wave_out() -> bool:
+            # The queue is full, or holds all that was left to send.
+            queued = sum(b["request_counts"]["processing"] for b in emu.batches.values())
+            return queued > 0 and (queued == 200 or len(emu.received) == 600)
+
+        waves = 0
+        while waves == 0 or len(emu.received) < 600:
+            _until(wave_out)
+            emu.advance(3600)  # the wave ends: the workers read it and send the next
+            waves += 1
+        one, two = first.outcome(), second.outcome()
+        assert sent(emu) == dict.fromkeys(ids_of(first_rows + second_rows), 1)
+    assert one["response"] == answers(first_rows) and two["response"] == answers(second_rows)
+    assert max(queue) == 200 and all(size <= 200 for size in queue)
+    assert waves == 3
 
 
 # -- issue 12, case 3: a process stopped (Ctrl-Z) with its batch in flight --------------------

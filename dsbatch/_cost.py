@@ -1,0 +1,379 @@
+"""Cost: what answers cost, from their usage and the price table of ``_models``, or the user's
+own prices (``prices=``, or a JSON file named by ``DSBATCH_PRICES``) over it.
+
+The cost of one answer, in USD, with ``p`` the model's standard prices per million tokens in
+effect on the day (UTC) its batch was created, and every term at the batch discount
+(``BATCH_DISCOUNT``, 50%: the Batch API halves input and output, and its discount stacks on
+prompt caching's prices)::
+
+    0.5 * (input_tokens * p.input + output_tokens * p.output
+           + cache_read_input_tokens * p.cache_read
+           + write_5m * p.cache_write_5m + write_1h * p.cache_write_1h) / 1_000_000
+
+``write_5m`` and ``write_1h`` split ``cache_creation_input_tokens`` by the cache entry's TTL, as
+the answer's ``usage.cache_creation`` reports it (``ephemeral_5m_input_tokens``,
+``ephemeral_1h_input_tokens``, read from the stored result line); an answer without that split
+has every write priced as a 5-minute one. A model with a price band (Haiku 5.5) prices a request
+whose prompt (input, cache reads and writes) is over ``band_tokens`` at the higher band, its
+output included. Errored, expired and canceled requests are not billed: they cost 0. A model
+without a known price has no cost (None), and is warned about once per process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from dsbatch._errors import LedgerError
+from dsbatch._models import BATCH_DISCOUNT, CHECKED, Prices, model_facts, parse_model
+from dsbatch._policy import LOST_ERROR
+from dsbatch._store import ResultsStore
+
+__all__ = [
+    "PRICES_ENV",
+    "PRICE_KEYS",
+    "PriceBook",
+    "Pricer",
+    "answer_cost",
+    "check_prices",
+    "model_of",
+    "prices_key",
+    "warn_unpriced",
+]
+
+log = logging.getLogger("dsbatch")
+
+PRICES_ENV = "DSBATCH_PRICES"
+# The keys of one model's prices, as ``prices=`` and the ``DSBATCH_PRICES`` file give them
+# (standard USD per million tokens); input and output are required, the cache prices default
+# to the usual 1.25x (5-minute write), 2x (1-hour write) and 0.1x (read) of input.
+PRICE_KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+_REQUIRED = ("input", "output")
+_MILLION = 1_000_000
+# Models already warned about in this process (one warning each, however often priced).
+_WARNED: set[str] = set()
+_NOT_BILLED = ("errored", "expired", "canceled")
+
+
+def answer_cost(
+    prices: Prices,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read: int = 0,
+    write_5m: int = 0,
+    write_1h: int = 0,
+) -> float:
+    """The batch cost in USD of one answer's usage (see the module's docstring)."""
+    prompt = input_tokens + cache_read + write_5m + write_1h
+    if prices.band_tokens is not None and prices.above is not None and prompt > prices.band_tokens:
+        prices = prices.above
+    standard = (
+        input_tokens * prices.input
+        + output_tokens * prices.output
+        + cache_read * prices.cache_read
+        + write_5m * prices.cache_write_5m
+        + write_1h * prices.cache_write_1h
+    )
+    return BATCH_DISCOUNT * standard / _MILLION
+
+
+# -- the user's prices ---------------------------------------------------------------------------
+
+
+def check_prices(name: str, value: Any) -> dict[str, dict[str, float]] | None:
+    """``prices=``: model -> its standard USD per million tokens (``PRICE_KEYS``)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{name} must map model names to prices, e.g. {{'claude-haiku-4-5': {{'input': 1.0, "
+            f"'output': 5.0}}}} (standard USD per million tokens), not {type(value).__name__}"
+        )
+    return {
+        str(model): _model_prices(f"{name}[{model!r}]", entry) for model, entry in value.items()
+    }
+
+
+def _model_prices(where: str, entry: Any) -> dict[str, float]:
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"{where} must be a dict of prices such as {{'input': 1.0, 'output': 5.0}}")
+    unknown = sorted(set(entry) - set(PRICE_KEYS))
+    missing = [key for key in _REQUIRED if key not in entry]
+    if unknown or missing:
+        what = f"unknown keys {unknown}" if unknown else f"no {' or '.join(missing)}"
+        raise ValueError(
+            f"{where} has {what}: its keys are {', '.join(PRICE_KEYS)} (standard USD per "
+            "million tokens; input and output are required)"
+        )
+    checked = {}
+    for key, price in entry.items():
+        if isinstance(price, bool) or not isinstance(price, (int, float)):
+            raise TypeError(f"{where}[{key!r}] must be a number of USD, not {price!r}")
+        if not math.isfinite(price) or price < 0:
+            raise ValueError(f"{where}[{key!r}] must be a finite number >= 0, not {price!r}")
+        checked[str(key)] = float(price)
+    return checked
+
+
+def _as_prices(entry: Mapping[str, float]) -> Prices:
+    base = entry["input"]
+    return Prices(
+        input=base,
+        cache_write_5m=entry.get("cache_write_5m", base * 1.25),
+        cache_write_1h=entry.get("cache_write_1h", base * 2),
+        cache_read=entry.get("cache_read", base * 0.1),
+        output=entry["output"],
+    )
+
+
+def _env_prices() -> tuple[dict[str, dict[str, float]], str]:
+    """The prices of the file ``DSBATCH_PRICES`` names ({} without one), and its text."""
+    path = os.environ.get(PRICES_ENV)
+    if not path:
+        return {}, ""
+    try:
+        text = Path(path).expanduser().read_text()
+        data = json.loads(text)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{PRICES_ENV}={path}: cannot read it as JSON ({e}); it should hold "
+            '{"model": {"input": ..., "output": ...}} in standard USD per million tokens'
+        ) from e
+    return check_prices(f"{PRICES_ENV} file {path}", data) or {}, text
+
+
+def prices_key(user: Mapping[str, Mapping[str, float]] | None) -> str:
+    """What prices depend on besides the usage: the table's date, ``prices=`` and the
+    ``DSBATCH_PRICES`` file (a status column priced otherwise is joined again)."""
+    _, text = _env_prices()
+    described = json.dumps([CHECKED, user, text], sort_keys=True)
+    return xxhash.xxh3_64_hexdigest(described.encode())
+
+
+class PriceBook:
+    """Prices per model and day: ``prices=`` first, then the ``DSBATCH_PRICES`` file, then the
+    table of ``_models`` (with its effective dates). The user's prices hold on every day."""
+
+    def __init__(self, user: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        given, _ = _env_prices()
+        given.update(check_prices("prices", user) or {})
+        self._exact = {model: _as_prices(entry) for model, entry in given.items()}
+        # A model id the user gave matches that model whatever its date suffix.
+        self._by_key = {
+            parsed: prices
+            for model, prices in self._exact.items()
+            if (parsed := parse_model(model)) is not None
+        }
+
+    def prices(self, model: str | None, day: dt.date | None = None) -> Prices | None:
+        """The prices of ``model`` on ``day`` (today when None); None, warned once, when no
+        price is known."""
+        found = self._find(model, day)
+        if found is None:
+            warn_unpriced(model)
+        return found
+
+    def _find(self, model: str | None, day: dt.date | None) -> Prices | None:
+        if model is None:
+            return None
+        if model in self._exact:
+            return self._exact[model]
+        parsed = parse_model(model)
+        if parsed is not None and parsed in self._by_key:
+            return self._by_key[parsed]
+        facts = model_facts(model)
+        return None if facts is None else facts.prices_on(day)
+
+
+def warn_unpriced(model: str | None) -> None:
+    """Say once per process that a model's answers have no cost."""
+    key = str(model)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    log.warning(
+        "dsbatch: no price is known for model %s: its cost is shown as unknown. Pass "
+        "prices={%r: {'input': ..., 'output': ...}} (standard USD per million tokens), or name "
+        "a JSON file of such prices in %s",
+        model,
+        key,
+        PRICES_ENV,
+    )
+
+
+# -- a job's answers -----------------------------------------------------------------------------
+
+
+def model_of(body: bytes, default: str | None = None) -> str | None:
+    """The ``model`` of a request's canonical JSON body. When ``default`` is the only model the
+    body names, no parsing is needed."""
+    named = b'"model":' + json.dumps(default).encode() if default is not None else None
+    if named is not None and body.count(b'"model":') == 1 and named in body:
+        return default
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) else None
+
+
+def _day(created_at: float | None) -> dt.date | None:
+    if created_at is None:
+        return None
+    return dt.datetime.fromtimestamp(created_at, dt.timezone.utc).date()
+
+
+class Pricer:
+    """Prices the answers of one job: its requests' bodies tell each one's model, the stored
+    result lines the TTL split of cache writes. What it worked out is kept (a batch's results
+    never change), so pricing after every poll stays cheap."""
+
+    def __init__(
+        self,
+        store: ResultsStore,
+        bodies: Mapping[str, bytes],
+        book: PriceBook,
+        *,
+        default_model: str | None = None,
+    ) -> None:
+        self.store = store
+        self.bodies = bodies
+        self.book = book
+        self.default_model = default_model
+        self._models: dict[str, str | None] = {}
+        self._splits: dict[str, dict[str, tuple[int, int]]] = {}
+        # batch_id -> (how many of its answers were priced, their cost): reused while equal.
+        self._sums: dict[str, tuple[int, float | None]] = {}
+
+    def model(self, custom_id: str) -> str | None:
+        if custom_id not in self._models:
+            body = self.bodies.get(custom_id)
+            self._models[custom_id] = (
+                self.default_model if body is None else model_of(body, self.default_model)
+            )
+        return self._models[custom_id]
+
+    def total(self, answered: pa.Table) -> float | None:
+        """The cost of these succeeded results (one per request); None when a model of theirs
+        has no known price."""
+        if answered.num_rows == 0:
+            return 0.0
+        grouped = answered.group_by("batch_id").aggregate([("custom_id", "count")])
+        total: float | None = 0.0
+        for batch_id, count in zip(
+            grouped["batch_id"].to_pylist(), grouped["custom_id_count"].to_pylist(), strict=True
+        ):
+            known = self._sums.get(batch_id)
+            if known is None or known[0] != count:
+                rows = answered.filter(pc.equal(answered["batch_id"], batch_id))
+                costs = self._costs(rows)
+                known = (count, None if None in costs else math.fsum(costs))  # type: ignore[arg-type]
+                self._sums[batch_id] = known
+            total = None if total is None or known[1] is None else total + known[1]
+        return total
+
+    def per_request(self, latest: pa.Table) -> pa.Array:
+        """One cost per result (``latest``: one per request): its answer's if it succeeded, 0 for
+        a request not billed, null when unknown (no price, or a lost batch's)."""
+        kinds = latest["type"].to_pylist()
+        errors = latest["error_type"].to_pylist()
+        succeeded = pc.equal(latest["type"], "succeeded").fill_null(False)
+        answered = iter(self._costs(latest.filter(succeeded)))
+        out: list[float | None] = []
+        for kind, error in zip(kinds, errors, strict=True):
+            if kind == "succeeded":
+                out.append(next(answered))
+            elif kind in _NOT_BILLED and error != LOST_ERROR:
+                out.append(0.0)
+            else:
+                out.append(None)
+        return pa.array(out, pa.float64())
+
+    def _costs(self, rows: pa.Table) -> list[float | None]:
+        """The cost of each succeeded result row."""
+        columns = [
+            rows[name].to_pylist()
+            for name in (
+                "custom_id",
+                "batch_id",
+                "batch_created_at",
+                "input_tokens",
+                "output_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+            )
+        ]
+        out: list[float | None] = []
+        for custom_id, batch_id, created, tokens_in, tokens_out, read, written in zip(
+            *columns, strict=True
+        ):
+            prices = self.book.prices(self.model(custom_id), _day(created))
+            if prices is None:
+                out.append(None)
+                continue
+            write_5m, write_1h = int(written or 0), 0
+            if write_5m:
+                write_5m, write_1h = self._split(batch_id, custom_id, write_5m)
+            out.append(
+                answer_cost(
+                    prices,
+                    input_tokens=int(tokens_in or 0),
+                    output_tokens=int(tokens_out or 0),
+                    cache_read=int(read or 0),
+                    write_5m=write_5m,
+                    write_1h=write_1h,
+                )
+            )
+        return out
+
+    def _split(self, batch_id: str | None, custom_id: str, written: int) -> tuple[int, int]:
+        """(5-minute, 1-hour) cache writes of one answer, as its result line reports them;
+        all 5-minute when it does not say."""
+        if batch_id is None:
+            return written, 0
+        if batch_id not in self._splits:
+            self._splits[batch_id] = _read_splits(self.store, batch_id)
+        one_hour = min(self._splits[batch_id].get(custom_id, (written, 0))[1], written)
+        return written - one_hour, one_hour
+
+
+def _read_splits(store: ResultsStore, batch_id: str) -> dict[str, tuple[int, int]]:
+    """custom_id -> (5-minute, 1-hour) cache writes, for the answers of a batch that wrote to
+    the cache and say how ({} when its results cannot be read)."""
+    try:
+        table = store.table(batch_id, ["custom_id", "cache_creation_input_tokens", "raw"])
+    except LedgerError as e:  # downloaded again by the job that needs it; writes priced as 5m
+        log.info("dsbatch: cannot read the cache writes of batch %s: %s", batch_id, e)
+        return {}
+    wrote = pc.greater(table["cache_creation_input_tokens"], 0).fill_null(False)
+    table = table.filter(wrote)
+    splits = {}
+    for custom_id, raw in zip(
+        table["custom_id"].to_pylist(), table["raw"].to_pylist(), strict=True
+    ):
+        split = _split_of(raw)
+        if split is not None:
+            splits[custom_id] = split
+    return splits
+
+
+def _split_of(raw: str | None) -> tuple[int, int] | None:
+    try:
+        usage = json.loads(raw or "")["result"]["message"]["usage"]
+        creation = usage["cache_creation"]
+        return int(creation.get("ephemeral_5m_input_tokens") or 0), int(
+            creation.get("ephemeral_1h_input_tokens") or 0
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
