@@ -347,11 +347,6 @@ def test_a_dataset_with_a_transform_that_cannot_be_pickled_still_runs(emu):
 # -- 10. cost so far -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JobStatus.cost_usd is always None: Job.status never prices the answers, even for a "
-    "model with a known price (DESIGN: None only for a model without one)",
-)
 def test_status_says_what_the_answers_cost_for_a_model_with_a_known_price(emu):
     run(dataset(texts(5)), emu)
     (job,) = dsbatch.jobs(client=emu.client())

@@ -28,6 +28,7 @@ STATUS_FIELDS = [
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
     "attempts",
+    "cost_usd",
 ]
 
 
@@ -233,7 +234,8 @@ def _keywords(**changes):
         betas=None, with_indices=False, cache_dir=None, max_attempts=3, on_error="keep",
         poll_interval=None, resend_canceled=False, progress=False, max_batch_requests=10,
         max_batch_bytes=1000, check_determinism=True, samples=1, samples_as="lists",
-        thinking_column="thinking", conversation_column=None,
+        thinking_column="thinking", conversation_column=None, budget_usd=None, dry_run=False,
+        max_queued_requests=100_000, prices=None,
     )  # fmt: skip
     return {**base, **changes}
 
