@@ -16,6 +16,7 @@ from dsbatch._poll import PollSchedule
 if TYPE_CHECKING:
     from dsbatch._job import Job, jobs
     from dsbatch._map import map
+    from dsbatch._preview import preview
     from dsbatch._status import BatchStatus, JobStatus
 
 __version__ = "0.1.0.dev0"
@@ -34,6 +35,7 @@ __all__ = [
     "__version__",
     "jobs",
     "map",
+    "preview",
 ]
 
 # Loaded on first use, so `dsbatch emulator` and `dsbatch.testing` start without importing
@@ -44,6 +46,7 @@ _LAZY = {
     "JobStatus": "dsbatch._status",
     "jobs": "dsbatch._job",
     "map": "dsbatch._map",
+    "preview": "dsbatch._preview",
 }
 
 

@@ -88,6 +88,8 @@ class Rendered:
     bodies: dict[str, bytes] = field(default_factory=dict)  # custom_id -> canonical params
     # custom_id -> (split label for messages, row index) of the first row that asked for it
     first_row: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    # The text templates rows were made from (``_prefix`` reads what they share once).
+    templates: list[_TextTemplate] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -125,7 +127,9 @@ def render_split(
         try:
             if isinstance(answer, str):
                 # The common case: the shape is checked once, each row only for its text.
-                template = template or _TextTemplate(shape, checker)
+                if template is None:
+                    template = _TextTemplate(shape, checker)
+                    rendered.templates.append(template)
                 body = template.body(answer)
             else:
                 body = canonical_json(_to_params(answer, shape, checker))
@@ -176,6 +180,11 @@ class _TextTemplate:
             raise PromptError("the request's params hold dsbatch's own placeholder text")
         self._head, self._tail = skeleton.split(hole)
         self._shape, self._checker = shape, checker
+
+    @property
+    def parts(self) -> tuple[bytes, bytes]:
+        """The bytes before and after the messages, the same in every request it makes."""
+        return self._head, self._tail
 
     def body(self, text: str) -> bytes:
         if not text or text.isspace():

@@ -24,6 +24,7 @@ from dsbatch._lease import Holder
 from dsbatch._ledger import JobLedger
 from dsbatch._plan import View, chunk_requests, decide, stand_in_results, survey
 from dsbatch._policy import latest_results
+from dsbatch._priming import Primers
 from dsbatch._progress import ProgressBar
 from dsbatch._records import BatchState
 
@@ -88,6 +89,8 @@ class JobLoop:
             origin=origin,
         )
         self._said: set[str] = set()  # the other jobs' batches already named in the log
+        # Requests that wait for the first request of their shared prefix (``_priming``).
+        self.primers = Primers(job.read_prefix_groups())
 
     def run(self, timeout: float | None = None, *, progress: bool | None = None) -> bool:
         """Step and wait until the job is done (True), or until ``timeout`` seconds of the
@@ -145,6 +148,7 @@ class JobLoop:
                     [view.results, stand_in_results(pa.array(pending), kind="canceled")]
                 )
                 pending = []
+            pending = self.primers.hold(pending, view)
             # The whole plan first: a request too large fails before any batch is paid.
             plans = list(
                 chunk_requests(

@@ -1,0 +1,405 @@
+"""Prompt caching of the prefixes a job's requests share (``prompt_caching="auto"``).
+
+Most jobs send the same long system prompt, few-shot turns or tool definitions with every row.
+With a ``cache_control`` breakpoint (1-hour TTL) at the end of that shared prefix, the first
+request writes it to the prompt cache (2x the input price) and every later one reads it (0.1x).
+This pass finds those prefixes and places the breakpoints after rendering, before the custom_ids
+and the job fingerprint are made from the bytes: both follow the exact bytes sent.
+
+A request's input is read as the API reads it, in blocks: each tool, the system prompt (a str is
+one block, a list one block each), then each message's content (likewise). A prefix is a run of
+whole blocks; two requests share one when the model and the blocks are the same (same place,
+same JSON) and, from the first message on, ``tool_choice``, ``thinking`` and whether the prompt
+holds images are the same too (changing those invalidates the message part of the cache).
+
+Tokens are estimated as dsbatch's emulator counts them: ``ceil(characters / 4)`` per block, of
+the text of a text block, else of the block's JSON, where images, documents and base64 data count
+nothing (their token cost follows pixels and pages, not bytes). English runs 3.5 to 4 characters
+per token, code and most other languages fewer, so real counts are at least the estimate: a
+prefix estimated long enough to be cached is.
+
+A breakpoint goes at the end of every prefix that
+
+- at least ``MIN_SHARING`` (3) distinct requests share: with a 1-hour TTL a write costs 2x and a
+  read 0.1x, so 2 requests sharing a prefix would pay 2.1x for it instead of 2x; from 3 on
+  caching pays;
+- is at least the model's minimum cacheable length (``dsbatch._models``; a model the table does
+  not know: the largest known minimum), shorter prefixes are not cached by the API anyway;
+- ends where the requests sharing it part (its last block that they all share, and that can
+  carry a breakpoint: a thinking block cannot).
+
+A request gets at most ``MAX_BREAKPOINTS`` (4, the API's limit): its deepest ones. A str system
+prompt or message content that carries one becomes a one-block list. A request that sets
+``cache_control`` anywhere itself (on a block, or the top-level automatic caching) is left
+exactly as it is. The API's automatic caching is never used: in a batch it would cache up to each
+row's own last block, a write per request and no reads.
+
+The deepest breakpoint of a request names its prefix group: one request of each group is sent
+first, in a batch of its own, and the rest once it has ended (``_priming``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from dsbatch._models import DEFAULT_CACHE_MIN_TOKENS, model_facts
+from dsbatch._render import CUSTOM_ID_PREFIX, Rendered, canonical_json, custom_id_for
+
+__all__ = [
+    "CACHE_CONTROL",
+    "MAX_BREAKPOINTS",
+    "MIN_SHARING",
+    "PrefixCaching",
+    "estimate_tokens",
+    "plan_prefix_caching",
+]
+
+log = logging.getLogger("dsbatch")
+
+CACHE_CONTROL = {"type": "ephemeral", "ttl": "1h"}
+MIN_SHARING = 3
+MAX_BREAKPOINTS = 4
+
+# How a request that sets cache_control itself is recognised without parsing it: in canonical
+# JSON a key is `"cache_control":`, while the same words inside a string are escaped (\").
+_OWN = b'"cache_control":'
+_IMAGES = b'"type":"image"'
+_UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
+_NO_TOKENS = frozenset({"image", "document"})
+_BASE_ID = len(CUSTOM_ID_PREFIX) + 32  # what follows is a suffix of render's (a sample's)
+_HOLE = "\x00dsbatch-prefix-hole\x00"
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+# Where a block sits: ("tools", i), ("system", i | None), ("messages", m, i | None); None is a
+# str system prompt or message content (one block).
+Where = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One block of a request's input: the prefix ending with it (``node``), the estimated
+    tokens of that prefix, and where the block sits."""
+
+    node: int
+    tokens: int
+    where: Where
+    markable: bool
+
+
+def estimate_tokens(block: Any) -> int:
+    """The estimated tokens of one block (see the module's docstring)."""
+    if isinstance(block, str):
+        return (len(block) + 3) // 4
+    if not isinstance(block, dict):
+        return 0
+    kind = block.get("type")
+    if kind == "text" and isinstance(block.get("text"), str):
+        return (len(block["text"]) + 3) // 4
+    if kind in _NO_TOKENS:
+        return 0
+    text = _JSON(block)
+    chars = len(text) - (_data_chars(block) if '"data":"' in text else 0)
+    return (max(chars, 0) + 3) // 4
+
+
+def _data_chars(value: Any) -> int:
+    """Characters of base64 ``data`` fields anywhere in a block (images inside tool results)."""
+    if isinstance(value, dict):
+        return sum(
+            len(v) if k == "data" and isinstance(v, str) else _data_chars(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return sum(_data_chars(v) for v in value)
+    return 0
+
+
+def _blocks(params: Mapping[str, Any], images: bool) -> list[_Block]:
+    """The request's input as blocks, in the API's order, each with the prefix it ends."""
+    node = xxhash.xxh3_64_intdigest(b"model\x00" + str(params.get("model")).encode())
+    tokens = 0
+    out: list[_Block] = []
+
+    def add(tag: bytes, where: Where, block: Any, markable: bool) -> None:
+        nonlocal node, tokens
+        if isinstance(block, str):
+            data = b"\x01" + block.encode("utf-8", "surrogatepass")
+        else:
+            data = b"\x02" + _JSON(block).encode("utf-8", "surrogatepass")
+        node = xxhash.xxh3_64_intdigest(tag + b"\x00" + data, node)
+        tokens += estimate_tokens(block)
+        out.append(_Block(node, tokens, where, markable))
+
+    tools = params.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        add(b"tool", ("tools", i), tool, isinstance(tool, dict))
+    system = params.get("system")
+    if isinstance(system, str):
+        add(b"system", ("system", None), system, bool(system.strip()))
+    elif isinstance(system, list):
+        for i, block in enumerate(system):
+            add(b"system", ("system", i), block, _markable(block))
+    messages = params.get("messages")
+    if not isinstance(messages, list):
+        return out
+    context = {key: params[key] for key in ("tool_choice", "thinking") if key in params}
+    node = xxhash.xxh3_64_intdigest(_JSON([context, images]).encode(), node)
+    for m, message in enumerate(messages):
+        if not isinstance(message, dict):
+            break
+        tag = f"{message.get('role')}:{m}".encode()
+        content = message.get("content")
+        if isinstance(content, str):
+            add(tag, ("messages", m, None), content, bool(content.strip()))
+        elif isinstance(content, list):
+            for i, block in enumerate(content):
+                add(tag, ("messages", m, i), block, _markable(block))
+    return out
+
+
+def _markable(block: Any) -> bool:
+    if not isinstance(block, dict) or block.get("type") in _UNMARKABLE:
+        return False
+    text = block.get("text")
+    return not (block.get("type") == "text" and not (isinstance(text, str) and text.strip()))
+
+
+def _minimum(model: Any) -> int:
+    facts = model_facts(model) if isinstance(model, str) else None
+    return facts.minimum_cacheable if facts is not None else DEFAULT_CACHE_MIN_TOKENS
+
+
+# -- placing breakpoints ------------------------------------------------------------------------
+
+
+def _text_block(text: str, control: Mapping[str, str] | None) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "text", "text": text}
+    if control is not None:
+        block["cache_control"] = dict(control)
+    return block
+
+
+def _place(params: dict[str, Any], where: Where, control: Mapping[str, str] | None) -> None:
+    """Put a breakpoint (``control``) on one block of ``params`` (copying what it changes); a
+    str system prompt or content becomes a one-block list even without one."""
+
+    def marked(block: Any) -> Any:
+        return block if control is None else {**block, "cache_control": dict(control)}
+
+    kind, index = where[0], where[1]
+    if kind == "tools":
+        tools = params["tools"] = list(params["tools"])
+        tools[index] = marked(tools[index])
+    elif kind == "system":
+        if index is None:
+            params["system"] = [_text_block(params["system"], control)]
+        else:
+            system = params["system"] = list(params["system"])
+            system[index] = marked(system[index])
+    else:
+        messages = params["messages"] = list(params["messages"])
+        message = messages[index] = dict(messages[index])
+        if where[2] is None:
+            message["content"] = [_text_block(message["content"], control)]
+        else:
+            content = message["content"] = list(message["content"])
+            content[where[2]] = marked(content[where[2]])
+
+
+def _with_breakpoints(params: dict[str, Any], points: Sequence[_Block]) -> dict[str, Any]:
+    """``params`` with a breakpoint on the deepest ``MAX_BREAKPOINTS`` of ``points``."""
+    out = dict(params)
+    kept = {p.where for p in points[-MAX_BREAKPOINTS:]}
+    for point in points:
+        _place(out, point.where, CACHE_CONTROL if point.where in kept else None)
+    return out
+
+
+@dataclass
+class _Template:
+    """Requests made from one text template (``_render``): the same bytes around their one
+    message, so the shared part is read once and each request is only compared, never parsed."""
+
+    head: bytes
+    tail: bytes
+    blocks: list[_Block]  # the tools and system prompt: everything before the message
+    skeleton: dict[str, Any]  # the params, messages aside
+    requests: int = 0
+    marked: tuple[bytes, bytes] | None = None  # head and tail with the breakpoints placed
+    group: int | None = None  # the node of its deepest breakpoint
+
+    def middle(self, body: bytes) -> bytes | None:
+        """The messages of ``body`` when it is made from this template."""
+        if len(body) > len(self.head) + len(self.tail) and (
+            body.startswith(self.head) and body.endswith(self.tail)
+        ):
+            return body[len(self.head) : len(body) - len(self.tail)]
+        return None
+
+    def place(self, points: Sequence[_Block]) -> None:
+        params = _with_breakpoints(self.skeleton, points)
+        hole = _JSON(_HOLE).encode()
+        text = canonical_json({**params, "messages": _HOLE})
+        if text.count(hole) == 1:  # else a param holds the placeholder text: left unmarked
+            head, tail = text.split(hole)
+            self.marked, self.group = (head, tail), points[-1].node
+
+
+def _templates(rendered: Rendered) -> list[_Template]:
+    out: dict[tuple[bytes, bytes], _Template] = {}
+    for template in rendered.templates:
+        head, tail = template.parts
+        if (head, tail) in out or _OWN in head or _OWN in tail:
+            continue
+        skeleton = json.loads(head + b"null" + tail)
+        del skeleton["messages"]
+        out[head, tail] = _Template(head, tail, _blocks(skeleton, images=False), skeleton)
+    return list(out.values())
+
+
+@dataclass
+class PrefixCaching:
+    """The breakpoints of a job: which shared prefixes get one (``chosen``, by the node that
+    ends them), placed on any rendering of the job's rows by ``apply``."""
+
+    chosen: set[int]
+    templates: list[_Template]
+    betas: tuple[str, ...]
+    tokens: dict[int, int] = field(default_factory=dict)  # node -> estimated prefix tokens
+    sharing: dict[int, int] = field(default_factory=dict)  # node -> requests that share it
+    groups: list[int] = field(default_factory=list)  # group number -> its node (set by apply)
+
+    def _match(self, body: bytes) -> tuple[_Template, bytes] | None:
+        for template in self.templates:
+            middle = template.middle(body)
+            if middle is not None:
+                return template, middle
+        return None
+
+    def _marked(self, body: bytes) -> tuple[bytes, int] | None:
+        """The body with its breakpoints and the node of its deepest one; None: unchanged."""
+        if _OWN in body:
+            return None
+        found = self._match(body)
+        if found is not None:
+            template, middle = found
+            if template.marked is None or template.group is None:
+                return None
+            head, tail = template.marked
+            return head + middle + tail, template.group
+        params = json.loads(body)
+        blocks = _blocks(params, _IMAGES in body)
+        points = [b for b in blocks if b.markable and b.node in self.chosen]
+        if not points:
+            return None
+        return canonical_json(_with_breakpoints(params, points)), points[-1].node
+
+    def apply(self, rendered: Rendered) -> dict[str, int]:
+        """Place the breakpoints in ``rendered`` (bodies, custom_ids, row maps); returns
+        custom_id -> prefix group (numbered in order of first request) of every request that
+        got one."""
+        bodies: dict[str, bytes] = {}
+        first_row: dict[str, tuple[str | None, int]] = {}
+        renamed: dict[str, str] = {}
+        groups: dict[str, int] = {}
+        numbers: dict[int, int] = {}
+        for key, body in rendered.bodies.items():
+            marked = self._marked(body)
+            new_key = key
+            if marked is not None:
+                body, node = marked
+                new_key = custom_id_for(body, self.betas) + key[_BASE_ID:]
+                renamed[key] = new_key
+                groups[new_key] = numbers.setdefault(node, len(numbers))
+            if new_key in bodies:  # the same bytes as an earlier request that set them itself
+                continue
+            bodies[new_key] = body
+            if key in rendered.first_row:
+                first_row[new_key] = rendered.first_row[key]
+        self.groups = [node for node, _ in sorted(numbers.items(), key=lambda item: item[1])]
+        if renamed:
+            rendered.bodies, rendered.first_row = bodies, first_row
+            for split, ids in rendered.row_custom_ids.items():
+                rendered.row_custom_ids[split] = [
+                    None if c is None else renamed.get(c, c) for c in ids
+                ]
+        return groups
+
+    def describe(self, groups: Mapping[str, int]) -> str:
+        """What ``apply`` placed, for the log."""
+        sizes = [f"~{self.tokens[node]:,}" for node in self.groups[:5]]
+        more = " ..." if len(self.groups) > 5 else ""
+        return (
+            f"{len(groups):,} requests share {len(self.groups)} long prompt prefixes "
+            f"({', '.join(sizes)}{more} tokens, estimated): each gets a 1-hour cache_control "
+            "breakpoint at its end"
+        )
+
+
+def plan_prefix_caching(rendered: Rendered, betas: Sequence[str] = ()) -> PrefixCaching | None:
+    """Find the prefixes of ``rendered``'s requests that deserve a breakpoint (see the module's
+    docstring); None when none does."""
+    templates = _templates(rendered)
+    counts: Counter[int] = Counter()
+    after: dict[int, int] = {}  # node -> most requests sharing the next markable block
+    tokens: dict[int, int] = {}
+    minimum: dict[int, int] = {}
+    paths: list[list[_Block]] = []
+    last: _Template | None = None
+    for body in rendered.bodies.values():
+        if _OWN in body:
+            continue
+        if last is not None and last.middle(body) is not None:
+            last.requests += 1
+            continue
+        found = next((t for t in templates if t.middle(body) is not None), None)
+        if found is not None:
+            found.requests += 1
+            last = found
+            continue
+        params = json.loads(body)
+        path = [b for b in _blocks(params, _IMAGES in body) if b.markable]
+        least = _minimum(params.get("model"))
+        for block in path:
+            counts[block.node] += 1
+            tokens[block.node], minimum[block.node] = block.tokens, least
+        paths.append(path)
+    for template in templates:
+        path = [b for b in template.blocks if b.markable]
+        least = _minimum(template.skeleton.get("model"))
+        for block in path:
+            counts[block.node] += template.requests
+            tokens[block.node], minimum[block.node] = block.tokens, least
+        if path and template.requests:
+            paths.append(path)
+            # Its rows' own messages follow, each in one request only.
+            after[path[-1].node] = max(after.get(path[-1].node, 0), 1)
+    for path in paths:
+        for block, following in zip(path, path[1:]):
+            after[block.node] = max(after.get(block.node, 0), counts[following.node])
+    chosen = {
+        node
+        for node, n in counts.items()
+        if n >= MIN_SHARING and after.get(node, 0) < n and tokens[node] >= minimum[node]
+    }
+    if not chosen:
+        return None
+    plan = PrefixCaching(
+        chosen,
+        templates,
+        tuple(betas),
+        tokens={n: tokens[n] for n in chosen},
+        sharing={n: counts[n] for n in chosen},
+    )
+    for template in templates:
+        points = [b for b in template.blocks if b.markable and b.node in chosen]
+        if points:
+            template.place(points)
+    return plan
