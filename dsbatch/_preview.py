@@ -36,7 +36,7 @@ from datasets import Dataset, DatasetDict
 from dsbatch._backend import Backend, NoCredentials, Unreachable
 from dsbatch._collect import Outputs, attach
 from dsbatch._collect import _messages as stored_messages
-from dsbatch._compat import fingerprint_of, iter_rows
+from dsbatch._compat import fingerprint_of, iter_rows, take_rows
 from dsbatch._errors import BatchAPIError
 from dsbatch._files import arrow_bytes
 from dsbatch._ingest import parse_results
@@ -46,7 +46,13 @@ from dsbatch._map import find_origin, prepare
 from dsbatch._options import MapOptions
 from dsbatch._plan import decide, stand_in_results, survey
 from dsbatch._policy import attempts, latest_results
-from dsbatch._retry import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from dsbatch._retry import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_fixed,
+)
 from dsbatch._store import PREVIEW_PREFIX
 
 __all__ = ["preview"]
@@ -212,9 +218,10 @@ def _buy(
     (origin first); returns custom_id -> why it got no answer. A failure no call would escape
     is raised once the others' answers are stored."""
     schedule = options.schedule
+    fixed = schedule.factor == 1.0  # a fixed poll_interval retries that often, as every call
     retrying = Retrying(
         stop=stop_after_attempt(_ATTEMPTS),
-        wait=wait_exponential(1.0, 16.0),
+        wait=wait_fixed(schedule.initial) if fixed else wait_exponential(1.0, 16.0),
         retry=retry_if_exception(_worth_retrying),
         sleep=schedule.sleep,
         clock=schedule.clock,
@@ -304,7 +311,7 @@ def _output(
 ) -> Dataset | DatasetDict:
     """The previewed rows with the columns ``map`` adds, from the cache's results (and the
     failed calls' errors)."""
-    picked = {split: splits[split].select(rows) for split, rows in chosen.items()}
+    picked = {split: take_rows(splits[split], rows) for split, rows in chosen.items()}
     ids = {
         split: pa.array([row_ids[split][r] for r in rows], pa.string())
         for split, rows in chosen.items()
