@@ -26,7 +26,7 @@ from dsbatch._options import MapOptions
 from dsbatch._origin import resolve_origin
 from dsbatch._plan import check_sizes, job_fingerprint
 from dsbatch._poll import PollSchedule, first_contact_retrying
-from dsbatch._prefix import plan_prefix_caching
+from dsbatch._prefix import TemplateMarks, plan_prefix_caching
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, RequestShape, render_split
 from dsbatch._stable import warn_if_replacing, warn_if_unstable
@@ -242,6 +242,9 @@ def prepare(
     any call, what no batch could carry."""
     options.check_columns({labels[s] or "": ds.column_names for s, ds in splits.items()})
     shape = options.shape(backend.api_version)
+    marks = TemplateMarks() if options.prompt_caching == "auto" else None
+    if marks is not None:
+        shape = dataclasses.replace(shape, mark=marks)
     rendered = Rendered()
     for split, ds in splits.items():
         render_split(
@@ -254,13 +257,12 @@ def prepare(
             label=labels[split],
         )
     prepared = Prepared(rendered, shape)
-    caching = (
-        plan_prefix_caching(rendered, options.betas) if options.prompt_caching == "auto" else None
-    )
+    caching = plan_prefix_caching(rendered, options.betas, marks) if marks is not None else None
     if caching is not None:
         prepared.groups = caching.apply(rendered)
         prepared.transform = caching.apply
-        log.info("dsbatch: %s", caching.describe(prepared.groups))
+        if prepared.groups:
+            log.info("dsbatch: %s", caching.describe(prepared.groups))
     check_sizes(rendered.bodies, max_bytes=options.max_batch_bytes, first_row=rendered.first_row)
     return prepared
 

@@ -40,12 +40,13 @@ first, in a batch of its own, and the rest once it has ended (``_priming``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -56,7 +57,9 @@ __all__ = [
     "CACHE_CONTROL",
     "MAX_BREAKPOINTS",
     "MIN_SHARING",
+    "SMALLEST_MINIMUM",
     "PrefixCaching",
+    "TemplateMarks",
     "estimate_tokens",
     "plan_prefix_caching",
 ]
@@ -74,6 +77,11 @@ _IMAGES = b'"type":"image"'
 _UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
 _NO_TOKENS = frozenset({"image", "document"})
 _BASE_ID = len(CUSTOM_ID_PREFIX) + 32  # what follows is a suffix of render's (a sample's)
+# The smallest minimum cacheable length of any model (Sonnet 4.5's). A request's estimated
+# tokens are at most a quarter of its body's bytes (a block's JSON costs at least 4 bytes more
+# than its text), so a shorter body holds no prefix worth a breakpoint and is never parsed.
+SMALLEST_MINIMUM = 1024
+_SHORT = 4 * SMALLEST_MINIMUM
 _HOLE = "\x00dsbatch-prefix-hole\x00"
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
@@ -82,8 +90,7 @@ _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=Fal
 Where = tuple[Any, ...]
 
 
-@dataclass(frozen=True)
-class _Block:
+class _Block(NamedTuple):
     """One block of a request's input: the prefix ending with it (``node``), the estimated
     tokens of that prefix, and where the block sits."""
 
@@ -129,12 +136,18 @@ def _blocks(params: Mapping[str, Any], images: bool) -> list[_Block]:
 
     def add(tag: bytes, where: Where, block: Any, markable: bool) -> None:
         nonlocal node, tokens
-        if isinstance(block, str):
+        if block.__class__ is str:
             data = b"\x01" + block.encode("utf-8", "surrogatepass")
+            tokens += (len(block) + 3) // 4
+        elif block.__class__ is dict and len(block) == 2 and block.get("type") == "text":
+            # A plain text block (the common one): its text, without encoding it as JSON.
+            text = block["text"]
+            data = b"\x03" + str(text).encode("utf-8", "surrogatepass")
+            tokens += estimate_tokens(block)
         else:
             data = b"\x02" + _JSON(block).encode("utf-8", "surrogatepass")
+            tokens += estimate_tokens(block)
         node = xxhash.xxh3_64_intdigest(tag + b"\x00" + data, node)
-        tokens += estimate_tokens(block)
         out.append(_Block(node, tokens, where, markable))
 
     tools = params.get("tools")
@@ -171,8 +184,9 @@ def _markable(block: Any) -> bool:
     return not (block.get("type") == "text" and not (isinstance(text, str) and text.strip()))
 
 
-def _minimum(model: Any) -> int:
-    facts = model_facts(model) if isinstance(model, str) else None
+@functools.lru_cache(maxsize=64)
+def _minimum(model: str | None) -> int:
+    facts = model_facts(model) if model is not None else None
     return facts.minimum_cacheable if facts is not None else DEFAULT_CACHE_MIN_TOKENS
 
 
@@ -222,17 +236,51 @@ def _with_breakpoints(params: dict[str, Any], points: Sequence[_Block]) -> dict[
     return out
 
 
+def _parts(params: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
+    """The canonical JSON of ``params`` around its messages (as a text template holds it);
+    None when a param holds the placeholder text itself."""
+    hole = _JSON(_HOLE).encode()
+    text = canonical_json({**params, "messages": _HOLE})
+    if text.count(hole) != 1:
+        return None
+    head, tail = text.split(hole)
+    return head, tail
+
+
+class TemplateMarks:
+    """Marks what every text request of a job shares as render makes the job's text template
+    (``RequestShape.mark``), so that those rows are rendered with their breakpoint at no cost
+    per row: the tools and system prompt end in one, when they are long enough. The plan
+    confirms it (3 requests at least...) or has ``apply`` render those rows again."""
+
+    def __init__(self) -> None:
+        # canonical JSON of a marked skeleton (messages aside) -> the skeleton before marking
+        self.made: dict[bytes, dict[str, Any]] = {}
+
+    def __call__(self, params: dict[str, Any]) -> dict[str, Any]:
+        skeleton = {k: v for k, v in params.items() if k != "messages"}
+        if _OWN in canonical_json(skeleton):
+            return params
+        points = [b for b in _blocks(skeleton, images=False) if b.markable]
+        model = params.get("model")
+        if not points or points[-1].tokens < _minimum(model if isinstance(model, str) else None):
+            return params
+        marked = _with_breakpoints(params, points[-1:])
+        self.made[canonical_json({k: v for k, v in marked.items() if k != "messages"})] = skeleton
+        return marked
+
+
 @dataclass
 class _Template:
     """Requests made from one text template (``_render``): the same bytes around their one
     message, so the shared part is read once and each request is only compared, never parsed."""
 
-    head: bytes
+    head: bytes  # as rendered (breakpoints of ``TemplateMarks`` included)
     tail: bytes
-    blocks: list[_Block]  # the tools and system prompt: everything before the message
-    skeleton: dict[str, Any]  # the params, messages aside
+    blocks: list[_Block]  # the tools and system prompt, before any breakpoint of ours
+    skeleton: dict[str, Any]  # the params before any breakpoint of ours, messages aside
     requests: int = 0
-    marked: tuple[bytes, bytes] | None = None  # head and tail with the breakpoints placed
+    target: tuple[bytes, bytes] | None = None  # head and tail as the plan wants them
     group: int | None = None  # the node of its deepest breakpoint
 
     def middle(self, body: bytes) -> bytes | None:
@@ -244,22 +292,23 @@ class _Template:
         return None
 
     def place(self, points: Sequence[_Block]) -> None:
-        params = _with_breakpoints(self.skeleton, points)
-        hole = _JSON(_HOLE).encode()
-        text = canonical_json({**params, "messages": _HOLE})
-        if text.count(hole) == 1:  # else a param holds the placeholder text: left unmarked
-            head, tail = text.split(hole)
-            self.marked, self.group = (head, tail), points[-1].node
+        """Aim at the breakpoints on ``points`` (none: the rows as the prompt made them)."""
+        parts = _parts(_with_breakpoints(self.skeleton, points))
+        if parts is not None:  # else a param holds the placeholder text: left as rendered
+            self.target, self.group = parts, points[-1].node if points else None
 
 
-def _templates(rendered: Rendered) -> list[_Template]:
+def _templates(rendered: Rendered, marks: TemplateMarks | None) -> list[_Template]:
     out: dict[tuple[bytes, bytes], _Template] = {}
     for template in rendered.templates:
         head, tail = template.parts
-        if (head, tail) in out or _OWN in head or _OWN in tail:
+        if (head, tail) in out:
             continue
         skeleton = json.loads(head + b"null" + tail)
         del skeleton["messages"]
+        skeleton = (marks.made if marks else {}).get(canonical_json(skeleton), skeleton)
+        if _OWN in canonical_json(skeleton):
+            continue  # the prompt's own breakpoints: left alone
         out[head, tail] = _Template(head, tail, _blocks(skeleton, images=False), skeleton)
     return list(out.values())
 
@@ -275,57 +324,73 @@ class PrefixCaching:
     tokens: dict[int, int] = field(default_factory=dict)  # node -> estimated prefix tokens
     sharing: dict[int, int] = field(default_factory=dict)  # node -> requests that share it
     groups: list[int] = field(default_factory=list)  # group number -> its node (set by apply)
+    # custom_id -> nodes of the requests the plan read (``apply`` parses only those it marks)
+    paths: dict[str, list[_Block]] = field(default_factory=dict)
+    template_of: dict[str, _Template] = field(default_factory=dict)  # requests made from one
 
-    def _match(self, body: bytes) -> tuple[_Template, bytes] | None:
-        for template in self.templates:
-            middle = template.middle(body)
-            if middle is not None:
-                return template, middle
-        return None
-
-    def _marked(self, body: bytes) -> tuple[bytes, int] | None:
-        """The body with its breakpoints and the node of its deepest one; None: unchanged."""
-        if _OWN in body:
-            return None
-        found = self._match(body)
-        if found is not None:
-            template, middle = found
-            if template.marked is None or template.group is None:
+    def _marked(self, key: str, body: bytes) -> tuple[bytes, int | None] | None:
+        """The body as it goes out and the node of its deepest breakpoint; None: as it is,
+        without one."""
+        template = self.template_of.pop(key, None)
+        middle = None
+        if template is not None:
+            middle = body[len(template.head) : len(body) - len(template.tail)]
+        elif key not in self.paths:
+            found = _match(self.templates, body)
+            if found is not None:
+                template, middle = found
+                if _OWN in middle:
+                    return None
+        if template is not None and middle is not None:
+            if template.target is None:
                 return None
-            head, tail = template.marked
+            if template.target == (template.head, template.tail):
+                return (body, template.group) if template.group is not None else None
+            head, tail = template.target
             return head + middle + tail, template.group
-        params = json.loads(body)
-        blocks = _blocks(params, _IMAGES in body)
-        points = [b for b in blocks if b.markable and b.node in self.chosen]
+        path = self.paths.pop(key, None)
+        if path is None:
+            if len(body) < _SHORT or _OWN in body:
+                return None
+            params = json.loads(body)
+            path = [b for b in _blocks(params, _IMAGES in body) if b.markable]
+        else:
+            params = None  # the plan read it already: parsed again only if it gets one
+        points = [b for b in path if b.node in self.chosen]
         if not points:
             return None
+        params = json.loads(body) if params is None else params
         return canonical_json(_with_breakpoints(params, points)), points[-1].node
 
     def apply(self, rendered: Rendered) -> dict[str, int]:
         """Place the breakpoints in ``rendered`` (bodies, custom_ids, row maps); returns
         custom_id -> prefix group (numbered in order of first request) of every request that
         got one."""
-        bodies: dict[str, bytes] = {}
-        first_row: dict[str, tuple[str | None, int]] = {}
+        old, rendered.bodies = rendered.bodies, {}
+        bodies, first_row = rendered.bodies, {}
         renamed: dict[str, str] = {}
         groups: dict[str, int] = {}
         numbers: dict[int, int] = {}
-        for key, body in rendered.bodies.items():
-            marked = self._marked(body)
+        for key in list(old):
+            body = old.pop(key)  # one body in memory at a time, not two of each
             new_key = key
+            marked = self._marked(key, body)
             if marked is not None:
-                body, node = marked
-                new_key = custom_id_for(body, self.betas) + key[_BASE_ID:]
-                renamed[key] = new_key
-                groups[new_key] = numbers.setdefault(node, len(numbers))
+                new_body, node = marked
+                if new_body is not body:
+                    body = new_body
+                    new_key = custom_id_for(body, self.betas) + key[_BASE_ID:]
+                    renamed[key] = new_key
+                if node is not None:
+                    groups[new_key] = numbers.setdefault(node, len(numbers))
             if new_key in bodies:  # the same bytes as an earlier request that set them itself
                 continue
             bodies[new_key] = body
             if key in rendered.first_row:
                 first_row[new_key] = rendered.first_row[key]
         self.groups = [node for node, _ in sorted(numbers.items(), key=lambda item: item[1])]
+        rendered.first_row = first_row
         if renamed:
-            rendered.bodies, rendered.first_row = bodies, first_row
             for split, ids in rendered.row_custom_ids.items():
                 rendered.row_custom_ids[split] = [
                     None if c is None else renamed.get(c, c) for c in ids
@@ -343,63 +408,80 @@ class PrefixCaching:
         )
 
 
-def plan_prefix_caching(rendered: Rendered, betas: Sequence[str] = ()) -> PrefixCaching | None:
+def _match(templates: Sequence[_Template], body: bytes) -> tuple[_Template, bytes] | None:
+    """The template ``body`` was made from, and its messages."""
+    for template in templates:
+        middle = template.middle(body)
+        if middle is not None:
+            return template, middle
+    return None
+
+
+def plan_prefix_caching(
+    rendered: Rendered, betas: Sequence[str] = (), marks: TemplateMarks | None = None
+) -> PrefixCaching | None:
     """Find the prefixes of ``rendered``'s requests that deserve a breakpoint (see the module's
-    docstring); None when none does."""
-    templates = _templates(rendered)
+    docstring); None when none does. ``marks``: the breakpoints render placed already."""
+    templates = _templates(rendered, marks)
     counts: Counter[int] = Counter()
-    after: dict[int, int] = {}  # node -> most requests sharing the next markable block
     tokens: dict[int, int] = {}
     minimum: dict[int, int] = {}
-    paths: list[list[_Block]] = []
+    paths: dict[str, list[_Block]] = {}  # custom_id -> its markable blocks
+    template_of: dict[str, _Template] = {}
     last: _Template | None = None
-    for body in rendered.bodies.values():
-        if _OWN in body:
-            continue
-        if last is not None and last.middle(body) is not None:
-            last.requests += 1
-            continue
-        found = next((t for t in templates if t.middle(body) is not None), None)
+    for key, body in rendered.bodies.items():
+        found = None
+        if last is not None and (middle := last.middle(body)) is not None:
+            found = last, middle
+        else:
+            found = _match(templates, body)
         if found is not None:
-            found.requests += 1
-            last = found
+            last = found[0]
+            if _OWN not in found[1]:
+                found[0].requests += 1
+                template_of[key] = found[0]
+            continue
+        if len(body) < _SHORT or _OWN in body:
             continue
         params = json.loads(body)
+        model = params.get("model")
+        least = _minimum(model if isinstance(model, str) else None)
         path = [b for b in _blocks(params, _IMAGES in body) if b.markable]
-        least = _minimum(params.get("model"))
         for block in path:
             counts[block.node] += 1
             tokens[block.node], minimum[block.node] = block.tokens, least
-        paths.append(path)
+        paths[key] = path
+    shared = [tuple(b.node for b in path) for path in paths.values()]
+    after: dict[int, int] = {}  # node -> most requests sharing the next markable block
     for template in templates:
         path = [b for b in template.blocks if b.markable]
-        least = _minimum(template.skeleton.get("model"))
+        model = template.skeleton.get("model")
+        least = _minimum(model if isinstance(model, str) else None)
         for block in path:
             counts[block.node] += template.requests
             tokens[block.node], minimum[block.node] = block.tokens, least
         if path and template.requests:
-            paths.append(path)
+            shared.append(tuple(b.node for b in path))
             # Its rows' own messages follow, each in one request only.
             after[path[-1].node] = max(after.get(path[-1].node, 0), 1)
-    for path in paths:
-        for block, following in zip(path, path[1:]):
-            after[block.node] = max(after.get(block.node, 0), counts[following.node])
+    for nodes in shared:
+        for node, following in zip(nodes, nodes[1:]):
+            after[node] = max(after.get(node, 0), counts[following])
     chosen = {
         node
         for node, n in counts.items()
         if n >= MIN_SHARING and after.get(node, 0) < n and tokens[node] >= minimum[node]
     }
-    if not chosen:
+    for template in templates:
+        template.place([b for b in template.blocks if b.markable and b.node in chosen])
+    if not chosen and all(t.target in (None, (t.head, t.tail)) for t in templates):
         return None
-    plan = PrefixCaching(
+    return PrefixCaching(
         chosen,
         templates,
         tuple(betas),
         tokens={n: tokens[n] for n in chosen},
         sharing={n: counts[n] for n in chosen},
+        paths=paths,
+        template_of=template_of,
     )
-    for template in templates:
-        points = [b for b in template.blocks if b.markable and b.node in chosen]
-        if points:
-            template.place(points)
-    return plan

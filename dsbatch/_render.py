@@ -70,6 +70,8 @@ class RequestShape:
     additions: Mapping[str, Any] = field(default_factory=dict)  # from response_format
     api_version: str = API_VERSION_2026
     betas: tuple[str, ...] = ()
+    # What places prompt-cache breakpoints on the part every text request shares (``_prefix``).
+    mark: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def checker(self) -> RequestChecker:
         """The rules every request of the job is checked against."""
@@ -174,6 +176,8 @@ class _TextTemplate:
     def __init__(self, shape: RequestShape, checker: RequestChecker) -> None:
         # The shape's own mistakes are named on the first row.
         params = _to_params("a text", shape, checker)
+        if shape.mark is not None:
+            params = shape.mark(params)
         skeleton = canonical_json({**params, "messages": self._HOLE})
         hole = json.dumps(self._HOLE).encode()
         if skeleton.count(hole) != 1:

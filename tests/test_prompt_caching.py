@@ -14,7 +14,14 @@ from datasets import Dataset
 from support import MODEL, echo, run, text_of, virtual
 
 import dsbatch
-from dsbatch._prefix import CACHE_CONTROL, estimate_tokens, plan_prefix_caching
+from dsbatch import _models, _prefix
+from dsbatch._prefix import (
+    CACHE_CONTROL,
+    SMALLEST_MINIMUM,
+    TemplateMarks,
+    estimate_tokens,
+    plan_prefix_caching,
+)
 from dsbatch._render import Rendered, RequestShape, custom_id_for, render_split
 from dsbatch.testing import Emulator
 
@@ -25,17 +32,18 @@ MARK = {"type": "ephemeral", "ttl": "1h"}
 def render(texts, prompt=None, *, caching=True, **defaults):
     """The requests of these rows as map renders them: (rendered, prefix groups)."""
     defaults = {"model": MODEL, "max_tokens": 256, **defaults}
+    marks = TemplateMarks() if caching else None
     rendered = Rendered()
     render_split(
         rendered,
         "data",
         Dataset.from_dict({"text": texts}),
         prompt or (lambda row: row["text"]),
-        shape=RequestShape(defaults),
+        shape=RequestShape(defaults, mark=marks),
         with_indices=False,
         label=None,
     )
-    plan = plan_prefix_caching(rendered) if caching else None
+    plan = plan_prefix_caching(rendered, marks=marks) if caching else None
     return rendered, (plan.apply(rendered) if plan else {})
 
 
@@ -110,11 +118,14 @@ def test_the_minimum_cacheable_length_follows_the_model(model, chars, cached):
 
 
 def test_a_prefix_shared_by_two_requests_is_not_cached_three_are():
-    # A 1-hour write costs 2x: two requests would pay 2.1x for the prefix instead of 2x.
-    _, groups = render(texts(2), system=SYSTEM)
-    assert groups == {}
-    _, groups = render(["same", "same", "other"], system=SYSTEM)  # two distinct requests
-    assert groups == {}
+    # A 1-hour write costs 2x: two requests would pay 2.1x for the prefix instead of 2x. The
+    # text template was rendered with its breakpoint already: those rows are rendered again.
+    for rows in (texts(2), ["same", "same", "other"]):  # two distinct requests each
+        rendered, groups = render(rows, system=SYSTEM)
+        plain, _ = render(rows, caching=False, system=SYSTEM)
+        assert groups == {}
+        assert rendered.row_custom_ids == plain.row_custom_ids
+        assert rendered.bodies == plain.bodies
     rendered, groups = render(texts(3), system=SYSTEM)
     assert len(groups) == 3 and all(marks(p) == ["system[0]"] for p in bodies(rendered))
 
@@ -248,6 +259,32 @@ def test_tokens_are_estimated_as_the_emulator_counts_them_images_count_nothing()
     )
     described = tool("x" * 400)
     assert estimate_tokens(described) == -(-len(json.dumps(described, separators=(",", ":"))) // 4)
+
+
+def test_bodies_too_short_for_any_model_are_never_parsed(monkeypatch):
+    # Fewer than 4 x the smallest minimum bytes cannot hold a prefix worth a breakpoint.
+    assert min(m.minimum_cacheable for m in _models._TABLE) == SMALLEST_MINIMUM
+    parsed = []
+    loads = json.loads
+    monkeypatch.setattr(_prefix.json, "loads", lambda b: parsed.append(len(b)) or loads(b))
+
+    def few_shot(size):
+        return lambda r: [
+            {"role": "user", "content": "x" * size},
+            {"role": "assistant", "content": "Understood."},
+            {"role": "user", "content": r["text"]},
+        ]
+
+    rendered = Rendered()
+    render_split(
+        rendered, "data", Dataset.from_dict({"text": texts(6)}), few_shot(3_900),
+        shape=RequestShape({"model": "claude-sonnet-4-5", "max_tokens": 9}),
+        with_indices=False, label=None,
+    )  # fmt: skip
+    assert all(len(b) < 4 * SMALLEST_MINIMUM for b in rendered.bodies.values())
+    assert plan_prefix_caching(rendered) is None and parsed == []
+    rendered, groups = render(texts(6), few_shot(4_200), model="claude-sonnet-4-5")
+    assert len(groups) == 6 and len(parsed) == 12  # read by the plan, again to mark
 
 
 def test_prompt_caching_takes_auto_or_off():
