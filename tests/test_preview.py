@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 
 import anthropic
 import pytest
@@ -56,6 +57,9 @@ def test_a_preview_of_5_rows_is_bought_live_and_the_batch_then_buys_5_fewer(emu)
     out = run(ds, emu, system=SYSTEM, wait=60)
     print(f"the batch run then sent {sum(sent(emu).values())} requests")
     assert sum(sent(emu).values()) == 395
+    # The preview's answers do not count as primed: the batch sends its own first request alone.
+    batches = Counter(b for b, _ in emu.received)
+    assert [batches[b] for b in dict.fromkeys(b for b, _ in emu.received)] == [1, 394]
     assert not set(sent(emu)) & set(shown["dsbatch"]["custom_id"])
     assert out.column_names == shown.column_names
     assert out.features == shown.features

@@ -44,7 +44,11 @@ def render(texts, prompt=None, *, caching=True, **defaults):
         label=None,
     )
     plan = plan_prefix_caching(rendered, marks=marks) if caching else None
-    return rendered, (plan.apply(rendered) if plan else {})
+    groups = plan.apply(rendered) if plan else {}
+    # Whatever was placed, every custom_id is that of the bytes sent.
+    assert all(c == custom_id_for(body) for c, body in rendered.bodies.items())
+    assert {c for ids in rendered.row_custom_ids.values() for c in ids} <= set(rendered.bodies)
+    return rendered, groups
 
 
 def bodies(rendered):
