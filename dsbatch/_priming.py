@@ -49,6 +49,7 @@ class Primers:
 
     def __init__(self, groups: Mapping[str, int]) -> None:
         self.groups = groups
+        self.held = 0  # requests the last ``hold`` kept back
         self._said = False
 
     def _released(self, view: View) -> set[int]:
@@ -64,6 +65,7 @@ class Primers:
 
     def hold(self, pending: list[str], view: View) -> list[str]:
         """What of ``pending`` (the requests a step is about to send) goes now."""
+        self.held = 0
         if not self.groups or not any(c in self.groups for c in pending):
             return pending
         released = self._released(view)
@@ -81,6 +83,7 @@ class Primers:
                 primers[group] = custom_id
         if primers:
             free = list(primers.values())
+        self.held = len(pending) - len(free)
         if held and not self._said:
             self._said = True
             log.info(

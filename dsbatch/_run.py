@@ -47,10 +47,11 @@ class Standing:
     batches: int  # batches waited for
     # (batch id or "#seq", job fingerprint) of the batches of other jobs waited for
     others: tuple[tuple[str, str], ...] = ()
+    held: int = 0  # to send, held back for now (for the first request of their prefix)
 
     @property
     def ended(self) -> int:
-        return self.needed - self.waiting - self.sent
+        return self.needed - self.waiting - self.sent - self.held
 
     @property
     def done(self) -> bool:
@@ -176,7 +177,7 @@ class JobLoop:
             self.batches.create(record, resumed=False)
         self._view = view if not pending else None  # nothing sent: still what the cache holds
         self.last_view = view
-        return self._standing(view, len(pending))
+        return self._standing(view, len(pending), self.primers.held)
 
     def results(self) -> pa.Table:
         """Every result of every attempt of the job's requests (no raw lines): after a step that
@@ -185,7 +186,7 @@ class JobLoop:
             return self._view.results
         return self.survey().results
 
-    def _standing(self, view: View, sent: int) -> Standing:
+    def _standing(self, view: View, sent: int, held: int = 0) -> Standing:
         latest = latest_results(view.results)
         succeeded = pc.sum(pc.equal(latest["type"], "succeeded")).as_py() or 0
         others = [(r, ids) for r, ids in view.waiting if r.job != self.job.fingerprint]
@@ -207,4 +208,5 @@ class JobLoop:
             sent,
             len(view.waiting),
             tuple((r.batch_id or f"#{r.seq}", r.job) for r, _ in others),
+            held,
         )

@@ -398,6 +398,10 @@ def test_a_job_resumed_in_another_process_still_waits_for_its_primer():
         again = dsbatch.Job.load(job.fingerprint, client=client, poll_interval=virtual(emu, 60))
         again.wait(timeout=0)
         assert batch_sizes(emu) == [1]
+        # What the progress bar is fed: 19 held back are not "ended".
+        standing = again._loop().step()
+        assert (standing.sent, standing.waiting, standing.held, standing.ended) == (0, 1, 19, 0)
+        assert not standing.done
         again.wait()
         assert batch_sizes(emu) == [1, 19]
         primer, rest = (emu.batches[b] for b in dict.fromkeys(b for b, _ in emu.received))
