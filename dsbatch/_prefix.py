@@ -36,13 +36,18 @@ row's own last block, a write per request and no reads.
 
 The deepest breakpoint of a request names its prefix group: one request of each group is sent
 first, in a batch of its own, and the rest once it has ended (``_priming``).
+
+What it costs per row: the rows a text prompt makes (a str, the common case) come from one text
+template, which render marks as it makes it (``TemplateMarks``): those requests are only
+compared here, never parsed, and rendered again only when the plan takes the breakpoint back
+(fewer than 3 requests). Other requests too short for any model are skipped unread; the rest
+are parsed once to be counted, and again when they get a breakpoint.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +68,6 @@ __all__ = [
     "estimate_tokens",
     "plan_prefix_caching",
 ]
-
-log = logging.getLogger("dsbatch")
 
 CACHE_CONTROL = {"type": "ephemeral", "ttl": "1h"}
 MIN_SHARING = 3
@@ -322,7 +325,6 @@ class PrefixCaching:
     templates: list[_Template]
     betas: tuple[str, ...]
     tokens: dict[int, int] = field(default_factory=dict)  # node -> estimated prefix tokens
-    sharing: dict[int, int] = field(default_factory=dict)  # node -> requests that share it
     groups: list[int] = field(default_factory=list)  # group number -> its node (set by apply)
     # custom_id -> nodes of the requests the plan read (``apply`` parses only those it marks)
     paths: dict[str, list[_Block]] = field(default_factory=dict)
@@ -481,7 +483,6 @@ def plan_prefix_caching(
         templates,
         tuple(betas),
         tokens={n: tokens[n] for n in chosen},
-        sharing={n: counts[n] for n in chosen},
         paths=paths,
         template_of=template_of,
     )

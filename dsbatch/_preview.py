@@ -18,6 +18,7 @@ every call (no credentials, a base URL that does not answer, a refused key) is r
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -43,6 +44,7 @@ from dsbatch._ingest import parse_results
 from dsbatch._join import output_table
 from dsbatch._ledger import Ledger
 from dsbatch._map import find_origin, prepare
+from dsbatch._map import map as map_fn
 from dsbatch._options import MapOptions
 from dsbatch._plan import decide, stand_in_results, survey
 from dsbatch._policy import attempts, latest_results
@@ -68,8 +70,6 @@ _FATAL_STATUS = frozenset({401, 403})
 
 
 def _map_defaults() -> dict[str, Any]:
-    from dsbatch._map import map as map_fn
-
     return {
         name: p.default
         for name, p in inspect.signature(map_fn).parameters.items()
@@ -164,8 +164,6 @@ def preview(
 
 
 def _option_names() -> set[str]:
-    import dataclasses
-
     return {f.name for f in dataclasses.fields(MapOptions) if f.init}
 
 
