@@ -51,6 +51,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 import xxhash
@@ -139,18 +140,22 @@ def _blocks(params: Mapping[str, Any], images: bool) -> list[_Block]:
 
     def add(tag: bytes, where: Where, block: Any, markable: bool) -> None:
         nonlocal node, tokens
+        h = xxhash.xxh3_64(seed=node)
+        h.update(tag)
         if block.__class__ is str:
-            data = b"\x01" + block.encode("utf-8", "surrogatepass")
+            h.update(b"\x00\x01")
+            h.update(block.encode("utf-8", "surrogatepass"))
             tokens += (len(block) + 3) // 4
         elif block.__class__ is dict and len(block) == 2 and block.get("type") == "text":
             # A plain text block (the common one): its text, without encoding it as JSON.
-            text = block["text"]
-            data = b"\x03" + str(text).encode("utf-8", "surrogatepass")
+            h.update(b"\x00\x03")
+            h.update(str(block["text"]).encode("utf-8", "surrogatepass"))
             tokens += estimate_tokens(block)
         else:
-            data = b"\x02" + _JSON(block).encode("utf-8", "surrogatepass")
+            h.update(b"\x00\x02")
+            h.update(_JSON(block).encode("utf-8", "surrogatepass"))
             tokens += estimate_tokens(block)
-        node = xxhash.xxh3_64_intdigest(tag + b"\x00" + data, node)
+        node = h.intdigest()
         out.append(_Block(node, tokens, where, markable))
 
     tools = params.get("tools")
@@ -236,6 +241,98 @@ def _with_breakpoints(params: dict[str, Any], points: Sequence[_Block]) -> dict[
     kept = {p.where for p in points[-MAX_BREAKPOINTS:]}
     for point in points:
         _place(out, point.where, CACHE_CONTROL if point.where in kept else None)
+    return out
+
+
+# -- placing breakpoints in a body's own bytes -----------------------------------------------------
+# Encoding a request again costs far more than reading it (a long prompt is escaped character
+# by character): a breakpoint is spliced into the canonical JSON text instead, around the
+# block's own bytes, which canonical JSON (sorted keys, no spaces) makes exact.
+
+_CONTROL = _JSON(CACHE_CONTROL)
+_VALUE = json.JSONDecoder().raw_decode
+_LISTED = frozenset({"tools", "system"})
+
+
+def _locate(text: str) -> tuple[dict[str, Any], dict[Where, tuple[int, int]]]:
+    """The params of a request's canonical JSON text, and where each block's JSON is in it."""
+    params: dict[str, Any] = {}
+    spans: dict[Where, tuple[int, int]] = {}
+    i = 1
+    while text[i] != "}":
+        key, i = scanstring(text, i + 1)
+        i += 1  # the colon
+        start = i
+        if key == "messages" and text[i] == "[":
+            params[key], i = _messages(text, i, spans)
+        else:
+            params[key], i = _VALUE(text, i)
+            if key in _LISTED and isinstance(params[key], list):
+                _elements(text, start, (key,), spans)
+            elif key == "system":
+                spans["system", None] = (start, i)
+        if text[i] == ",":
+            i += 1
+    return params, spans
+
+
+def _elements(text: str, i: int, where: Where, spans: dict[Where, tuple[int, int]]) -> int:
+    """Note the span of each element of the array at ``i``; returns where the array ends."""
+    i += 1
+    index = 0
+    while text[i] != "]":
+        _, end = _VALUE(text, i)
+        spans[where + (index,)] = (i, end)
+        index += 1
+        i = end + 1 if text[end] == "," else end
+    return i + 1
+
+
+def _messages(text: str, i: int, spans: dict[Where, tuple[int, int]]) -> tuple[list[Any], int]:
+    messages: list[Any] = []
+    i += 1
+    while text[i] != "]":
+        message: dict[str, Any] = {}
+        i += 1
+        while text[i] != "}":
+            key, i = scanstring(text, i + 1)
+            i += 1
+            start = i
+            message[key], i = _VALUE(text, i)
+            if key == "content":
+                m = len(messages)
+                if isinstance(message[key], list):
+                    _elements(text, start, ("messages", m), spans)
+                else:
+                    spans["messages", m, None] = (start, i)
+            if text[i] == ",":
+                i += 1
+        messages.append(message)
+        i += 1  # the closing brace
+        if text[i] == ",":
+            i += 1
+    return messages, i + 1
+
+
+def _spliced(text: str, spans: Mapping[Where, tuple[int, int]], points: Sequence[_Block]) -> str:
+    """``text`` with breakpoints on the deepest ``MAX_BREAKPOINTS`` of ``points`` (and every
+    str among them made a one-block list): ``canonical_json(_with_breakpoints(...))`` without
+    encoding the request again."""
+    kept = {p.where for p in points[-MAX_BREAKPOINTS:]}
+    out = text
+    for point in sorted(points, key=lambda p: spans[p.where][0], reverse=True):
+        start, end = spans[point.where]
+        value = out[start:end]
+        control = f'"cache_control":{_CONTROL},' if point.where in kept else ""
+        if value[0] == '"':  # a str: a one-block list
+            value = f'[{{{control}"text":{value},"type":"text"}}]'
+        elif control:
+            first, _ = scanstring(value, 2)
+            if first > "cache_control":  # its first key sorts after: the new key goes first
+                value = "{" + control + value[1:]
+            else:
+                value = _JSON({**_VALUE(value)[0], "cache_control": CACHE_CONTROL})
+        out = out[:start] + value + out[end:]
     return out
 
 
@@ -351,18 +448,18 @@ class PrefixCaching:
             head, tail = template.target
             return head + middle + tail, template.group
         path = self.paths.pop(key, None)
+        if path is None and (len(body) < _SHORT or _OWN in body):
+            return None
+        if path is not None and self.chosen.isdisjoint(b.node for b in path):
+            return None  # the plan read it already: nothing to place, nothing to parse
+        text = body.decode()
+        params, spans = _locate(text)
         if path is None:
-            if len(body) < _SHORT or _OWN in body:
-                return None
-            params = json.loads(body)
             path = [b for b in _blocks(params, _IMAGES in body) if b.markable]
-        else:
-            params = None  # the plan read it already: parsed again only if it gets one
         points = [b for b in path if b.node in self.chosen]
         if not points:
             return None
-        params = json.loads(body) if params is None else params
-        return canonical_json(_with_breakpoints(params, points)), points[-1].node
+        return _spliced(text, spans, points).encode(), points[-1].node
 
     def apply(self, rendered: Rendered) -> dict[str, int]:
         """Place the breakpoints in ``rendered`` (bodies, custom_ids, row maps); returns
@@ -373,10 +470,18 @@ class PrefixCaching:
         renamed: dict[str, str] = {}
         groups: dict[str, int] = {}
         numbers: dict[int, int] = {}
+        kept = {id(t) for t in self.templates if t.target == (t.head, t.tail)}
         for key in list(old):
             body = old.pop(key)  # one body in memory at a time, not two of each
             new_key = key
-            marked = self._marked(key, body)
+            template = self.template_of.get(key)
+            marked: tuple[bytes, int | None] | None
+            if template is not None and id(template) in kept:
+                # Rendered with its breakpoints already (the common case): nothing to redo.
+                del self.template_of[key]
+                marked = None if template.group is None else (body, template.group)
+            else:
+                marked = self._marked(key, body)
             if marked is not None:
                 new_body, node = marked
                 if new_body is not body:

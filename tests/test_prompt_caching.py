@@ -22,7 +22,7 @@ from dsbatch._prefix import (
     estimate_tokens,
     plan_prefix_caching,
 )
-from dsbatch._render import Rendered, RequestShape, custom_id_for, render_split
+from dsbatch._render import Rendered, RequestShape, canonical_json, custom_id_for, render_split
 from dsbatch.testing import Emulator
 
 SYSTEM = ("You label customer messages. Follow the rubric exactly. " * 440)[:24_000]
@@ -45,8 +45,9 @@ def render(texts, prompt=None, *, caching=True, **defaults):
     )
     plan = plan_prefix_caching(rendered, marks=marks) if caching else None
     groups = plan.apply(rendered) if plan else {}
-    # Whatever was placed, every custom_id is that of the bytes sent.
+    # Whatever was placed, every body is canonical JSON and its custom_id that of its bytes.
     assert all(c == custom_id_for(body) for c, body in rendered.bodies.items())
+    assert all(canonical_json(json.loads(body)) == body for body in rendered.bodies.values())
     assert {c for ids in rendered.row_custom_ids.values() for c in ids} <= set(rendered.bodies)
     return rendered, groups
 
@@ -175,7 +176,7 @@ def test_each_task_type_gets_its_own_breakpoint_and_group():
 def test_shared_few_shot_turns_get_the_breakpoint_on_the_last_shared_turn():
     def prompt(row):
         return [
-            {"role": "user", "content": "Examples:\n" + SYSTEM},
+            {"role": "user", "content": "Exemples — «é»:\n" + SYSTEM},
             {"role": "assistant", "content": "Understood."},
             {"role": "user", "content": row["text"]},
         ]
@@ -186,7 +187,7 @@ def test_shared_few_shot_turns_get_the_breakpoint_on_the_last_shared_turn():
         assert params["messages"][1]["content"] == [
             {"type": "text", "text": "Understood.", "cache_control": MARK}
         ]
-        assert params["messages"][0]["content"] == "Examples:\n" + SYSTEM  # unchanged
+        assert params["messages"][0]["content"] == "Exemples — «é»:\n" + SYSTEM  # unchanged
         assert params["messages"][2]["content"] == text
     assert set(groups.values()) == {0}
 
@@ -224,6 +225,18 @@ def nested(row):
     levels = [f"level {k} part {i // size}. " * 300 for k, size in enumerate((48, 24, 12, 6, 3))]
     blocks = [{"type": "text", "text": t} for t in levels]
     return [{"role": "user", "content": [*blocks, {"type": "text", "text": row["text"]}]}]
+
+
+def test_a_block_whose_first_key_sorts_before_cache_control_keeps_canonical_order():
+    looked_up = {**tool("Look a customer up. " * 1_000), "allowed_callers": ["direct"]}
+
+    def prompt(row):
+        return {"tools": [looked_up], "messages": [{"role": "user", "content": row["text"]}]}
+
+    rendered, groups = render(texts(4), prompt)
+    for params in bodies(rendered):
+        assert params["tools"] == [{**looked_up, "cache_control": MARK}]
+    assert len(groups) == 4
 
 
 def test_never_more_than_four_breakpoints_the_deepest_are_kept():
