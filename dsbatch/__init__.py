@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from dsbatch._estimate import Plan
     from dsbatch._job import Job, jobs
     from dsbatch._map import map
+    from dsbatch._preview import preview
     from dsbatch._status import BatchStatus, JobStatus
 
 __version__ = "0.1.0.dev0"
@@ -38,6 +39,7 @@ __all__ = [
     "__version__",
     "jobs",
     "map",
+    "preview",
 ]
 
 # Loaded on first use, so `dsbatch emulator` and `dsbatch.testing` start without importing
@@ -49,6 +51,7 @@ _LAZY = {
     "Plan": "dsbatch._estimate",
     "jobs": "dsbatch._job",
     "map": "dsbatch._map",
+    "preview": "dsbatch._preview",
 }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import anthropic
 import xxhash
+from anthropic.types import Message
 from anthropic.types.messages import MessageBatch
 
 from dsbatch._errors import BatchAPIError
@@ -357,6 +358,31 @@ class Backend:
         except anthropic.APIError as e:
             raise _api_error("counting tokens", e) from e
         return int(counted.input_tokens)
+
+    def message(
+        self, body: bytes, betas: Sequence[str] = (), *, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        """One call of the Messages API (``POST /v1/messages``, standard price) with a ready
+        JSON body: the exact bytes a batch would send as ``params``. The answer is the Message
+        as the API sent it (a dict).
+
+        The body goes out raw: ``messages.create`` would refuse params the API takes (sampling
+        params in SDK 2.16, a ``max_tokens`` too large to answer without streaming within the
+        SDK's default timeout), so the timeout is explicit instead.
+        """
+        headers = {"Content-Type": "application/json"}
+        if betas:
+            headers["anthropic-beta"] = ",".join(betas)
+        try:
+            message = self.client.post(
+                "/v1/messages",
+                cast_to=Message,
+                content=body,
+                options={"headers": headers, "timeout": timeout},
+            )
+        except anthropic.APIError as e:
+            raise _api_error("the Messages API call", e, where=self.where()) from e
+        return message.to_dict(mode="json")
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         try:

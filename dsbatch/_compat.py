@@ -15,7 +15,7 @@ import pyarrow as pa
 from datasets import Dataset, Features
 from datasets.table import InMemoryTable, concat_tables
 
-__all__ = ["attach_columns", "fingerprint_of", "iter_rows"]
+__all__ = ["attach_columns", "fingerprint_of", "iter_rows", "take_rows"]
 
 _ITER_BATCH = 1000
 
@@ -26,6 +26,20 @@ def iter_rows(dataset: Dataset) -> Iterator[dict[str, Any]]:
         keys = list(batch)
         for values in zip(*(batch[k] for k in keys), strict=True):
             yield dict(zip(keys, values, strict=True))
+
+
+def take_rows(dataset: Dataset, rows: list[int]) -> Dataset:
+    """The rows at these indices as a dataset of their own (no indices mapping left to flatten
+    later), without the progress bar ``datasets`` shows for it."""
+    import datasets
+
+    shown = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return dataset.select(rows).flatten_indices()
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 def fingerprint_of(dataset: Dataset) -> str:

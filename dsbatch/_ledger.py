@@ -6,11 +6,13 @@ Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsba
     lock                                  held briefly while a job decides what to send
     journal.jsonl                         every batch id ever created: never forgotten
     origins.json                          base URL -> where its answers come from (``_origin``)
+    previews.jsonl                        answers bought by ``dsbatch.preview`` (``_store``)
     results/<batch_id>.parquet            every result of a batch, one row per custom_id
     downloads/<batch_id>.<tag>.jsonl      raw result bytes while they are being ingested
     jobs/<fingerprint>/manifest.json      what the job is (splits, model, state, outputs)
     jobs/<fingerprint>/requests.parquet   custom_id -> canonical params, the exact bodies sent
     jobs/<fingerprint>/rows/<split>.arrow row -> custom_id of each split (null: skipped)
+    jobs/<fingerprint>/prefix_groups.arrow custom_id -> its shared prompt prefix (``_priming``)
     jobs/<fingerprint>/batches/<seq>.json one record per batch (see ``_records``)
     jobs/<fingerprint>/batches/<seq>.ids.arrow   the custom_ids of that batch
     jobs/<fingerprint>/output/<split>.arrow      the finished new columns
@@ -31,7 +33,7 @@ import pickle
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +244,32 @@ class JobLedger:
             return read_arrow(path)["custom_id"].combine_chunks()
         except (OSError, pa.ArrowInvalid) as e:
             raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+
+    # -- prompt-cache prefix groups (``_prefix``, ``_priming``) -------------------------------
+    def write_prefix_groups(self, groups: Mapping[str, int]) -> None:
+        """custom_id -> prefix group of the requests that carry a breakpoint of dsbatch's."""
+        table = pa.table(
+            {
+                "custom_id": pa.array(list(groups), pa.string()),
+                "group": pa.array(list(groups.values()), pa.int32()),
+            }
+        )
+        atomic_write(self.dir / "prefix_groups.arrow", arrow_bytes(table))
+
+    def read_prefix_groups(self) -> dict[str, int]:
+        """The prefix groups; empty when there are none (or the file cannot be read: then
+        nothing is held back for a primer, and nothing is lost but cache hits)."""
+        path = self.dir / "prefix_groups.arrow"
+        if not path.exists():
+            return {}
+        try:
+            table = read_arrow(path)
+            return dict(
+                zip(table["custom_id"].to_pylist(), table["group"].to_pylist(), strict=True)
+            )
+        except (OSError, pa.ArrowInvalid, KeyError) as e:
+            log.warning("dsbatch: %s cannot be read (%s); no request waits for a primer", path, e)
+            return {}
 
     # -- batch records ------------------------------------------------------------------------
     def _record_path(self, seq: int) -> Path:
@@ -736,10 +764,11 @@ class Ledger:
         return entries
 
     def batch_origins(self, scan: CacheRecords) -> dict[str, str]:
-        """batch_id -> where it was made, for every batch a record or the journal knows ("" when
-        no one recorded it)."""
+        """batch_id -> where it was made, for every batch a record or the journal knows, and
+        every preview ("" when no one recorded it)."""
         origins = {e["batch_id"]: e.get("origin") or "" for e in self.journal()}
         origins.update((r.batch_id, r.origin) for r in scan.records if r.batch_id)
+        origins.update((e["batch_id"], e.get("origin") or "") for e in self.store.previews())
         return origins
 
     # -- base URL -> origin, as the servers' answers identified them (see ``_origin``) -------

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anthropic
@@ -27,12 +28,13 @@ from dsbatch._options import MapOptions
 from dsbatch._origin import resolve_origin
 from dsbatch._plan import check_sizes, job_fingerprint
 from dsbatch._poll import PollSchedule, first_contact_retrying
+from dsbatch._prefix import TemplateMarks, plan_prefix_caching
 from dsbatch._reasoning import any_thinks
 from dsbatch._records import Manifest
-from dsbatch._render import Rendered, render_split
+from dsbatch._render import Rendered, RequestShape, render_split
 from dsbatch._stable import warn_if_replacing, warn_if_unstable
 
-__all__ = ["map"]
+__all__ = ["Prepared", "find_origin", "map", "prepare"]
 
 log = logging.getLogger("dsbatch")
 
@@ -55,6 +57,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     with_indices: bool = False,
     structured_output: Literal["native", "tool"] = "native",
     betas: list[str] | None = None,
+    prompt_caching: Literal["auto", "off"] = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     client: anthropic.Anthropic | None = None,
     max_attempts: int = 3,
@@ -89,6 +92,12 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     error, custom_id, stop_reason, token counts, attempts). A ``DatasetDict`` is one job across
     all splits and comes back as a ``DatasetDict``. ``betas`` go out as the ``anthropic-beta``
     header of every batch.
+
+    ``prompt_caching="auto"`` (the default) finds the long prompt prefixes the requests share
+    (tools, system prompt, first turns), puts a 1-hour ``cache_control`` breakpoint at the end
+    of each, and sends one request per prefix first, in a batch of its own, to write the cache
+    the others then read (details: docs/prompt-caching.md); ``"off"`` sends the requests as the
+    prompt made them, all at once. A request that sets ``cache_control`` itself is left alone.
 
     Identical requests are sent once. Results are cached under ``cache_dir`` (else
     ``DSBATCH_CACHE``, else ``$HF_HOME/dsbatch``): the same call again makes no API call, and a
@@ -170,41 +179,12 @@ def _start(
     backend = Backend(client)
     PriceBook(options.prices)  # a bad DSBATCH_PRICES file is refused before anything is written
     labels = {split: split if labelled else None for split in splits}
-    options.check_columns({labels[s] or "": ds.column_names for s, ds in splits.items()})
-    shape = options.shape(backend.api_version)
-    rendered = Rendered()
-    for split, ds in splits.items():
-        render_split(
-            rendered,
-            split,
-            ds,
-            prompt,
-            shape=shape,
-            with_indices=options.with_indices,
-            label=labels[split],
-            samples=options.samples,
-            text_only=options.conversation_column is not None,
-        )
-    if options.thinking_column is not None and any_thinks(rendered.bodies.values()):
-        options.check_columns(
-            {labels[s] or "": ds.column_names for s, ds in splits.items()}, thinks=True
-        )
-    check_sizes(rendered.bodies, max_bytes=options.max_batch_bytes, first_row=rendered.first_row)
+    prepared = prepare(splits, prompt, options, backend, labels)
+    rendered, shape = prepared.rendered, prepared.shape
     ledger = Ledger(options.cache_dir)
     # Where answers come from decides which serve this job (``_origin``); a job with nothing
     # to ask has no need to know.
-    # It is this cache's first contact with a server it does not know: a wrong base URL fails
-    # within seconds, naming it.
-    try:
-        origin = (
-            resolve_origin(backend, ledger, first_contact_retrying(options.schedule, is_transient))
-            if rendered.bodies
-            else ""
-        )
-    except Unreachable as e:
-        raise BatchAPIError(
-            f"{e}. Nothing was bought: fix the cause and run the same call again."
-        ) from e
+    origin = find_origin(backend, ledger, options) if rendered.bodies else ""
     job = ledger.job(job_fingerprint(rendered.row_custom_ids, origin, options.samples))
     manifest = job.read_manifest()
     fingerprints = {split: fingerprint_of(ds) for split, ds in splits.items()}
@@ -217,6 +197,7 @@ def _start(
             shape=shape,
             with_indices=options.with_indices,
             labels=labels,
+            transform=prepared.transform,
         )
         if stable:
             warn_if_replacing(ledger, job.fingerprint, fingerprints, list(rendered.bodies))
@@ -237,6 +218,8 @@ def _start(
             return plan
         check_budget(plan, options.budget_usd)  # type: ignore[arg-type]
     if manifest is None or not manifest.options or not job.has_requests():
+        if prepared.groups:  # before the requests: a job with its requests has its groups
+            job.write_prefix_groups(prepared.groups)
         job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
@@ -282,3 +265,70 @@ def _start(
         splits=splits,
         cache_dir=options.cache_dir,  # type: ignore[arg-type]
     )
+
+
+@dataclass
+class Prepared:
+    """A job's requests, rendered and checked, as ``map`` and ``preview`` both send them."""
+
+    rendered: Rendered
+    shape: RequestShape
+    # custom_id -> prompt-cache prefix group (``_priming``) of the requests given a breakpoint
+    groups: dict[str, int] = field(default_factory=dict)
+    # What turns a rendering of some of the rows into the bytes the job sends (the breakpoints).
+    transform: Callable[[Rendered], object] | None = None
+
+
+def prepare(
+    splits: dict[str, Dataset],
+    prompt: Callable[..., Any],
+    options: MapOptions,
+    backend: Backend,
+    labels: Mapping[str, str | None],
+) -> Prepared:
+    """Render every row of every split, place the prompt-cache breakpoints, and refuse, before
+    any call, what no batch could carry."""
+    options.check_columns({labels[s] or "": ds.column_names for s, ds in splits.items()})
+    shape = options.shape(backend.api_version)
+    marks = TemplateMarks() if options.prompt_caching == "auto" else None
+    if marks is not None:
+        shape = dataclasses.replace(shape, mark=marks)
+    rendered = Rendered()
+    for split, ds in splits.items():
+        render_split(
+            rendered,
+            split,
+            ds,
+            prompt,
+            shape=shape,
+            with_indices=options.with_indices,
+            label=labels[split],
+            samples=options.samples,
+            text_only=options.conversation_column is not None,
+        )
+    if options.thinking_column is not None and any_thinks(rendered.bodies.values()):
+        options.check_columns(
+            {labels[s] or "": ds.column_names for s, ds in splits.items()}, thinks=True
+        )
+    prepared = Prepared(rendered, shape)
+    caching = plan_prefix_caching(rendered, options.betas, marks) if marks is not None else None
+    if caching is not None:
+        prepared.groups = caching.apply(rendered)
+        prepared.transform = caching.apply
+        if prepared.groups:
+            log.info("dsbatch: %s", caching.describe(prepared.groups))
+    check_sizes(rendered.bodies, max_bytes=options.max_batch_bytes, first_row=rendered.first_row)
+    return prepared
+
+
+def find_origin(backend: Backend, ledger: Ledger, options: MapOptions) -> str:
+    """Where answers come from (``_origin``). It may be this cache's first contact with a server
+    it does not know: a wrong base URL fails within seconds, naming it."""
+    try:
+        return resolve_origin(
+            backend, ledger, first_contact_retrying(options.schedule, is_transient)
+        )
+    except Unreachable as e:
+        raise BatchAPIError(
+            f"{e}. Nothing was bought: fix the cause and run the same call again."
+        ) from e

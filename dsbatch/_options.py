@@ -76,6 +76,11 @@ def _one_of(choices: tuple[str, ...]) -> Check:
     return check
 
 
+def _prompt_caching(name: str, value: Any) -> str:
+    # None: a job kept before the keyword existed (its requests carry no breakpoints of ours).
+    return "auto" if value is None else _one_of(("auto", "off"))(name, value)
+
+
 def _system(name: str, value: Any) -> Any:
     if value is not None and not isinstance(value, (str, list)):
         raise TypeError(
@@ -218,6 +223,7 @@ class MapOptions:
     dry_run: bool = _opt(_flag, keep=False)
     max_queued_requests: int = _opt(_positive_int, missing=DEFAULT_MAX_QUEUED)
     prices: dict[str, dict[str, float]] | None = _opt(check_prices)
+    prompt_caching: str = _opt(_prompt_caching)
     # The poll schedule of this call, made once from poll_interval (it keeps its own backoff).
     schedule: PollSchedule = field(init=False, repr=False, compare=False)
 

@@ -85,6 +85,8 @@ class RequestShape:
     additions: Mapping[str, Any] = field(default_factory=dict)  # from response_format
     api_version: str = API_VERSION_2026
     betas: tuple[str, ...] = ()
+    # What places prompt-cache breakpoints on the part every text request shares (``_prefix``).
+    mark: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def checker(self) -> RequestChecker:
         """The rules every request of the job is checked against."""
@@ -103,6 +105,8 @@ class Rendered:
     bodies: dict[str, bytes] = field(default_factory=dict)  # custom_id -> canonical params
     # custom_id -> (split label for messages, row index) of the first row that asked for it
     first_row: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    # The text templates rows were made from (``_prefix`` reads what they share once).
+    templates: list[_TextTemplate] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -144,7 +148,9 @@ def render_split(
         try:
             if isinstance(answer, str):
                 # The common case: the shape is checked once, each row only for its text.
-                template = template or _TextTemplate(shape, checker)
+                if template is None:
+                    template = _TextTemplate(shape, checker)
+                    rendered.templates.append(template)
                 body = template.body(answer)
             else:
                 params = _to_params(answer, shape, checker)
@@ -193,12 +199,19 @@ class _TextTemplate:
     def __init__(self, shape: RequestShape, checker: RequestChecker) -> None:
         # The shape's own mistakes are named on the first row.
         params = _to_params("a text", shape, checker)
+        if shape.mark is not None:
+            params = shape.mark(params)
         skeleton = canonical_json({**params, "messages": self._HOLE})
         hole = json.dumps(self._HOLE).encode()
         if skeleton.count(hole) != 1:
             raise PromptError("the request's params hold dsbatch's own placeholder text")
         self._head, self._tail = skeleton.split(hole)
         self._shape, self._checker = shape, checker
+
+    @property
+    def parts(self) -> tuple[bytes, bytes]:
+        """The bytes before and after the messages, the same in every request it makes."""
+        return self._head, self._tail
 
     def body(self, text: str) -> bytes:
         if not text or text.isspace():

@@ -31,6 +31,7 @@ from dsbatch._lease import Holder
 from dsbatch._ledger import JobLedger
 from dsbatch._plan import View, chunk_requests, decide, queued, stand_in_results, survey
 from dsbatch._policy import latest_results
+from dsbatch._priming import Primers
 from dsbatch._progress import ProgressBar
 from dsbatch._records import BatchRecord, BatchState
 
@@ -53,7 +54,8 @@ class Standing:
     batches: int  # batches waited for
     # (batch id or "#seq", job fingerprint) of the batches of other jobs waited for
     others: tuple[tuple[str, str], ...] = ()
-    held: int = 0  # to send, held back until the processing queue has room (waves)
+    held: int = 0  # to send, held back: until the processing queue has room (waves), or for
+    # the first request of their shared prefix (``_priming``)
     cost_usd: float | None = None  # of the answers so far (None: unknown, or not asked)
 
     @property
@@ -101,6 +103,8 @@ class JobLoop:
         self.pricer = Pricer(
             job.ledger.store, bodies, PriceBook(options.prices), default_model=options.model
         )
+        # Requests that wait for the first request of their shared prefix (``_priming``).
+        self.primers = Primers(job.read_prefix_groups())
 
     def run(self, timeout: float | None = None, *, progress: bool | None = None) -> bool:
         """Step and wait until the job is done (True), or until ``timeout`` seconds of the
@@ -160,6 +164,7 @@ class JobLoop:
                     [view.results, stand_in_results(pa.array(pending), kind="canceled")]
                 )
                 pending = []
+            pending = self.primers.hold(pending, view)
             in_queue = sum(r.request_count for r in queued(view.records, self.origin))
             room = max(0, self.options.max_queued_requests - in_queue)
             pending, held = pending[:room], pending[room:]
@@ -200,7 +205,7 @@ class JobLoop:
                 in_queue + len(pending),
             )
         self._held_ids = held
-        return self._standing(view, len(pending), len(held))
+        return self._standing(view, len(pending), len(held) + self.primers.held)
 
     def _to_advance(self, view: View) -> list[BatchRecord]:
         """The batches to poll before deciding: those holding the job's requests, and, while

@@ -48,8 +48,10 @@ def warn_if_unstable(
     shape: RequestShape,
     with_indices: bool,
     labels: Mapping[str, str | None],
+    transform: Callable[[Rendered], object] | None = None,
 ) -> bool:
-    """Render a few rows again; warn (and return True) when one renders to other bytes."""
+    """Render a few rows again; warn (and return True) when one renders to other bytes.
+    ``transform`` makes the job's bytes of a rendering (its prompt-cache breakpoints)."""
     for split, ds in splits.items():
         ids = rendered.row_custom_ids[split]
         if not ids:
@@ -77,6 +79,8 @@ def warn_if_unstable(
             row = rows[e.row] if e.row is not None else rows[0]
             _warn(split, labels[split], row, f"the second call failed ({e})")
             return True
+        if transform is not None:
+            transform(again)
         for row, custom_id in zip(rows, again.row_custom_ids[split], strict=True):
             first = ids[row]
             if custom_id != first:

@@ -5,6 +5,12 @@
                                    row it is on (rebuilt from the Parquet file when missing)
     downloads/<batch_id>.<tag>.jsonl  raw result bytes while they are being ingested (one
                                    file per download: two calls may read one batch at once)
+    previews.jsonl                 answers bought by ``dsbatch.preview``, stored as results
+                                   under a batch id of their own (``preview_...``): that id,
+                                   its origin, when, how many
+
+A preview's answers come from the Messages API, not from a batch: nothing can download them
+again, and they serve only runs at their origin (recorded before they are stored).
 
 A request is never paid for twice anywhere in the cache: every job looks in every batch's
 results. The index makes that look cost the same whatever the cache holds: a job's custom_ids
@@ -17,11 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +40,7 @@ import xxhash
 from dsbatch._errors import LedgerError
 from dsbatch._files import arrow_bytes, atomic_write, read_arrow
 
-__all__ = ["RESULT_SCHEMA", "ResultsStore", "custom_id_keys"]
+__all__ = ["PREVIEW_PREFIX", "RESULT_SCHEMA", "ResultsStore", "custom_id_keys", "is_preview"]
 
 log = logging.getLogger("dsbatch")
 
@@ -58,6 +66,16 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 _KEY_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "raw"]
+# The batch id under which a preview's answers are stored (no batch of the API starts so).
+PREVIEW_PREFIX = "preview_"
+
+
+def is_preview(batch_id: str | None) -> bool:
+    """Whether results under ``batch_id`` were bought by ``dsbatch.preview`` (standard price,
+    through the Messages API), not in a batch."""
+    return bool(batch_id) and str(batch_id).startswith(PREVIEW_PREFIX)
+
+
 _INDEX_SCHEMA = pa.schema([("key", pa.uint64()), ("row", pa.int64())])
 _INDEX_SUFFIX = ".keys.arrow"
 
@@ -293,6 +311,45 @@ class ResultsStore:
         """Forget this store's downloads of a batch once its results are stored for good."""
         for path in self._downloads.pop(batch_id, []):
             path.unlink(missing_ok=True)
+
+    # -- answers bought through the Messages API (``dsbatch.preview``) -------------------------
+    def remember_preview(
+        self, batch_id: str, origin: str, created_at: float, requests: int
+    ) -> None:
+        """Record where a preview's answers come from; called before they are stored (results
+        that no one recorded would serve every origin)."""
+        entry = {
+            "batch_id": batch_id,
+            "origin": origin,
+            "created_at": created_at,
+            "requests": requests,
+        }
+        path = self.root / "previews.jsonl"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(json.dumps(entry, sort_keys=True).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+
+    def previews(self) -> list[dict[str, Any]]:
+        """Every preview recorded (a line torn by a crash is skipped)."""
+        path = self.root / "previews.jsonl"
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+        entries = []
+        for line in lines:
+            with suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and isinstance(entry.get("batch_id"), str):
+                    entries.append(entry)
+        return entries
 
 
 _EMPTY = RESULT_SCHEMA.empty_table().drop_columns(["raw"])

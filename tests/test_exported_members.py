@@ -22,6 +22,7 @@ def test_public_names():
         "__version__",
         "jobs",
         "map",
+        "preview",
     ]
     for name in dsbatch.__all__:
         assert hasattr(dsbatch, name)
