@@ -15,7 +15,8 @@ the answer's ``usage.cache_creation`` reports it (``ephemeral_5m_input_tokens``,
 ``ephemeral_1h_input_tokens``, read from the stored result line); an answer without that split
 has every write priced as a 5-minute one. A model with a price band (Haiku 5.5) prices a request
 whose prompt (input, cache reads and writes) is over ``band_tokens`` at the higher band, its
-output included. Errored, expired and canceled requests are not billed: they cost 0. A model
+output included. An answer bought by ``dsbatch.preview`` (Messages API) is at standard price:
+no discount. Errored, expired and canceled requests are not billed: they cost 0. A model
 without a known price has no cost (None), and is warned about once per process.
 """
 
@@ -37,7 +38,7 @@ import xxhash
 from dsbatch._errors import LedgerError
 from dsbatch._models import BATCH_DISCOUNT, CHECKED, Prices, model_facts, parse_model
 from dsbatch._policy import LOST_ERROR
-from dsbatch._store import ResultsStore
+from dsbatch._store import ResultsStore, is_preview
 
 __all__ = [
     "PRICES_ENV",
@@ -73,8 +74,10 @@ def answer_cost(
     cache_read: int = 0,
     write_5m: int = 0,
     write_1h: int = 0,
+    discount: float = BATCH_DISCOUNT,
 ) -> float:
-    """The batch cost in USD of one answer's usage (see the module's docstring)."""
+    """The batch cost in USD of one answer's usage (see the module's docstring);
+    ``discount=1.0`` for an answer bought at standard price (``dsbatch.preview``)."""
     prompt = input_tokens + cache_read + write_5m + write_1h
     if prices.band_tokens is not None and prices.above is not None and prompt > prices.band_tokens:
         prices = prices.above
@@ -85,7 +88,7 @@ def answer_cost(
         + write_5m * prices.cache_write_5m
         + write_1h * prices.cache_write_1h
     )
-    return BATCH_DISCOUNT * standard / _MILLION
+    return discount * standard / _MILLION
 
 
 # -- the user's prices ---------------------------------------------------------------------------
@@ -333,6 +336,7 @@ class Pricer:
                     cache_read=int(read or 0),
                     write_5m=write_5m,
                     write_1h=write_1h,
+                    discount=1.0 if is_preview(batch_id) else BATCH_DISCOUNT,
                 )
             )
         return out

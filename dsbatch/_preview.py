@@ -38,6 +38,7 @@ from dsbatch._backend import Backend, NoCredentials, Unreachable
 from dsbatch._collect import Outputs, attach
 from dsbatch._collect import _messages as stored_messages
 from dsbatch._compat import fingerprint_of, iter_rows, take_rows
+from dsbatch._cost import PriceBook, Pricer
 from dsbatch._errors import BatchAPIError
 from dsbatch._files import arrow_bytes
 from dsbatch._ingest import parse_results
@@ -117,6 +118,13 @@ def preview(
         raise TypeError("preview() missing required keyword argument: 'model' (as for map)")
     client = given["client"]
     options = MapOptions.build(**{k: v for k, v in given.items() if k in _option_names()})
+    if options.samples != 1 or options.dry_run:
+        # A preview shows one answer per row, bought now: run map for samples or a dry run.
+        what = "samples" if options.samples != 1 else "dry_run"
+        raise ValueError(
+            f"preview() takes no {what}: it buys one answer per row now, at standard price. "
+            f"Preview with the default, then pass {what} to dsbatch.map"
+        )
     labelled = isinstance(dataset, DatasetDict)
     splits = dict(dataset) if labelled else {_SINGLE: dataset}
     labels = {split: split if labelled else None for split in splits}
@@ -126,7 +134,7 @@ def preview(
     ledger = Ledger(options.cache_dir)
     if not rendered.bodies:
         chosen: dict[str, list[int]] = {split: [] for split in splits}
-        return _output(splits, chosen, rendered.row_custom_ids, ledger, "", {}, options, labels)
+        return _output(splits, chosen, rendered.row_custom_ids, ledger, "", {}, options, labels, {})
     origin = find_origin(backend, ledger, options)
     needed = pa.array(list(rendered.bodies), pa.string())
     started = time.perf_counter()
@@ -159,7 +167,15 @@ def preview(
         len(ids) - len(to_buy),
     )
     return _output(
-        splits, chosen, rendered.row_custom_ids, ledger, origin, failures, options, labels
+        splits,
+        chosen,
+        rendered.row_custom_ids,
+        ledger,
+        origin,
+        failures,
+        options,
+        labels,
+        rendered.bodies,
     )
 
 
@@ -306,9 +322,10 @@ def _output(
     failures: Mapping[str, BatchAPIError],
     options: MapOptions,
     labels: Mapping[str, str | None],
+    bodies: Mapping[str, bytes],
 ) -> Dataset | DatasetDict:
     """The previewed rows with the columns ``map`` adds, from the cache's results (and the
-    failed calls' errors)."""
+    failed calls' errors); ``bodies`` tell each answer's model, for its cost."""
     picked = {split: take_rows(splits[split], rows) for split, rows in chosen.items()}
     ids = {
         split: pa.array([row_ids[split][r] for r in rows], pa.string())
@@ -332,6 +349,8 @@ def _output(
         results = pa.concat_tables([results, *failed])
     latest = latest_results(results)
     sent = attempts(results)
+    pricer = Pricer(ledger.store, bodies, PriceBook(options.prices), default_model=options.model)
+    costs = pricer.per_request(latest)
     outputs = Outputs({}, {})
     for split, table in picked.items():
         outputs.tables[split] = output_table(
@@ -341,6 +360,7 @@ def _output(
             options.output,
             rows=partial(iter_rows, table),
             messages=partial(stored_messages, ledger),
+            cost=costs,
         )
         # What datasets caches a later .map on the preview by: the answers themselves.
         outputs.digests[split] = xxhash.xxh3_64_hexdigest(

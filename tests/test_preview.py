@@ -65,6 +65,25 @@ def test_a_preview_of_5_rows_is_bought_live_and_the_batch_then_buys_5_fewer(emu)
     assert out.features == shown.features
     assert out.select(range(5)).to_list() == shown.to_list()
     assert len(emu.messages_received) == 5  # nothing bought again
+    # Haiku 4.5 per million tokens: $1 in, $5 out, $2 a 1-hour cache write, $0.10 a read; the
+    # preview's answers at standard price, the batch's at half.
+    first, later = shown["dsbatch"][0], out["dsbatch"][5]
+    assert first["cost_usd"] == pytest.approx(
+        (first["input_tokens"] + 5 * first["output_tokens"] + 2 * 6_000) / 1e6
+    )
+    assert later["cost_usd"] == pytest.approx(
+        0.5 * (later["input_tokens"] + 5 * later["output_tokens"] + 0.1 * 6_000) / 1e6
+    )
+
+
+@pytest.mark.parametrize(("keyword", "value"), [("samples", 3), ("dry_run", True)])
+def test_a_preview_refuses_samples_and_dry_runs_before_buying_anything(emu, keyword, value):
+    ds = Dataset.from_dict({"text": texts(4)})
+    with pytest.raises(
+        ValueError, match=f"preview\\(\\) takes no {keyword}: .* pass {keyword} to dsbatch.map"
+    ):
+        preview(ds, emu, **{keyword: value})
+    assert len(emu.messages_received) == 0 and emu.calls["create"] == 0
 
 
 def test_a_seeded_preview_draws_random_rows_the_same_each_time(emu):

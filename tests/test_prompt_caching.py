@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 from datasets import Dataset
-from support import MODEL, echo, run, text_of, virtual
+from support import MODEL, echo, run, sent, text_of, virtual
 
 import dsbatch
 from dsbatch import _models, _prefix
@@ -482,3 +482,22 @@ def test_four_breakpoints_of_five_nested_prefixes_go_through_the_apis_rules(emu)
     for i, (read, written) in enumerate(used):
         if i % 3:
             assert (read, written) == (sum(used[i - i % 3]), 0)
+
+
+def test_samples_share_their_requests_prefix_and_a_wave_limit_holds_the_rest():
+    ds = Dataset.from_dict({"text": texts(10)})
+    with Emulator(delay=60, responder=echo) as emu:
+        out = run_system(ds, emu, samples=3, max_queued_requests=12)
+        # The primer alone; once it ends, waves of at most 12 (each once the last one ended).
+        assert batch_sizes(emu) == [1, 12, 12, 5]
+        assert sum(sent(emu).values()) == 30 and max(sent(emu).values()) == 1
+        status = out["dsbatch"]
+        assert [len(s) for s in status] == [3] * 10
+        firsts = [s for row in status for s in row if s["cache_creation_input_tokens"]]
+        assert len(firsts) == 1 and firsts[0]["custom_id"] == status[0][0]["custom_id"]
+        assert sum(s["cache_read_input_tokens"] == 6_000 for row in status for s in row) == 29
+        assert {s["custom_id"][:36] for s in status[0]} == {status[0][0]["custom_id"]}
+        assert [len(set(r)) for r in out["response"]] == [1] * 10  # echo: one text per row
+        emu.reset_stats()
+        again = run_system(ds, emu, samples=3, max_queued_requests=12)
+        assert emu.calls["create"] == 0 and again["response"] == out["response"]
