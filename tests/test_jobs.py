@@ -35,11 +35,11 @@ def submit(emu, ds, fn=prompt, **kwargs):
     )
 
 
-def load(job, emu):
+def load(job, emu, every=60):
     """The job as another process finds it: by a prefix of its fingerprint, nothing else
-    (polling on the emulator's virtual clock)."""
+    (polling every ``every`` seconds of the emulator's virtual clock)."""
     return dsbatch.Job.load(
-        job.fingerprint[:10], client=emu.client(), poll_interval=virtual(emu, 60)
+        job.fingerprint[:10], client=emu.client(), poll_interval=virtual(emu, every, maximum=every)
     )
 
 
@@ -147,7 +147,7 @@ def test_wait_with_a_timeout_returns_without_losing_anything():
 def test_requests_that_expire_are_sent_again_until_attempts_run_out():
     with Emulator(delay=1000 * 24 * 3600, responder=echo) as emu:
         job = submit(emu, Dataset.from_dict({"text": texts(4)}), max_attempts=2)
-        status = load(job, emu).wait()
+        status = load(job, emu, every=3600).wait()  # two days: polled hourly
         assert status.counts["expired"] == 4 and status.done
         out = load(job, emu).result()
         assert {s["status"] for s in out["dsbatch"]} == {"expired"}
