@@ -240,7 +240,7 @@ class ResultsStore:
         again (a job's steps ask the same every time)."""
         value_set = pa.array(custom_ids, pa.string())
         wanted = np.unique(custom_id_keys(value_set))
-        token = xxhash.xxh3_64_intdigest(wanted.tobytes())
+        token = _digest(value_set)
         parts, unreadable = [], set()
         rdir = self.root / "results"
         for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
@@ -353,6 +353,16 @@ class ResultsStore:
 
 
 _EMPTY = RESULT_SCHEMA.empty_table().drop_columns(["raw"])
+
+
+def _digest(ids: pa.Array) -> int:
+    """What a memo of hits is kept under: the ids themselves (their keys are not enough: a
+    request and its samples share one, so jobs of 3 and 5 samples have the same keys)."""
+    h = xxhash.xxh3_64(f"{ids.offset}:{len(ids)}".encode())
+    for buffer in ids.buffers():
+        if buffer is not None:
+            h.update(memoryview(buffer))
+    return h.intdigest()
 
 
 def _stamp(path: Path) -> tuple[int, int]:

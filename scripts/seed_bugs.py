@@ -492,6 +492,10 @@ BUGS = [
     Bug("conversation-drops-images", "dsbatch/_conversation.py",
         "elif kind not in _LEFT_OUT:", "elif False:",
         "an image in the prompt is silently left out of the conversation (and paid for)"),
+    Bug("memo-by-keys-only", "dsbatch/_store.py",
+        "        token = _digest(value_set)\n",
+        "        token = xxhash.xxh3_64_intdigest(wanted.tobytes())\n",
+        "a job of 3 samples is served the results another job of 5 samples read (same keys)"),
     # -- cost branch -----------------------------------------------------------------------------
     Bug("cost-no-batch-discount", "dsbatch/_cost.py",
         "    discount: float = BATCH_DISCOUNT,", "    discount: float = 1.0,",

@@ -51,6 +51,23 @@ def test_samples_and_other_ids_are_found_beside_plain_ones(tmp_path):
     assert sorted(found["custom_id"].to_pylist()) == sorted(wanted[:5])
 
 
+def test_jobs_whose_ids_share_their_keys_each_get_only_their_own_results(tmp_path):
+    # Jobs of 5 and of 3 samples of the same requests, in one process: the same keys, other ids.
+    store = ResultsStore(tmp_path)
+    plain = ids(4)
+    five = [c + s for c in plain for s in ("", "_s1", "_s2", "_s3", "_s4")]
+    store.write("msgbatch_a", results(five, "msgbatch_a"))
+    three = [c + s for c in plain for s in ("", "_s1", "_s2")]
+    found_five, _ = store.results_for(pa.array(five))
+    found_three, _ = store.results_for(pa.array(three))
+    assert sorted(found_five["custom_id"].to_pylist()) == sorted(five)
+    assert sorted(found_three["custom_id"].to_pylist()) == sorted(three)  # not the 20 of five
+    # A slice of the same buffers is other ids too.
+    both = pa.array(five)
+    assert store.results_for(both.slice(0, 5))[0].num_rows == 5
+    assert store.results_for(both.slice(5, 5))[0]["custom_id"].to_pylist() == five[5:10]
+
+
 def test_the_index_finds_exactly_what_a_full_scan_finds(tmp_path):
     store = ResultsStore(tmp_path)
     store.write("msgbatch_a", results(ids(500, "a"), "msgbatch_a"))
