@@ -235,10 +235,16 @@ def _place(params: dict[str, Any], where: Where, control: Mapping[str, str] | No
             content[where[2]] = marked(content[where[2]])
 
 
+def _kept(points: Sequence[_Block]) -> set[Where]:
+    """Where the breakpoints go of ``points`` (shallowest first): the deepest ``MAX_BREAKPOINTS``
+    (the API takes no more; a deeper one also caches what the shallower ones would)."""
+    return {p.where for p in points[-MAX_BREAKPOINTS:]}
+
+
 def _with_breakpoints(params: dict[str, Any], points: Sequence[_Block]) -> dict[str, Any]:
     """``params`` with a breakpoint on the deepest ``MAX_BREAKPOINTS`` of ``points``."""
     out = dict(params)
-    kept = {p.where for p in points[-MAX_BREAKPOINTS:]}
+    kept = _kept(points)
     for point in points:
         _place(out, point.where, CACHE_CONTROL if point.where in kept else None)
     return out
@@ -318,7 +324,7 @@ def _spliced(text: str, spans: Mapping[Where, tuple[int, int]], points: Sequence
     """``text`` with breakpoints on the deepest ``MAX_BREAKPOINTS`` of ``points`` (and every
     str among them made a one-block list): ``canonical_json(_with_breakpoints(...))`` without
     encoding the request again."""
-    kept = {p.where for p in points[-MAX_BREAKPOINTS:]}
+    kept = _kept(points)
     out = text
     for point in sorted(points, key=lambda p: spans[p.where][0], reverse=True):
         start, end = spans[point.where]
