@@ -109,6 +109,7 @@ def main() -> int:
         parser.error("--real needs ANTHROPIC_API_KEY")
 
     ds = Dataset.from_dict({"text": texts(args.rows)})
+    print("the Anthropic API" if args.real else "the local emulator (--real for the API)")
     with contextlib.ExitStack() as stack:
         client, cache_dir = None, None
         if not args.real:

@@ -33,6 +33,7 @@ def prompt(row):
 
 def main() -> None:
     real = bool(os.environ.get("ANTHROPIC_API_KEY"))
+    print("the Anthropic API" if real else "no ANTHROPIC_API_KEY: the local emulator")
     with contextlib.ExitStack() as stack:
         client = None if real else stack.enter_context(Emulator()).client()
         out = dsbatch.map(
