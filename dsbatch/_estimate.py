@@ -112,6 +112,11 @@ class Plan:
     __repr__ = __str__
 
 
+def _given(budget_usd: float) -> str:
+    """A budget as the user wrote it: in cents, unless that would round it ($0.0049)."""
+    return f"${budget_usd:,.2f}" if round(budget_usd, 2) == budget_usd else f"${budget_usd:,}"
+
+
 def _usd(value: float | None) -> str:
     return "unknown" if value is None else f"${value:,.4f}"
 
@@ -331,7 +336,7 @@ def check_budget(plan: Plan, budget_usd: float) -> None:
     if plan.cost_usd_max is None:
         models = ", ".join(plan.models)
         raise BudgetExceededError(
-            f"budget_usd=${budget_usd:,.2f} cannot be checked: no price is known for model "
+            f"budget_usd={_given(budget_usd)} cannot be checked: no price is known for model "
             f"{models}. Nothing was sent: pass prices={{'{plan.models[0] if plan.models else ''}"
             "': {'input': ..., 'output': ...}} (standard USD per million tokens), or "
             "budget_usd=None",
@@ -344,7 +349,7 @@ def check_budget(plan: Plan, budget_usd: float) -> None:
             f"the {plan.requests:,} requests still to send may cost up to "
             f"${plan.cost_usd_max:,.4f} (every answer reaching max_tokens; "
             f"{plan.input_tokens:,} input tokens, {plan.token_count}), over "
-            f"budget_usd=${budget_usd:,.2f}. Nothing was sent. Expected: "
+            f"budget_usd={_given(budget_usd)}. Nothing was sent. Expected: "
             f"{_usd(plan.cost_usd_expected)} ({plan.expected_basis}). Raise budget_usd, lower "
             "max_tokens, or look at the plan first with dry_run=True",
             budget_usd=budget_usd,

@@ -183,6 +183,9 @@ def test_a_budget_under_the_maximum_refuses_before_any_create_naming_both_figure
     assert "over budget_usd=$0.01. Nothing was sent" in message
     assert emu.calls["create"] == 0 and not emu.received
     assert not (cache_root() / "jobs").exists()
+    # A budget under a cent is shown as given, never rounded to "$0.00".
+    with pytest.raises(dsbatch.BudgetExceededError, match=r"over budget_usd=\$0\.0049\. Nothing"):
+        run(ds, emu, budget_usd=0.0049)
 
 
 def test_a_budget_above_the_maximum_sends_and_counts_only_what_is_still_to_send(emu):
