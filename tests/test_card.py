@@ -12,7 +12,7 @@ import yaml
 from datasets import Dataset, DatasetDict, load_from_disk
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
-from support import MODEL, echo, run
+from support import MODEL, cache_root, echo, run
 
 import dsbatch
 from dsbatch.testing import Emulator
@@ -303,3 +303,19 @@ def test_a_dataset_without_a_dsbatch_step_is_refused(emu):
     assert "## Step 1: `status`" in dsbatch.card(out.rename_column("dsbatch", "status")).text
     with pytest.raises(TypeError, match="not list"):
         dsbatch.card([1])
+
+
+def test_a_job_kept_by_an_older_dsbatch_says_what_was_not_recorded(emu):
+    ds = Dataset.from_dict({"text": ["one", "two"]})
+    out = run(ds, emu, prompt)
+    job = dsbatch.jobs()[0]
+    manifest = cache_root() / "jobs" / job.fingerprint / "manifest.json"
+    kept = json.loads(manifest.read_text())
+    del kept["provenance"]  # as an older dsbatch wrote it
+    manifest.write_text(json.dumps(kept))
+    text = dsbatch.card(dsbatch.Job.load(job.fingerprint).result()).text
+    assert cell(text, "Model") == MODEL  # the manifest names it
+    assert cell(text, "Prompt function (sha256 of its source)") == "not recorded"
+    assert cell(text, "dsbatch version") == "not recorded"
+    assert cell(text, "Betas") == "not recorded"
+    assert cell(text, "Batches") == cell(dsbatch.card(out).text, "Batches")
