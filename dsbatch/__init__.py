@@ -15,6 +15,7 @@ from dsbatch._errors import (
 from dsbatch._poll import PollSchedule
 
 if TYPE_CHECKING:
+    from dsbatch._card import card
     from dsbatch._estimate import Plan
     from dsbatch._job import Job, jobs
     from dsbatch._map import map
@@ -37,6 +38,7 @@ __all__ = [
     "RequestTooLargeError",
     "RowFailedError",
     "__version__",
+    "card",
     "jobs",
     "map",
     "preview",
@@ -49,6 +51,7 @@ _LAZY = {
     "Job": "dsbatch._job",
     "JobStatus": "dsbatch._status",
     "Plan": "dsbatch._estimate",
+    "card": "dsbatch._card",
     "jobs": "dsbatch._job",
     "map": "dsbatch._map",
     "preview": "dsbatch._preview",

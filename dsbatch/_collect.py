@@ -19,13 +19,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
-from datasets import Dataset
+from datasets import Dataset, Features
 
 from dsbatch._compat import attach_columns, iter_rows
 from dsbatch._errors import LedgerError, RowFailedError
 from dsbatch._join import MissingResult, OutputSpec, output_table
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._policy import FAILED_STATUSES, attempts, latest_results
+from dsbatch._provenance import BATCHES_KEY, batches_answering, stamp
 from dsbatch._reasoning import any_thinks, thinking_texts
 from dsbatch._records import Manifest
 from dsbatch._samples import failed_mask, reshape, sample_ids
@@ -86,11 +87,14 @@ def collect(
     sent = attempts(results)
     thinks = spec.thinking_column is not None and any_thinks(bodies.values())
     costs = cost(latest) if cost is not None else None
-    outputs = Outputs({}, {})
+    tables: dict[str, pa.Table] = {}
+    asked_by_split: list[pa.Array] = []
     for split, ids in row_custom_ids.items():
+        asked = sample_ids(ids, spec.samples)
+        asked_by_split.append(asked)
         try:
             table = output_table(
-                sample_ids(ids, spec.samples),
+                asked,
                 latest,
                 sent,
                 spec,
@@ -116,8 +120,15 @@ def collect(
                 "again: dsbatch downloads what is missing (it never buys it twice).",
                 path=str(job.dir),
             ) from e
-        outputs.tables[split] = table
-        outputs.digests[split] = job.write_output(split, table)
+        tables[split] = table
+    # The batches that answered the job, stored with every split's columns (a later call that
+    # reads them back still knows them): one list for all splits, which share one schema.
+    asked_all = pa.concat_arrays(asked_by_split) if asked_by_split else pa.array([], pa.string())
+    batches = {BATCHES_KEY: json.dumps(batches_answering(latest, asked_all)).encode()}
+    outputs = Outputs({}, {})
+    for split, table in tables.items():
+        outputs.tables[split] = table.replace_schema_metadata(batches)
+        outputs.digests[split] = job.write_output(split, outputs.tables[split])
     return outputs
 
 
@@ -161,11 +172,13 @@ def attach(
     fingerprints: Mapping[str, str],
     labels: Mapping[str, str | None],
     repeat: int = 1,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Dataset]:
     """The output datasets, after ``on_error`` (one RowFailedError names every failing split).
     ``fingerprints`` are the input datasets' own (a dataset rebuilt in another process has
     another, but the output must be the one ``map`` gives). ``repeat``: output rows per input
-    row (``samples_as="rows"``)."""
+    row (``samples_as="rows"``). ``provenance``: the step's facts (``_provenance.step_facts``
+    without its batches), stamped on the status column's features."""
     failed = {split: failed_mask(table[status_column]) for split, table in outputs.tables.items()}
     if on_error == "raise":
         failures = {
@@ -182,12 +195,30 @@ def attach(
         fingerprint = xxhash.xxh3_64_hexdigest(
             f"{fingerprints[split]}|{outputs.digests[split]}|{output_key}|{on_error}".encode()
         )
-        attached = attach_columns(ds, outputs.tables[split], fingerprint=fingerprint, repeat=repeat)
+        table = outputs.tables[split]
+        features = Features.from_arrow_schema(table.schema.remove_metadata())
+        if provenance is not None:
+            features[status_column] = stamp(
+                features[status_column], {**provenance, "batches": _batches(table)}
+            )
+        attached = attach_columns(
+            ds,
+            table.replace_schema_metadata(None),
+            fingerprint=fingerprint,
+            repeat=repeat,
+            features=features,
+        )
         if on_error == "drop":
             keep = pc.indices_nonzero(pc.invert(failed[split]))
             attached = attached.select(keep.to_pylist())
         out[split] = attached
     return out
+
+
+def _batches(table: pa.Table) -> list[str] | None:
+    """The batch ids stored with a split's columns; None for columns stored without them."""
+    stored = (table.schema.metadata or {}).get(BATCHES_KEY)
+    return None if stored is None else json.loads(stored)
 
 
 def _row_failed(

@@ -48,15 +48,22 @@ def fingerprint_of(dataset: Dataset) -> str:
 
 
 def attach_columns(
-    dataset: Dataset, new: pa.Table, *, fingerprint: str, repeat: int = 1
+    dataset: Dataset,
+    new: pa.Table,
+    *,
+    fingerprint: str,
+    repeat: int = 1,
+    features: Features | None = None,
 ) -> Dataset:
-    """The dataset with the new columns appended (their features follow their Arrow types), in
-    the dataset's own format (numpy, torch, ...); ``repeat``: each row ``repeat`` times in a
-    row, beside as many rows of ``new``."""
+    """The dataset with the new columns appended (their features follow their Arrow types,
+    unless ``features`` gives them), in the dataset's own format (numpy, torch, ...);
+    ``repeat``: each row ``repeat`` times in a row, beside as many rows of ``new``."""
     fmt = dataset.format
+    if features is None:
+        features = Features.from_arrow_schema(new.schema)
     if not dataset.column_names:
         info = dataset.info.copy()
-        info.features = Features.from_arrow_schema(new.schema)
+        info.features = features
         out = Dataset(InMemoryTable(new), info=info, split=dataset.split, fingerprint=fingerprint)
     else:
         if repeat > 1:
@@ -70,7 +77,7 @@ def attach_columns(
             data = dataset._data
         table = concat_tables([data, InMemoryTable(new)], axis=1)
         info = dataset.info.copy()
-        info.features.update(Features.from_arrow_schema(new.schema))
+        info.features.update(features)
         out = Dataset(table, info=info, split=dataset.split, fingerprint=fingerprint)
     if fmt["type"] is None and fmt["columns"] is None:
         return out

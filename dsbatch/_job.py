@@ -28,6 +28,7 @@ from dsbatch._options import MapOptions
 from dsbatch._origin import describe, resolve_origin
 from dsbatch._plan import decide
 from dsbatch._poll import PollSchedule, call_retrying, poll_batch
+from dsbatch._provenance import step_facts
 from dsbatch._records import BatchState, Manifest
 from dsbatch._run import JobLoop
 from dsbatch._status import JobStatus, job_status
@@ -259,6 +260,7 @@ class Job:
                     "lost: call result() or wait() again"
                 )
             outputs = self._collect(options, loop.results(), dataset, loop.pricer.per_request)
+            manifest = self._manifest
         splits = self._inputs(dataset)
         out = attach(
             splits,
@@ -269,6 +271,13 @@ class Job:
             fingerprints=self._manifest.fingerprints,
             labels=self._labels(),
             repeat=options.samples if options.samples_as == "rows" else 1,
+            provenance=step_facts(
+                manifest.provenance,
+                job=self.fingerprint,
+                model=manifest.model,
+                created_at=manifest.created_at,
+                finished_at=manifest.finished_at,
+            ),
         )
         return DatasetDict(out) if self._manifest.labelled else out[_SINGLE]
 

@@ -29,6 +29,7 @@ from dsbatch._origin import resolve_origin
 from dsbatch._plan import check_sizes, job_fingerprint
 from dsbatch._poll import PollSchedule, first_contact_retrying
 from dsbatch._prefix import TemplateMarks, plan_prefix_caching
+from dsbatch._provenance import call_facts
 from dsbatch._reasoning import any_thinks
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, RequestShape, render_split
@@ -239,12 +240,30 @@ def _start(
     )
 
     kept = options.to_json()
+    facts = call_facts(
+        prompt,
+        model=options.model,
+        system=options.system,
+        params=options.params,
+        max_tokens=options.max_tokens,
+        samples=options.samples,
+        betas=list(options.betas),
+        response_format=options.response_format,
+        api_version=backend.api_version,
+        bodies=rendered.bodies,
+    )
     resume = manifest is not None and manifest.state == "canceled" and options.resend_canceled
-    if manifest is None or manifest.options != kept or manifest.inputs != inputs or resume:
+    if (
+        manifest is None
+        or manifest.options != kept
+        or manifest.inputs != inputs
+        or manifest.provenance != facts
+        or resume
+    ):
 
         def begin(m: Manifest) -> None:
             # The options of the latest call: a job goes on with what it was last asked.
-            m.options, m.inputs = kept, inputs
+            m.options, m.inputs, m.provenance = kept, inputs, facts
             if m.state == "canceled" and options.resend_canceled:
                 m.state, m.canceled_at = "running", None
 

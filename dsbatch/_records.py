@@ -153,6 +153,9 @@ class Manifest:
     # the finished columns were built with, and a digest of each split's columns.
     output_key: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    # What the latest call was (models, hashes of the prompt, params and system prompt,
+    # versions: ``_provenance.call_facts``); the output data carries it. {}: not recorded.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def split_names(self) -> list[str]:

@@ -116,3 +116,17 @@ def observe_queue(emu, durations=None) -> list[int]:
 
     store.create = observed
     return seen
+
+
+def without_provenance(features):
+    """The features without the ids ``dsbatch.map`` stamps its steps' provenance in."""
+    from datasets import Features
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "id"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return Features.from_dict(strip(features.to_dict()))

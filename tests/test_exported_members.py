@@ -20,6 +20,7 @@ def test_public_names():
         "RequestTooLargeError",
         "RowFailedError",
         "__version__",
+        "card",
         "jobs",
         "map",
         "preview",
