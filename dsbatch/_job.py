@@ -214,6 +214,16 @@ class Job:
         ``resend_canceled=True``; the job sends nothing more."""
         options = self._opts()
         self._check_origin(options)
+        if self.status(refresh=False).state == "done":
+            log.warning("dsbatch: job %s is done: nothing to cancel", self.fingerprint)
+            return self.status()
+
+        def mark(manifest: Manifest) -> None:
+            manifest.state, manifest.canceled_at = "canceled", dt.datetime.now().timestamp()
+
+        # Marked first: a step of another call that reads the manifest meanwhile creates no
+        # batch after this one looked at what is in flight.
+        self._manifest = self._job.update_manifest(self._manifest, mark)
         retrying = call_retrying(options.schedule, is_transient)
         canceled = 0
         for record in self._job.records():
@@ -221,11 +231,6 @@ class Job:
                 info = retrying.call(self._backend.cancel, record.batch_id)
                 canceled += 1
                 log.info("dsbatch: canceling batch %s (%s)", info.id, info.processing_status)
-
-        def mark(manifest: Manifest) -> None:
-            manifest.state, manifest.canceled_at = "canceled", dt.datetime.now().timestamp()
-
-        self._manifest = self._job.update_manifest(self._manifest, mark)
         log.warning(
             "dsbatch: job %s canceled (%d batches in flight); what was answered is kept",
             self.fingerprint,

@@ -638,6 +638,14 @@ BUGS = [
         """            _zero_if_succeeded(taken["cache_creation_input_tokens"], succeeded),
             _zero_if_succeeded(taken["cache_read_input_tokens"], succeeded),""",
         "cache reads and writes land in each other's status fields"),
+    # -- review3 branch (review round 2: jobs without their code, inputs, versions, the CLI) ----
+    Bug("cancel-marks-a-done-job", "dsbatch/_job.py",
+        'if self.status(refresh=False).state == "done":', "if False:",
+        "canceling a finished job marks it canceled"),
+    Bug("collect-checks-output-late", "dsbatch/_cli.py",
+        "        _check_writable(output)  # before waiting: not after hours of it\n",
+        "        pass\n",
+        "collect to a path that cannot be written fails with a traceback, after waiting"),
 ]  # fmt: skip
 
 

@@ -476,11 +476,6 @@ def test_a_job_goes_on_under_the_api_version_its_requests_were_made_for():
 # -- 14. the CLI on a finished job -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`dsbatch cancel` on a finished job marks it canceled: `dsbatch jobs` then shows a "
-    "fully answered job as canceled, and it no longer reads its finished columns",
-)
 def test_canceling_a_finished_job_cancels_nothing_and_leaves_it_done(shell, capsys):
     run(dataset(texts(3)), shell, wait=600)
     (job,) = job_dirs()
@@ -490,11 +485,6 @@ def test_canceling_a_finished_job_cancels_nothing_and_leaves_it_done(shell, caps
     assert out.splitlines()[1].split()[-1] == "done"  # today: canceled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`dsbatch collect --output` to a path that cannot be written ends in a raw "
-    "NotADirectoryError traceback (after waiting for the whole job)",
-)
 def test_collect_to_a_path_that_cannot_be_written_says_so_in_one_line(shell, capsys, tmp_path):
     run(dataset(texts(3)), shell, wait=600)
     (job,) = job_dirs()
