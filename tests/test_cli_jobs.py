@@ -131,11 +131,8 @@ def test_collect_refuses_a_path_it_cannot_write_before_waiting(api, capsys, tmp_
         capsys, "collect", job.fingerprint, "--output", str(target), "--timeout", "0"
     )
     # Refused at once (exit 1), not after the wait (which would say "still running", exit 3).
-    assert (
-        code == 1
-        and err
-        == f"dsbatch collect: cannot write to {target}: {tmp_path / 'a-file'} is a file, not a folder\n"
-    )
+    said = f"{tmp_path / 'a-file'} is a file, not a folder"
+    assert code == 1 and err == f"dsbatch collect: cannot write to {target}: {said}\n"
     assert api.calls["retrieve"] == 0
 
 
