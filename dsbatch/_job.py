@@ -271,7 +271,6 @@ class Job:
             status_column=options.status_column,
             on_error=options.on_error,
             output_key=options.output_key(),
-            fingerprints=self._manifest.fingerprints,
             labels=self._labels(),
             repeat=options.samples if options.samples_as == "rows" else 1,
         )

@@ -224,6 +224,10 @@ def _start(
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
         inputs = keep_inputs(job, splits)
+    elif manifest.fingerprints != fingerprints:
+        # The same requests from other rows (a column outside the prompt changed): the job keeps
+        # the latest call's, so that a result in another process returns what map returned.
+        inputs = keep_inputs(job, splits)
     else:
         inputs = manifest.inputs
     started = Manifest(

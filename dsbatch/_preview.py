@@ -372,7 +372,6 @@ def _output(
         status_column=options.status_column,
         on_error=options.on_error,
         output_key=None,
-        fingerprints={split: fingerprint_of(ds) for split, ds in picked.items()},
         labels=labels,
     )
     if set(out) == {_SINGLE} and labels.get(_SINGLE) is None:

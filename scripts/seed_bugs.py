@@ -646,6 +646,17 @@ BUGS = [
         "        _check_writable(output)  # before waiting: not after hours of it\n",
         "        pass\n",
         "collect to a path that cannot be written fails with a traceback, after waiting"),
+    Bug("output-fingerprint-ignores-input", "dsbatch/_collect.py",
+        'f"{fingerprint_of(ds)}|{outputs.digests[split]}|{output_key}|{on_error}".encode()',
+        'f"|{outputs.digests[split]}|{output_key}|{on_error}".encode()',
+        "two outputs of the same answers on inputs that differ elsewhere share a fingerprint"),
+    Bug("rerun-keeps-first-inputs", "dsbatch/_map.py",
+        "    elif manifest.fingerprints != fingerprints:\n", "    elif False:\n",
+        "a rerun on other rows keeps the first call's: result() elsewhere returns stale rows"),
+    Bug("unpicklable-input-fails-map", "dsbatch/_inputs.py",
+        "except (pickle.PicklingError, TypeError, AttributeError) as e:",
+        "except (ZeroDivisionError,) as e:",
+        "a dataset with a lambda transform makes map fail while keeping its inputs"),
 ]  # fmt: skip
 
 

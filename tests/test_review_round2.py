@@ -253,11 +253,6 @@ def test_a_job_whose_response_format_lives_in_a_notebook_can_be_listed_watched_a
 # -- 7. a rerun on other rows of the same prompts ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attach fingerprints the output by the job's first input, not the dataset given: "
-    "two different outputs share a fingerprint and datasets' cache serves the stale one",
-)
 def test_outputs_of_two_datasets_that_differ_outside_the_prompt_never_share_a_fingerprint(
     emu, tmp_path
 ):
@@ -277,11 +272,6 @@ def test_outputs_of_two_datasets_that_differ_outside_the_prompt_never_share_a_fi
     assert list(out_fixed.map(shout)["shout"]) == ["RIGHT"] * 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a rerun keeps the first call's input rows: Job.result() and `dsbatch collect` return "
-    "other rows than the latest map did",
-)
 def test_result_from_another_process_returns_the_rows_of_the_latest_map(emu):
     rows = texts(4)
     run(dataset(rows, label=["wrong"] * 4), emu)
@@ -328,11 +318,6 @@ def test_two_calls_reading_one_batch_at_once_both_get_the_answers(monkeypatch):
 # -- 9. a dataset that cannot be pickled -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keep_inputs pickles the dataset: one with a lambda transform makes map fail with a "
-    "PicklingError from inside the ledger (it worked before jobs kept their inputs)",
-)
 def test_a_dataset_with_a_transform_that_cannot_be_pickled_still_runs(emu):
     rows = texts(3)
     ds = dataset(rows).with_transform(lambda batch: dict(batch))
