@@ -37,7 +37,7 @@ from datasets import Dataset, DatasetDict
 from dsbatch._backend import Backend, NoCredentials, Unreachable
 from dsbatch._collect import Outputs, attach
 from dsbatch._collect import _messages as stored_messages
-from dsbatch._compat import fingerprint_of, iter_rows, take_rows
+from dsbatch._compat import iter_rows, take_rows
 from dsbatch._cost import PriceBook, Pricer
 from dsbatch._errors import BatchAPIError
 from dsbatch._files import arrow_bytes
