@@ -65,7 +65,7 @@ class Job:
         self._cache_dir = cache_dir
         self._poll_interval = poll_interval
         self._manifest = manifest
-        self._backend = Backend(client)
+        self._backend = Backend(client, api_version=manifest.api_version)
         self._options = options
         self._bodies = bodies
         self._first_row = first_row

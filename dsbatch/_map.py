@@ -238,17 +238,24 @@ def _start(
         model=options.model,
         betas=list(options.betas),
         origin=origin,
+        api_version=backend.api_version,
         labelled=labelled,
         split_order=list(splits),
     )
 
     kept = options.to_json()
     resume = manifest is not None and manifest.state == "canceled" and options.resend_canceled
-    if manifest is None or manifest.options != kept or manifest.inputs != inputs or resume:
+    version = backend.api_version
+    if (
+        manifest is None
+        or (manifest.options, manifest.inputs, manifest.api_version) != (kept, inputs, version)
+        or resume
+    ):
 
         def begin(m: Manifest) -> None:
-            # The options of the latest call: a job goes on with what it was last asked.
-            m.options, m.inputs = kept, inputs
+            # The options of the latest call: a job goes on with what it was last asked (its
+            # requests were checked for this call's API version).
+            m.options, m.inputs, m.api_version = kept, inputs, version
             if m.state == "canceled" and options.resend_canceled:
                 m.state, m.canceled_at = "running", None
 

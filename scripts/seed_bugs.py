@@ -657,6 +657,10 @@ BUGS = [
         "except (pickle.PicklingError, TypeError, AttributeError) as e:",
         "except (ZeroDivisionError,) as e:",
         "a dataset with a lambda transform makes map fail while keeping its inputs"),
+    Bug("loaded-job-forgets-api-version", "dsbatch/_job.py",
+        "self._backend = Backend(client, api_version=manifest.api_version)",
+        "self._backend = Backend(client)",
+        "a loaded job resends its requests under the client's API version, not theirs"),
 ]  # fmt: skip
 
 

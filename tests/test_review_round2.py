@@ -419,11 +419,6 @@ def test_a_call_waiting_on_another_jobs_batch_says_which_without_any_logging_set
 # -- 13. a job loaded with a client of another API version --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job does not keep its anthropic-version: Job.load with the SDK's default client "
-    "resends its requests under 2026-10-21, they end invalid, and stay failed for good",
-)
 def test_a_job_goes_on_under_the_api_version_its_requests_were_made_for():
     rows = texts(8)
 
