@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict
 
 from dsbatch._backend import Backend, Unreachable, is_transient
 from dsbatch._compat import fingerprint_of
-from dsbatch._cost import PriceBook
+from dsbatch._cost import PriceBook, model_of
 from dsbatch._errors import BatchAPIError, LedgerError
 from dsbatch._estimate import Plan, check_budget, make_plan
 from dsbatch._inputs import keep_inputs
@@ -220,7 +220,9 @@ def _start(
     if manifest is None or not manifest.options or not job.has_requests():
         if prepared.groups:  # before the requests: a job with its requests has its groups
             job.write_prefix_groups(prepared.groups)
-        job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
+        bodies = list(rendered.bodies.values())
+        models = [model_of(body, options.model) for body in bodies]
+        job.write_requests(list(rendered.bodies), bodies, models)
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
         inputs = keep_inputs(job, splits)

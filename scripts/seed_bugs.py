@@ -661,6 +661,13 @@ BUGS = [
         "self._backend = Backend(client, api_version=manifest.api_version)",
         "self._backend = Backend(client)",
         "a loaded job resends its requests under the client's API version, not theirs"),
+    Bug("status-needs-the-jobs-code", "dsbatch/_job.py",
+        "            if missing and not code:\n", "            if False:\n",
+        "a job whose response_format cannot be imported cannot be listed, watched or canceled"),
+    Bug("status-reads-every-body", "dsbatch/_job.py",
+        "            self._bodies = _Requests(self._job)\n",
+        "            self._bodies = self._job.read_requests()\n",
+        "listing jobs and their status read every request's params"),
 ]  # fmt: skip
 
 

@@ -219,11 +219,6 @@ def test_a_client_that_says_it_is_the_emulator_is_the_emulator_whatever_the_cach
 # -- 6. code that cannot be imported blocks jobs, status, wait and cancel ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job whose response_format/parse cannot be imported (defined in a script or "
-    "notebook) makes `dsbatch jobs` fail for the whole cache, and status/cancel/repr fail too",
-)
 def test_a_job_whose_response_format_lives_in_a_notebook_can_be_listed_watched_and_canceled(
     shell, capsys
 ):
@@ -479,11 +474,6 @@ def test_collect_to_a_path_that_cannot_be_written_says_so_in_one_line(shell, cap
 # -- 15. listing jobs reads every request body ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`dsbatch jobs`, status(refresh=False) and repr read every job's whole requests.parquet "
-    "(the params of every request: gigabytes for a 10M-row job) to count custom_ids",
-)
 def test_listing_jobs_never_reads_their_request_bodies(emu, capsys, monkeypatch):
     run(dataset(texts(3)), emu)
 
