@@ -668,6 +668,26 @@ BUGS = [
         "            self._bodies = _Requests(self._job)\n",
         "            self._bodies = self._job.read_requests()\n",
         "listing jobs and their status read every request's params"),
+    Bug("cancel-marks-after-canceling", "dsbatch/_job.py",
+        '        self._manifest = self._job.update_manifest(self._manifest, mark)\n'
+        '        retrying = call_retrying(options.schedule, is_transient)\n'
+        '        canceled = 0\n'
+        '        for record in self._job.records():\n'
+        '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
+        '                info = retrying.call(self._backend.cancel, record.batch_id)\n'
+        '                canceled += 1\n'
+        '                log.info("dsbatch: canceling batch %s (%s)", '
+        'info.id, info.processing_status)\n',
+        '        retrying = call_retrying(options.schedule, is_transient)\n'
+        '        canceled = 0\n'
+        '        for record in self._job.records():\n'
+        '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
+        '                info = retrying.call(self._backend.cancel, record.batch_id)\n'
+        '                canceled += 1\n'
+        '                log.info("dsbatch: canceling batch %s (%s)", '
+        'info.id, info.processing_status)\n'
+        '        self._manifest = self._job.update_manifest(self._manifest, mark)\n',
+        "a cancel cancels the batches before marking the job: another call creates more meanwhile"),
 ]  # fmt: skip
 
 
