@@ -220,7 +220,11 @@ class Backend:
     """Batch calls over one ``anthropic.Anthropic`` client."""
 
     def __init__(
-        self, client: anthropic.Anthropic | None = None, *, clock: Callable[[], float] = time.time
+        self,
+        client: anthropic.Anthropic | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        api_version: str | None = None,
     ) -> None:
         if client is not None and not isinstance(client, anthropic.Anthropic):
             kind = type(client).__name__
@@ -229,6 +233,9 @@ class Backend:
         # Built on first use: a job whose answers are all cached needs no key at all.
         self._given = client
         self._client: anthropic.Anthropic | None = None
+        # The anthropic-version every call sends instead of the client's: a job's requests were
+        # made for one version, and go out under it whatever client goes on with the job.
+        self._version = api_version
         self.clock = clock
         # The server's clock minus ours, from the Date header of the latest answer (None until
         # one came): intents are dated by the server's clock, which reconcile matches against.
@@ -263,7 +270,8 @@ class Backend:
                     getattr(client, a, None) for a in ("api_key", "auth_token", "credentials")
                 ):
                     raise missing
-            self._client = client.with_options(max_retries=0)
+            version = {"anthropic-version": self._version} if self._version else None
+            self._client = client.with_options(max_retries=0, default_headers=version)
         return self._client
 
     def where(self) -> tuple[str, str]:
@@ -312,6 +320,8 @@ class Backend:
     def api_version(self) -> str:
         """The ``anthropic-version`` this client sends (it decides which params are allowed);
         read without building a client, so a job answered from the cache needs no key."""
+        if self._version:
+            return self._version
         if self._given is not None:
             version = self._given.default_headers.get("anthropic-version")
             if isinstance(version, str):

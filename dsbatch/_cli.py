@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import errno
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -161,25 +164,32 @@ def cmd_collect(args: argparse.Namespace) -> int:
     parquet and jsonl write one file per split (data.parquet for a Dataset, <split>.parquet for
     a DatasetDict). Exits 3 when --timeout came first.
     """
-    from pathlib import Path
-
     from datasets import DatasetDict
 
     job = _job(args)
+    output = Path(args.output)
+    try:
+        _check_writable(output)  # before waiting: not after hours of it
+    except OSError as e:
+        print(f"dsbatch collect: cannot write to {output}: {e.strerror or e}", file=sys.stderr)
+        return FAILED
     try:
         result = job.result(timeout=args.timeout)
     except TimeoutError as e:
         print(f"dsbatch collect: {e}", file=sys.stderr)
         return RUNNING
-    output = Path(args.output)
-    if args.format == "disk":
-        result.save_to_disk(str(output))
-    else:
-        output.mkdir(parents=True, exist_ok=True)
-        splits = dict(result) if isinstance(result, DatasetDict) else {"data": result}
-        for split, ds in splits.items():
-            path = output / f"{split}.{args.format}"
-            ds.to_parquet(str(path)) if args.format == "parquet" else ds.to_json(str(path))
+    try:
+        if args.format == "disk":
+            result.save_to_disk(str(output))
+        else:
+            output.mkdir(parents=True, exist_ok=True)
+            splits = dict(result) if isinstance(result, DatasetDict) else {"data": result}
+            for split, ds in splits.items():
+                path = output / f"{split}.{args.format}"
+                ds.to_parquet(str(path)) if args.format == "parquet" else ds.to_json(str(path))
+    except OSError as e:
+        print(f"dsbatch collect: cannot write to {output}: {e.strerror or e}", file=sys.stderr)
+        return FAILED
     rows = sum(len(ds) for ds in (result.values() if isinstance(result, DatasetDict) else [result]))
     print(f"job {job.fingerprint}: {rows:,} rows written to {output} ({args.format})")
     return DONE
@@ -265,6 +275,20 @@ def _job(args: argparse.Namespace) -> Any:
 
     every = getattr(args, "poll_interval", None)
     return dsbatch.Job.load(args.fingerprint, args.cache_dir, poll_interval=every)
+
+
+def _check_writable(output: Path) -> None:
+    """Raise OSError when ``output`` cannot be made or written: an existing file in its way, or
+    its first existing folder not writable."""
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(errno.EEXIST, "it is a file, not a folder")
+    existing = output
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{existing} is not writable")
 
 
 def _json(status: JobStatus) -> dict[str, Any]:

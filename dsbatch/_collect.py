@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import xxhash
 from datasets import Dataset, Features
 
-from dsbatch._compat import attach_columns, iter_rows
+from dsbatch._compat import attach_columns, fingerprint_of, iter_rows
 from dsbatch._errors import LedgerError, RowFailedError
 from dsbatch._join import MissingResult, OutputSpec, output_table
 from dsbatch._ledger import JobLedger, Ledger
@@ -169,15 +169,14 @@ def attach(
     status_column: str,
     on_error: str,
     output_key: str | None,
-    fingerprints: Mapping[str, str],
     labels: Mapping[str, str | None],
     repeat: int = 1,
     provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Dataset]:
     """The output datasets, after ``on_error`` (one RowFailedError names every failing split).
-    ``fingerprints`` are the input datasets' own (a dataset rebuilt in another process has
-    another, but the output must be the one ``map`` gives). ``repeat``: output rows per input
-    row (``samples_as="rows"``). ``provenance``: the step's facts (``_provenance.step_facts``
+    Each output's fingerprint follows its own input dataset's (two inputs of the same requests
+    that differ elsewhere give two outputs). ``repeat``: output rows per input row
+    (``samples_as="rows"``). ``provenance``: the step's facts (``_provenance.step_facts``
     without its batches), stamped on the status column's features."""
     failed = {split: failed_mask(table[status_column]) for split, table in outputs.tables.items()}
     if on_error == "raise":
@@ -193,7 +192,7 @@ def attach(
         # The answers' digest, not just the job's: a rerun that changed answers (more attempts)
         # must not share a fingerprint, or datasets' own cache would serve stale rows.
         fingerprint = xxhash.xxh3_64_hexdigest(
-            f"{fingerprints[split]}|{outputs.digests[split]}|{output_key}|{on_error}".encode()
+            f"{fingerprint_of(ds)}|{outputs.digests[split]}|{output_key}|{on_error}".encode()
         )
         table = outputs.tables[split]
         features = Features.from_arrow_schema(table.schema.remove_metadata())

@@ -249,9 +249,12 @@ class Pricer:
         book: PriceBook,
         *,
         default_model: str | None = None,
+        models: Mapping[str, str | None] | None = None,
     ) -> None:
         self.store = store
         self.bodies = bodies
+        # custom_id -> model, when known without reading the bodies (the job's requests file)
+        self.known = models
         self.book = book
         self.default_model = default_model
         self._models: dict[str, str | None] = {}
@@ -261,10 +264,13 @@ class Pricer:
 
     def model(self, custom_id: str) -> str | None:
         if custom_id not in self._models:
-            body = self.bodies.get(custom_id)
-            self._models[custom_id] = (
-                self.default_model if body is None else model_of(body, self.default_model)
-            )
+            if self.known is not None and custom_id in self.known:
+                self._models[custom_id] = self.known[custom_id]
+            else:
+                body = self.bodies.get(custom_id)
+                self._models[custom_id] = (
+                    self.default_model if body is None else model_of(body, self.default_model)
+                )
         return self._models[custom_id]
 
     def total(self, answered: pa.Table) -> float | None:

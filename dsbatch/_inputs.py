@@ -12,7 +12,9 @@ size and modification time are kept), and ``result()`` then asks for the dataset
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,8 @@ from dsbatch._errors import LedgerError
 from dsbatch._ledger import JobLedger
 
 __all__ = ["InputsUnavailable", "check_given", "keep_inputs", "load_inputs"]
+
+log = logging.getLogger("dsbatch")
 
 
 class InputsUnavailable(LookupError):
@@ -43,11 +47,19 @@ def _files(dataset: Dataset) -> list[list[Any]]:
 
 
 def keep_inputs(job: JobLedger, splits: Mapping[str, Dataset]) -> dict[str, dict[str, Any]]:
-    """Keep every split; returns what the manifest records of each (fingerprint, files)."""
+    """Keep every split; returns what the manifest records of each (fingerprint, files, and
+    ``kept: False`` for a split that cannot be pickled: ``result()`` then asks for it)."""
     kept = {}
     for split, dataset in splits.items():
-        job.write_input(split, dataset)
-        kept[split] = {"fingerprint": fingerprint_of(dataset), "files": _files(dataset)}
+        entry: dict[str, Any] = {"fingerprint": fingerprint_of(dataset), "files": _files(dataset)}
+        try:
+            job.write_input(split, dataset)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            # A transform or format function made in a script or notebook (a lambda): the job
+            # runs all the same; only another process's result() needs the dataset passed.
+            log.info("dsbatch: job %s cannot keep its input rows (%s)", job.fingerprint, e)
+            entry = {**entry, "files": [], "kept": False}
+        kept[split] = entry
     return kept
 
 
@@ -58,6 +70,11 @@ def load_inputs(
     out = {}
     for split, entry in kept.items():
         where = "" if labels.get(split) is None else f" (split {split!r})"
+        if entry.get("kept") is False:
+            raise InputsUnavailable(
+                f"the job's input{where} could not be kept (it cannot be pickled: a transform "
+                "or format function defined in a script or notebook?)"
+            )
         for path, size, mtime_ns in entry.get("files", []):
             try:
                 stat = os.stat(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import anthropic
@@ -66,7 +66,7 @@ class Job:
         self._cache_dir = cache_dir
         self._poll_interval = poll_interval
         self._manifest = manifest
-        self._backend = Backend(client)
+        self._backend = Backend(client, api_version=manifest.api_version)
         self._options = options
         self._bodies = bodies
         self._first_row = first_row
@@ -105,13 +105,18 @@ class Job:
         return cls(job, manifest, client=client, cache_dir=cache_dir, poll_interval=poll_interval)
 
     # -- the options the job was started with ----------------------------------------------------
-    def _opts(self, **given: Any) -> MapOptions:
+    def _opts(self, *, code: bool = True, **given: Any) -> MapOptions:
+        """The job's options, ``given`` ones instead. ``code=False``: without its
+        ``response_format`` and ``parse`` when they cannot be imported here (a class of a
+        notebook): only the result runs them, not waiting, status or cancel."""
         if self._options is None or given:
             if self._poll_interval is not None:
                 given = {**given, "poll_interval": self._poll_interval}
             options, missing = MapOptions.from_json(
                 self._manifest.options, cache_dir=self._cache_dir, **given
             )
+            if missing and not code:
+                return options
             if missing:
                 what = ", ".join(f"{name}={code}" for name, code in missing.items())
                 raise ValueError(
@@ -124,10 +129,16 @@ class Job:
         return self._options
 
     def _loop(self, options: MapOptions | None = None) -> JobLoop:
-        options = options or self._opts()
+        options = options or self._opts(code=False)
         self._check_origin(options)
+        return self._local_loop(options)
+
+    def _local_loop(self, options: MapOptions) -> JobLoop:
+        """A loop for this job (no origin check: ``_loop`` makes it before any call). The
+        request bodies are read only when a step needs them: a status needs their ids."""
         if self._bodies is None:
-            self._bodies = self._job.read_requests()
+            self._bodies = _Requests(self._job)
+        lazy = isinstance(self._bodies, _Requests)
         return JobLoop(
             self._backend,
             self._job,
@@ -135,6 +146,7 @@ class Job:
             options,
             origin=self._manifest.origin,
             first_row=self._first_row,
+            models=self._job.request_models() if lazy else None,
         )
 
     def _check_origin(self, options: MapOptions) -> None:
@@ -157,7 +169,7 @@ class Job:
         made), tokens and cost so far, and what is left. ``refresh=False`` reads the cache only;
         else the batches in flight are asked of the API (nothing is downloaded or sent)."""
         self._manifest = self._job.read_manifest() or self._manifest
-        options = self._opts()
+        options = self._opts(code=False)
         loop = self._loop(options) if refresh else self._local_loop(options)
         view = loop.survey()
         to_send = decide(
@@ -189,12 +201,6 @@ class Job:
         """One step, without a progress bar: every batch that can be made now is made."""
         self._loop().run(timeout=0, progress=False)
 
-    def _local_loop(self, options: MapOptions) -> JobLoop:
-        """A loop that only reads the cache (no origin check: no call is made)."""
-        if self._bodies is None:
-            self._bodies = self._job.read_requests()
-        return JobLoop(self._backend, self._job, self._bodies, options, self._manifest.origin)
-
     def wait(self, timeout: float | None = None) -> JobStatus:
         """Poll, download and retry until every request is final (as ``map`` does, with its
         progress bar), or until ``timeout`` seconds have passed: nothing is lost then, and
@@ -213,8 +219,18 @@ class Job:
         """Cancel the job's batches in flight. Answers already in are kept; what the batches had
         not answered ends ``canceled`` (not billed), and is sent again only by a call with
         ``resend_canceled=True``; the job sends nothing more."""
-        options = self._opts()
+        options = self._opts(code=False)
         self._check_origin(options)
+        if self.status(refresh=False).state == "done":
+            log.warning("dsbatch: job %s is done: nothing to cancel", self.fingerprint)
+            return self.status()
+
+        def mark(manifest: Manifest) -> None:
+            manifest.state, manifest.canceled_at = "canceled", dt.datetime.now().timestamp()
+
+        # Marked first: a step of another call that reads the manifest meanwhile creates no
+        # batch after this one looked at what is in flight.
+        self._manifest = self._job.update_manifest(self._manifest, mark)
         retrying = call_retrying(options.schedule, is_transient)
         canceled = 0
         for record in self._job.records():
@@ -222,11 +238,6 @@ class Job:
                 info = retrying.call(self._backend.cancel, record.batch_id)
                 canceled += 1
                 log.info("dsbatch: canceling batch %s (%s)", info.id, info.processing_status)
-
-        def mark(manifest: Manifest) -> None:
-            manifest.state, manifest.canceled_at = "canceled", dt.datetime.now().timestamp()
-
-        self._manifest = self._job.update_manifest(self._manifest, mark)
         log.warning(
             "dsbatch: job %s canceled (%d batches in flight); what was answered is kept",
             self.fingerprint,
@@ -248,7 +259,9 @@ class Job:
         rows are the ones the job kept; pass ``dataset=`` when they cannot be rebuilt (the
         error says so), and ``response_format=``/``parse=`` when the job's could not be
         imported here."""
-        given = {k: v for k, v in (("response_format", response_format), ("parse", parse)) if v}
+        given: dict[str, Any] = {
+            k: v for k, v in (("response_format", response_format), ("parse", parse)) if v
+        }
         options = self._opts(**given)
         manifest = self._job.read_manifest() or self._manifest
         outputs = cached_outputs(self._job, manifest, manifest.split_names, options.output_key())
@@ -268,7 +281,6 @@ class Job:
             status_column=options.status_column,
             on_error=options.on_error,
             output_key=options.output_key(),
-            fingerprints=self._manifest.fingerprints,
             labels=self._labels(),
             repeat=options.samples if options.samples_as == "rows" else 1,
             provenance=step_facts(
@@ -298,7 +310,7 @@ class Job:
                 path=str(self._job.dir / "rows"),
             )
         splits = self._inputs(dataset) if options.parse is not None else None
-        bodies = self._bodies if self._bodies is not None else self._job.read_requests()
+        bodies = self._bodies if self._bodies is not None else _Requests(self._job)
         outputs = collect(self._job, results, ids, options.output, splits, bodies, cost)  # type: ignore[arg-type]
 
         def finished(manifest: Manifest) -> None:
@@ -351,6 +363,39 @@ class Job:
             return (
                 f"<code>dsbatch.Job {html.escape(self.fingerprint)}</code>: {html.escape(str(e))}"
             )
+
+
+class _Requests(Mapping[str, bytes]):
+    """A job's requests, read from its file when a body is first needed: listing, status and
+    cancel read their custom_ids alone (one column, not every request's params)."""
+
+    def __init__(self, job: JobLedger) -> None:
+        self._job = job
+        self._ids: list[str] | None = None
+        self._bodies: dict[str, bytes] | None = None
+
+    def _read(self) -> dict[str, bytes]:
+        if self._bodies is None:
+            self._bodies = self._job.read_requests()
+        return self._bodies
+
+    def _custom_ids(self) -> list[str]:
+        if self._bodies is not None:
+            return list(self._bodies)
+        if self._ids is None:
+            ids = self._job.request_ids()
+            # Unreadable: reading the bodies says why, naming the file.
+            self._ids = list(self._read()) if ids is None else ids.to_pylist()
+        return self._ids
+
+    def __getitem__(self, custom_id: str) -> bytes:
+        return self._read()[custom_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._custom_ids())
+
+    def __len__(self) -> int:
+        return len(self._custom_ids())
 
 
 def jobs(

@@ -10,7 +10,8 @@ Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsba
     results/<batch_id>.parquet            every result of a batch, one row per custom_id
     downloads/<batch_id>.<tag>.jsonl      raw result bytes while they are being ingested
     jobs/<fingerprint>/manifest.json      what the job is (splits, model, state, outputs)
-    jobs/<fingerprint>/requests.parquet   custom_id -> canonical params, the exact bodies sent
+    jobs/<fingerprint>/requests.parquet   custom_id -> canonical params, the exact bodies sent,
+                                          and each one's model
     jobs/<fingerprint>/rows/<split>.arrow row -> custom_id of each split (null: skipped)
     jobs/<fingerprint>/prefix_groups.arrow custom_id -> its shared prompt prefix (``_priming``)
     jobs/<fingerprint>/batches/<seq>.json one record per batch (see ``_records``)
@@ -198,11 +199,16 @@ class JobLedger:
     def has_requests(self) -> bool:
         return (self.dir / "requests.parquet").exists()
 
-    def write_requests(self, custom_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
+    def write_requests(
+        self, custom_ids: Sequence[str], bodies: Sequence[bytes], models: Sequence[str | None]
+    ) -> None:
+        """Keep every request: its params, and its model beside them (read alone, without the
+        params, to price its answer)."""
         table = pa.table(
             {
                 "custom_id": pa.array(custom_ids, pa.string()),
                 "params": pa.array(bodies, pa.binary()),
+                "model": pa.array(models, pa.string()),
             }
         )
         sink = pa.BufferOutputStream()
@@ -229,6 +235,15 @@ class JobLedger:
         except (OSError, pa.ArrowInvalid):
             return None
         return table["custom_id"].combine_chunks()
+
+    def request_models(self) -> dict[str, str | None] | None:
+        """custom_id -> the model of every request of the job, read without the params; None
+        when the requests file holds no models (a job of an older dsbatch) or cannot be read."""
+        try:
+            table = pq.read_table(self.dir / "requests.parquet", columns=["custom_id", "model"])
+        except (OSError, pa.ArrowInvalid, KeyError):
+            return None
+        return dict(zip(table["custom_id"].to_pylist(), table["model"].to_pylist(), strict=True))
 
     def write_rows(self, split: str, custom_ids: Sequence[str | None]) -> None:
         """Row -> custom_id of one split, so the job can be collected without its dataset."""

@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict
 
 from dsbatch._backend import Backend, Unreachable, is_transient
 from dsbatch._compat import fingerprint_of
-from dsbatch._cost import PriceBook
+from dsbatch._cost import PriceBook, model_of
 from dsbatch._errors import BatchAPIError, LedgerError
 from dsbatch._estimate import Plan, check_budget, make_plan
 from dsbatch._inputs import keep_inputs
@@ -221,9 +221,15 @@ def _start(
     if manifest is None or not manifest.options or not job.has_requests():
         if prepared.groups:  # before the requests: a job with its requests has its groups
             job.write_prefix_groups(prepared.groups)
-        job.write_requests(list(rendered.bodies), list(rendered.bodies.values()))
+        bodies = list(rendered.bodies.values())
+        models = [model_of(body, options.model) for body in bodies]
+        job.write_requests(list(rendered.bodies), bodies, models)
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
+        inputs = keep_inputs(job, splits)
+    elif manifest.fingerprints != fingerprints:
+        # The same requests from other rows (a column outside the prompt changed): the job keeps
+        # the latest call's, so that a result in another process returns what map returned.
         inputs = keep_inputs(job, splits)
     else:
         inputs = manifest.inputs
@@ -235,6 +241,7 @@ def _start(
         model=options.model,
         betas=list(options.betas),
         origin=origin,
+        api_version=backend.api_version,
         labelled=labelled,
         split_order=list(splits),
     )
@@ -253,17 +260,19 @@ def _start(
         bodies=rendered.bodies,
     )
     resume = manifest is not None and manifest.state == "canceled" and options.resend_canceled
+    version = backend.api_version
     if (
         manifest is None
-        or manifest.options != kept
-        or manifest.inputs != inputs
+        or (manifest.options, manifest.inputs, manifest.api_version) != (kept, inputs, version)
         or manifest.provenance != facts
         or resume
     ):
 
         def begin(m: Manifest) -> None:
-            # The options of the latest call: a job goes on with what it was last asked.
-            m.options, m.inputs, m.provenance = kept, inputs, facts
+            # The options of the latest call: a job goes on with what it was last asked (its
+            # requests were checked for this call's API version).
+            m.options, m.inputs, m.api_version = kept, inputs, version
+            m.provenance = facts
             if m.state == "canceled" and options.resend_canceled:
                 m.state, m.canceled_at = "running", None
 

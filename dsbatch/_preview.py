@@ -37,7 +37,7 @@ from datasets import Dataset, DatasetDict
 from dsbatch._backend import Backend, NoCredentials, Unreachable
 from dsbatch._collect import Outputs, attach
 from dsbatch._collect import _messages as stored_messages
-from dsbatch._compat import fingerprint_of, iter_rows, take_rows
+from dsbatch._compat import iter_rows, take_rows
 from dsbatch._cost import PriceBook, Pricer
 from dsbatch._errors import BatchAPIError
 from dsbatch._files import arrow_bytes
@@ -372,7 +372,6 @@ def _output(
         status_column=options.status_column,
         on_error=options.on_error,
         output_key=None,
-        fingerprints={split: fingerprint_of(ds) for split, ds in picked.items()},
         labels=labels,
     )
     if set(out) == {_SINGLE} and labels.get(_SINGLE) is None:

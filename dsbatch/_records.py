@@ -140,6 +140,9 @@ class Manifest:
     model: str | None = None
     betas: list[str] = field(default_factory=list)
     origin: str = ""  # where the job's batches are made (see ``_origin``)
+    # The anthropic-version its requests were made for (None: an older dsbatch's job): any
+    # process that goes on with the job sends them under it.
+    api_version: str | None = None
     # The keywords of the call that started the job (``MapOptions.to_json``).
     options: dict[str, Any] = field(default_factory=dict)
     # split -> {"fingerprint": the input dataset's, "files": [[path, size, mtime_ns]...]}: the

@@ -78,6 +78,7 @@ class JobLoop:
         options: MapOptions,
         origin: str,
         first_row: Mapping[str, tuple[str | None, int]] | None = None,
+        models: Mapping[str, str | None] | None = None,
     ) -> None:
         self.backend = backend
         self.job = job
@@ -101,7 +102,11 @@ class JobLoop:
         self._said: set[str] = set()  # the other jobs' batches already named in the log
         self._held_ids: list[str] = []  # what the last step held back for the queue limit
         self.pricer = Pricer(
-            job.ledger.store, bodies, PriceBook(options.prices), default_model=options.model
+            job.ledger.store,
+            bodies,
+            PriceBook(options.prices),
+            default_model=options.model,
+            models=models,
         )
         # Requests that wait for the first request of their shared prefix (``_priming``).
         self.primers = Primers(job.read_prefix_groups())

@@ -673,6 +673,56 @@ BUGS = [
     Bug("card-system-hash-of-params", "dsbatch/_provenance.py",
         '"system_sha256": _json_digest(system),', '"system_sha256": _json_digest(params),',
         "the card's system prompt hash is the params'"),
+    # -- review3 branch (review round 2: jobs without their code, inputs, versions, the CLI) ----
+    Bug("cancel-marks-a-done-job", "dsbatch/_job.py",
+        'if self.status(refresh=False).state == "done":', "if False:",
+        "canceling a finished job marks it canceled"),
+    Bug("collect-checks-output-late", "dsbatch/_cli.py",
+        "        _check_writable(output)  # before waiting: not after hours of it\n",
+        "        pass\n",
+        "collect to a path that cannot be written fails with a traceback, after waiting"),
+    Bug("output-fingerprint-ignores-input", "dsbatch/_collect.py",
+        'f"{fingerprint_of(ds)}|{outputs.digests[split]}|{output_key}|{on_error}".encode()',
+        'f"|{outputs.digests[split]}|{output_key}|{on_error}".encode()',
+        "two outputs of the same answers on inputs that differ elsewhere share a fingerprint"),
+    Bug("rerun-keeps-first-inputs", "dsbatch/_map.py",
+        "    elif manifest.fingerprints != fingerprints:\n", "    elif False:\n",
+        "a rerun on other rows keeps the first call's: result() elsewhere returns stale rows"),
+    Bug("unpicklable-input-fails-map", "dsbatch/_inputs.py",
+        "except (pickle.PicklingError, TypeError, AttributeError) as e:",
+        "except (ZeroDivisionError,) as e:",
+        "a dataset with a lambda transform makes map fail while keeping its inputs"),
+    Bug("loaded-job-forgets-api-version", "dsbatch/_job.py",
+        "self._backend = Backend(client, api_version=manifest.api_version)",
+        "self._backend = Backend(client)",
+        "a loaded job resends its requests under the client's API version, not theirs"),
+    Bug("status-needs-the-jobs-code", "dsbatch/_job.py",
+        "            if missing and not code:\n", "            if False:\n",
+        "a job whose response_format cannot be imported cannot be listed, watched or canceled"),
+    Bug("status-reads-every-body", "dsbatch/_job.py",
+        "            self._bodies = _Requests(self._job)\n",
+        "            self._bodies = self._job.read_requests()\n",
+        "listing jobs and their status read every request's params"),
+    Bug("cancel-marks-after-canceling", "dsbatch/_job.py",
+        '        self._manifest = self._job.update_manifest(self._manifest, mark)\n'
+        '        retrying = call_retrying(options.schedule, is_transient)\n'
+        '        canceled = 0\n'
+        '        for record in self._job.records():\n'
+        '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
+        '                info = retrying.call(self._backend.cancel, record.batch_id)\n'
+        '                canceled += 1\n'
+        '                log.info("dsbatch: canceling batch %s (%s)", '
+        'info.id, info.processing_status)\n',
+        '        retrying = call_retrying(options.schedule, is_transient)\n'
+        '        canceled = 0\n'
+        '        for record in self._job.records():\n'
+        '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
+        '                info = retrying.call(self._backend.cancel, record.batch_id)\n'
+        '                canceled += 1\n'
+        '                log.info("dsbatch: canceling batch %s (%s)", '
+        'info.id, info.processing_status)\n'
+        '        self._manifest = self._job.update_manifest(self._manifest, mark)\n',
+        "a cancel cancels the batches before marking the job: another call creates more meanwhile"),
 ]  # fmt: skip
 
 

@@ -123,6 +123,19 @@ def test_wait_with_a_timeout_exits_3_and_collect_writes_each_format(api, capsys,
     assert [json.loads(line)["response"] for line in lines] == answers(texts(6))
 
 
+def test_collect_refuses_a_path_it_cannot_write_before_waiting(api, capsys, tmp_path):
+    job = submit(api, texts(3))
+    (tmp_path / "a-file").write_text("in the way")
+    target = tmp_path / "a-file" / "out"
+    code, _, err = cli(
+        capsys, "collect", job.fingerprint, "--output", str(target), "--timeout", "0"
+    )
+    # Refused at once (exit 1), not after the wait (which would say "still running", exit 3).
+    said = f"{tmp_path / 'a-file'} is a file, not a folder"
+    assert code == 1 and err == f"dsbatch collect: cannot write to {target}: {said}\n"
+    assert api.calls["retrieve"] == 0
+
+
 def test_cancel_keeps_the_answers_in_and_ends_the_rest_canceled(api, capsys):
     job = submit(api, texts(10))
     api.advance(300)

@@ -176,6 +176,22 @@ def test_cancel_keeps_what_was_answered_and_ends_the_rest_canceled():
         assert {s["status"] for s in out["dsbatch"]} == {"succeeded"}
 
 
+def test_a_cancel_marks_the_job_canceled_before_it_cancels_a_batch(monkeypatch):
+    real_cancel = Backend.cancel
+    seen: list[str] = []
+
+    def cancel(self, batch_id):
+        # What a step of another call reads at this moment: it must create nothing more.
+        seen.append(dsbatch.Job.load(job.fingerprint).status(refresh=False).state)
+        return real_cancel(self, batch_id)
+
+    monkeypatch.setattr(Backend, "cancel", cancel)
+    with Emulator(delay=600, responder=echo) as emu:
+        job = submit(emu, Dataset.from_dict({"text": texts(6)}), max_batch_requests=3)
+        assert load(job, emu).cancel().state == "canceled"
+        assert seen == ["canceled", "canceled"]
+
+
 def test_a_canceled_job_sends_nothing_more_and_its_unsent_requests_end_canceled(monkeypatch):
     rows = texts(30)
     real_create = Backend.create

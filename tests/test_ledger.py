@@ -7,6 +7,8 @@ import json
 import os
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from dsbatch import LedgerError
@@ -215,3 +217,16 @@ def test_records_round_trip_and_refuse_what_this_version_does_not_write():
         BatchRecord.from_json({**record.to_json(), "state": "submitted"})
     with pytest.raises(RecordError):
         BatchRecord.from_json({**record.to_json(), "state": "teleported"})
+
+
+def test_each_requests_model_is_read_without_its_params_and_an_older_job_has_none(tmp_path):
+    job = Ledger(tmp_path).job("job-a")
+    job.write_requests(["a", "b"], [b'{"model":"m1"}', b'{"model":"m2"}'], ["m1", "m2"])
+    assert job.request_models() == {"a": "m1", "b": "m2"}
+    # An older dsbatch wrote the params alone: the models are then read from them (the caller).
+    pq.write_table(
+        pa.table({"custom_id": ["a"], "params": [b'{"model":"m1"}']}),
+        job.dir / "requests.parquet",
+    )
+    assert job.request_models() is None
+    assert job.read_requests() == {"a": b'{"model":"m1"}'}

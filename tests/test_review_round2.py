@@ -219,11 +219,6 @@ def test_a_client_that_says_it_is_the_emulator_is_the_emulator_whatever_the_cach
 # -- 6. code that cannot be imported blocks jobs, status, wait and cancel ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job whose response_format/parse cannot be imported (defined in a script or "
-    "notebook) makes `dsbatch jobs` fail for the whole cache, and status/cancel/repr fail too",
-)
 def test_a_job_whose_response_format_lives_in_a_notebook_can_be_listed_watched_and_canceled(
     shell, capsys
 ):
@@ -253,11 +248,6 @@ def test_a_job_whose_response_format_lives_in_a_notebook_can_be_listed_watched_a
 # -- 7. a rerun on other rows of the same prompts ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attach fingerprints the output by the job's first input, not the dataset given: "
-    "two different outputs share a fingerprint and datasets' cache serves the stale one",
-)
 def test_outputs_of_two_datasets_that_differ_outside_the_prompt_never_share_a_fingerprint(
     emu, tmp_path
 ):
@@ -277,11 +267,6 @@ def test_outputs_of_two_datasets_that_differ_outside_the_prompt_never_share_a_fi
     assert list(out_fixed.map(shout)["shout"]) == ["RIGHT"] * 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a rerun keeps the first call's input rows: Job.result() and `dsbatch collect` return "
-    "other rows than the latest map did",
-)
 def test_result_from_another_process_returns_the_rows_of_the_latest_map(emu):
     rows = texts(4)
     run(dataset(rows, label=["wrong"] * 4), emu)
@@ -328,11 +313,6 @@ def test_two_calls_reading_one_batch_at_once_both_get_the_answers(monkeypatch):
 # -- 9. a dataset that cannot be pickled -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keep_inputs pickles the dataset: one with a lambda transform makes map fail with a "
-    "PicklingError from inside the ledger (it worked before jobs kept their inputs)",
-)
 def test_a_dataset_with_a_transform_that_cannot_be_pickled_still_runs(emu):
     rows = texts(3)
     ds = dataset(rows).with_transform(lambda batch: dict(batch))
@@ -434,11 +414,6 @@ def test_a_call_waiting_on_another_jobs_batch_says_which_without_any_logging_set
 # -- 13. a job loaded with a client of another API version --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job does not keep its anthropic-version: Job.load with the SDK's default client "
-    "resends its requests under 2026-10-21, they end invalid, and stay failed for good",
-)
 def test_a_job_goes_on_under_the_api_version_its_requests_were_made_for():
     rows = texts(8)
 
@@ -476,11 +451,6 @@ def test_a_job_goes_on_under_the_api_version_its_requests_were_made_for():
 # -- 14. the CLI on a finished job -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`dsbatch cancel` on a finished job marks it canceled: `dsbatch jobs` then shows a "
-    "fully answered job as canceled, and it no longer reads its finished columns",
-)
 def test_canceling_a_finished_job_cancels_nothing_and_leaves_it_done(shell, capsys):
     run(dataset(texts(3)), shell, wait=600)
     (job,) = job_dirs()
@@ -490,11 +460,6 @@ def test_canceling_a_finished_job_cancels_nothing_and_leaves_it_done(shell, caps
     assert out.splitlines()[1].split()[-1] == "done"  # today: canceled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`dsbatch collect --output` to a path that cannot be written ends in a raw "
-    "NotADirectoryError traceback (after waiting for the whole job)",
-)
 def test_collect_to_a_path_that_cannot_be_written_says_so_in_one_line(shell, capsys, tmp_path):
     run(dataset(texts(3)), shell, wait=600)
     (job,) = job_dirs()
@@ -509,11 +474,6 @@ def test_collect_to_a_path_that_cannot_be_written_says_so_in_one_line(shell, cap
 # -- 15. listing jobs reads every request body ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`dsbatch jobs`, status(refresh=False) and repr read every job's whole requests.parquet "
-    "(the params of every request: gigabytes for a 10M-row job) to count custom_ids",
-)
 def test_listing_jobs_never_reads_their_request_bodies(emu, capsys, monkeypatch):
     run(dataset(texts(3)), emu)
 
