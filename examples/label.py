@@ -1,8 +1,9 @@
 """Label 1,000 texts into typed columns with a pydantic model, and lose no paid answer.
 
-python examples/label.py                 # the local emulator, some answers spoiled on purpose
+python examples/label.py                 # the real API when ANTHROPIC_API_KEY is set (it costs
+                                         # money), else the local emulator
 python examples/label.py --mode tool     # a forced tool call instead of output_config.format
-python examples/label.py --real          # the real API (needs ANTHROPIC_API_KEY; it costs money)
+python examples/label.py --emulator      # the local emulator even with a key
 
 On the emulator, 20% of the answers open with a sentence of prose and 5% hold no JSON at all,
 as a model answering outside structured outputs might. Every row comes back either parsed into
@@ -103,16 +104,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["native", "tool"], default="native")
     parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--real", action="store_true", help="use the real API (costs money)")
+    parser.add_argument("--emulator", action="store_true", help="the emulator even with a key")
     args = parser.parse_args()
-    if args.real and not os.environ.get("ANTHROPIC_API_KEY"):
-        parser.error("--real needs ANTHROPIC_API_KEY")
+    real = bool(os.environ.get("ANTHROPIC_API_KEY")) and not args.emulator
 
     ds = Dataset.from_dict({"text": texts(args.rows)})
-    print("the Anthropic API" if args.real else "the local emulator (--real for the API)")
+    why = "--emulator" if args.emulator else "no ANTHROPIC_API_KEY"
+    print("the Anthropic API" if real else f"{why}: the local emulator")
     with contextlib.ExitStack() as stack:
         client, cache_dir = None, None
-        if not args.real:
+        if not real:
             faults = Faults(preamble=0.2, no_json=0.05)
             client = stack.enter_context(Emulator(faults=faults)).client()
             cache_dir = stack.enter_context(tempfile.TemporaryDirectory())
@@ -127,7 +128,7 @@ def main() -> int:
             parse=prose_first,
             client=client,
             cache_dir=cache_dir,
-            poll_interval=None if args.real else 0,
+            poll_interval=None if real else 0,
             progress=False,
         )
 

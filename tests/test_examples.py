@@ -41,9 +41,6 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
 }
-EMULATOR_LINE = {"label.py": "the local emulator (--real for the API)"}
-
-
 # Run in one fresh interpreter, one script after the other, as `python examples/x.py args` would
 # (runpy, as __main__, its own argv, cache, working folder and stdout): importing datasets and
 # the SDK takes most of a script's few seconds, and is paid once instead of ten times.
@@ -104,8 +101,6 @@ def test_example_runs_on_the_emulator(outputs, script):
     code, stdout = outputs[script]["code"], outputs[script]["stdout"]
     assert code == 0, f"{script} exited {code}:\n{stdout}"
     lines = stdout.splitlines()
-    assert lines[0].startswith(
-        EMULATOR_LINE.get(script, "no ANTHROPIC_API_KEY: the local emulator")
-    )
+    assert lines[0].startswith("no ANTHROPIC_API_KEY: the local emulator")
     for expected in EXPECTED[script][1]:
         assert expected in stdout, f"{script} did not print {expected!r}:\n{stdout}"
