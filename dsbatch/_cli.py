@@ -14,6 +14,7 @@ import datetime as dt
 import errno
 import inspect
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -325,6 +326,17 @@ def _add(
     return parser
 
 
+def _days(value: str) -> float:
+    """A number of days, 0 or more (a negative one would reach into the future: every result)."""
+    try:
+        days = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {value!r}") from None
+    if not math.isfinite(days) or days < 0:
+        raise argparse.ArgumentTypeError(f"DAYS must be 0 or more, not {value}")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsbatch", description="Run datasets through the Anthropic Message Batches API."
@@ -380,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--results-older-than",
-        type=float,
+        type=_days,
         default=None,
         metavar="DAYS",
         help="remove the stored results of batches made more than DAYS ago",

@@ -497,6 +497,9 @@ BUGS = [
         "        token = _digest(value_set)\n",
         "        token = xxhash.xxh3_64_intdigest(wanted.tobytes())\n",
         "a job of 3 samples is served the results another job of 5 samples read (same keys)"),
+    Bug("prune-takes-negative-days", "dsbatch/_cli.py",
+        "if not math.isfinite(days) or days < 0:", "if not math.isfinite(days):",
+        "prune --results-older-than -1 removes every stored result"),
     # -- cost branch -----------------------------------------------------------------------------
     Bug("cost-no-batch-discount", "dsbatch/_cost.py",
         "    discount: float = BATCH_DISCOUNT,", "    discount: float = 1.0,",

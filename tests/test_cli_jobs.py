@@ -154,6 +154,12 @@ def test_errors_are_one_line_with_exit_1_and_bad_usage_exits_2(api, capsys):
         main(["collect"])  # no fingerprint, no --output
     assert info.value.code == 2
     assert cli(capsys, "prune")[0] == 2
+    # A negative age reaches into the future, where every result is older: refused.
+    for days in ("-1", "nan", "soon"):
+        with pytest.raises(SystemExit) as info:
+            main(["prune", "--results-older-than", days])
+        assert info.value.code == 2
+        assert "--results-older-than" in capsys.readouterr().err
 
 
 def test_du_and_prune_say_what_a_rerun_costs_and_never_touch_what_is_in_flight(api, capsys):
