@@ -22,14 +22,14 @@ from dsbatch._compat import fingerprint_of
 from dsbatch._errors import LedgerError
 from dsbatch._ledger import JobLedger
 
-__all__ = ["InputsUnavailable", "check_given", "keep_inputs", "load_inputs"]
+__all__ = ["InputsUnavailable", "check_given", "files_of", "keep_inputs", "load_inputs"]
 
 
 class InputsUnavailable(LookupError):
     """The job's input rows cannot be rebuilt: the caller says what to pass instead."""
 
 
-def _files(dataset: Dataset) -> list[list[Any]]:
+def files_of(dataset: Dataset) -> list[list[Any]]:
     """[path, size, mtime_ns] of every file the dataset reads."""
     files = []
     for entry in dataset.cache_files:
@@ -47,7 +47,7 @@ def keep_inputs(job: JobLedger, splits: Mapping[str, Dataset]) -> dict[str, dict
     kept = {}
     for split, dataset in splits.items():
         job.write_input(split, dataset)
-        kept[split] = {"fingerprint": fingerprint_of(dataset), "files": _files(dataset)}
+        kept[split] = {"fingerprint": fingerprint_of(dataset), "files": files_of(dataset)}
     return kept
 
 
