@@ -20,7 +20,6 @@ why), and so does a call whose server is not yet known without a call.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import site
@@ -93,10 +92,10 @@ def rerun_key(
             code[name] = Hasher.hash(describe(obj))
         except Exception as e:  # dill fails in many ways; all mean the same here
             log.warning(
-                "dsbatch: rendering every row: %s %r cannot be hashed (%s: %s), so this call "
+                "dsbatch: rendering every row: %s %s cannot be hashed (%s: %s), so this call "
                 "cannot be recognised as a rerun without running it",
                 name,
-                obj,
+                getattr(obj, "__qualname__", type(obj).__name__),
                 type(e).__name__,
                 str(e)[:200],
             )
@@ -288,13 +287,11 @@ def served(
     job = ledger.job(fingerprint)
     try:
         manifest = job.read_manifest()
+        # Whether it is finished, with nothing in flight, is the job's to say (``_cached_result``).
         if (
             manifest is None
-            or manifest.state != "finished"
             or manifest.labelled != labelled
             or manifest.split_names != list(splits)
-            # The job was last asked something else (its options): it may be doing that now.
-            or _kept(manifest.options) != _kept(options.to_json())
         ):
             return None
         found = Job(
@@ -323,8 +320,3 @@ def remember(ledger: Ledger, key: str, fingerprint: str) -> None:
         ledger.remember_rerun(key, fingerprint)
     except LedgerError as e:  # a read-only cache: the next call renders
         log.info("dsbatch: could not remember the key of this call: %s", e)
-
-
-def _kept(options: Mapping[str, Any]) -> str:
-    """Kept options as JSON, without the poll interval (it changes nothing a call returns)."""
-    return json.dumps({k: v for k, v in options.items() if k != "poll_interval"}, sort_keys=True)
