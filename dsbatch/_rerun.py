@@ -36,6 +36,7 @@ from datasets.fingerprint import Hasher
 
 from dsbatch._backend import Backend
 from dsbatch._compat import fingerprint_of
+from dsbatch._cost import prices_key
 from dsbatch._errors import LedgerError
 from dsbatch._inputs import files_of
 from dsbatch._job import Job
@@ -111,6 +112,7 @@ def rerun_key(
         "dsbatch": _version("dsbatch"),
         "anthropic": anthropic.__version__,
         "server": (backend.base_url, origin, backend.api_version),
+        "prices": prices_key(options.prices),  # and the DSBATCH_PRICES file
         "inputs": inputs,
         "labelled": labelled,
         "code": code,
@@ -128,8 +130,14 @@ def rerun_key(
 
 
 def _version(module: str) -> str | None:
-    found = sys.modules.get(module)
+    """The version of the package a module belongs to, when it says."""
+    found = sys.modules.get(module.partition(".")[0])
     return getattr(found, "__version__", None)
+
+
+def _library(obj: Any) -> tuple[str, Any, str | None]:
+    """A function or class of an installed package: by name (dill), and the package's version."""
+    return ("library", obj, _version(getattr(obj, "__module__", None) or ""))
 
 
 def describe(obj: Any) -> Any:
@@ -165,9 +173,9 @@ class _Describer:
         if isinstance(obj, ModuleType):
             return self._module(obj, names)
         if isinstance(obj, FunctionType):
-            return self._function(obj) if _is_users(obj.__module__) else obj
+            return self._function(obj) if _is_users(obj.__module__) else _library(obj)
         if isinstance(obj, type):
-            return self._class(obj) if _is_users(obj.__module__) else obj
+            return self._class(obj) if _is_users(obj.__module__) else _library(obj)
         if _is_users(type(obj).__module__) and hasattr(obj, "__dict__"):
             return ("object", self.value(type(obj)), self.value(vars(obj)))
         return obj  # left to dill, as datasets hashes it
@@ -231,7 +239,7 @@ class _Describer:
 
     def _module(self, module: ModuleType, names: frozenset[str]) -> Any:
         if not _is_users(module.__name__):
-            return ("module", module.__name__, _version(module.__name__.partition(".")[0]))
+            return ("module", module.__name__, _version(module.__name__))
         # A module of the user's: what the code reads of it (``templates.SUMMARY``).
         if (seen := self._once(module, "module")) is not None:
             return seen
