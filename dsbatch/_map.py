@@ -32,7 +32,7 @@ from dsbatch._prefix import TemplateMarks, plan_prefix_caching
 from dsbatch._reasoning import any_thinks
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, RequestShape, render_split
-from dsbatch._rerun import remember, rerun_key, served
+from dsbatch._rerun import call_digest, remember, rerun_key, served
 from dsbatch._stable import warn_if_replacing, warn_if_unstable
 
 __all__ = ["Prepared", "find_origin", "map", "prepare"]
@@ -154,9 +154,10 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     backend = Backend(client)
     PriceBook(options.prices)  # a bad DSBATCH_PRICES file is refused before anything is written
     ledger = Ledger(options.cache_dir)
-    key = None
+    digest = key = None
     if wait and options.load_from_cache_file and not options.dry_run:
-        key = rerun_key(splits, prompt, options, backend, ledger, labelled=labelled)
+        digest = call_digest(splits, prompt, options, backend, labelled=labelled)
+        key = rerun_key(digest, backend, ledger) if digest else None
         out = served(ledger, key, splits, options, client, labelled=labelled) if key else None
         if out is not None:
             return out
@@ -180,8 +181,8 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
             job.fingerprint[:12],
         )
         raise
-    if key is not None:
-        remember(ledger, key, job.fingerprint)
+    if digest is not None:  # the server's origin is known by now, if the job asked it
+        remember(ledger, key or rerun_key(digest, backend, ledger), job.fingerprint)
     return out
 
 

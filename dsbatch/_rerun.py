@@ -44,7 +44,7 @@ from dsbatch._ledger import Ledger
 from dsbatch._options import MapOptions
 from dsbatch._origin import known_origin
 
-__all__ = ["NOT_IN_KEY", "describe", "remember", "rerun_key", "served"]
+__all__ = ["NOT_IN_KEY", "call_digest", "describe", "remember", "rerun_key", "served"]
 
 log = logging.getLogger("dsbatch")
 
@@ -70,19 +70,16 @@ _LIBRARY_DIRS = tuple(
 _PLAIN = (str, bytes, int, float, bool, type(None), tuple, list, dict, frozenset)
 
 
-def rerun_key(
+def call_digest(
     splits: Mapping[str, Dataset],
     prompt: Callable[..., Any],
     options: MapOptions,
     backend: Backend,
-    ledger: Ledger,
     *,
     labelled: bool,
 ) -> str | None:
-    """The key of this call; None when it has none (something cannot be hashed: logged)."""
-    origin = known_origin(backend, ledger)
-    if origin is None:  # a server this cache has never heard from holds no job of it
-        return None
+    """A hash of the call but for the server's origin (``rerun_key`` adds it), taken before
+    the prompt function runs; None when something cannot be hashed (logged)."""
     code: dict[str, Any] = {}
     for name, obj in (
         ("the prompt function", prompt),
@@ -111,7 +108,7 @@ def rerun_key(
         "version": _KEY_VERSION,
         "dsbatch": _version("dsbatch"),
         "anthropic": anthropic.__version__,
-        "server": (backend.base_url, origin, backend.api_version),
+        "server": (backend.base_url, backend.api_version),
         "prices": prices_key(options.prices),  # and the DSBATCH_PRICES file
         "inputs": inputs,
         "labelled": labelled,
@@ -127,6 +124,14 @@ def rerun_key(
             str(e)[:200],
         )
         return None
+
+
+def rerun_key(digest: str, backend: Backend, ledger: Ledger) -> str | None:
+    """The key of the call: its digest and where the server's answers come from; None while
+    that is not known without a call (a server this cache has never heard from holds no job
+    of it: the call that runs asks it, and its key is known after)."""
+    origin = known_origin(backend, ledger)
+    return None if origin is None else Hasher.hash((_KEY_VERSION, digest, origin))
 
 
 def _version(module: str) -> str | None:
@@ -319,8 +324,10 @@ def served(
     return out
 
 
-def remember(ledger: Ledger, key: str, fingerprint: str) -> None:
+def remember(ledger: Ledger, key: str | None, fingerprint: str) -> None:
     """Remember that the call with this key was answered by this job, once it is finished."""
+    if key is None:
+        return
     manifest = ledger.job(fingerprint).read_manifest()
     if manifest is None or manifest.state != "finished":
         return

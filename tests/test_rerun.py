@@ -20,7 +20,7 @@ from dsbatch._backend import Backend
 from dsbatch._ledger import Ledger
 from dsbatch._options import MapOptions
 from dsbatch._records import BatchState
-from dsbatch._rerun import NOT_IN_KEY, rerun_key
+from dsbatch._rerun import NOT_IN_KEY, call_digest, rerun_key
 from dsbatch.testing import Emulator
 
 TEXTS = ["alpha", "beta", "gamma"]
@@ -299,7 +299,10 @@ def test_the_key_names_the_server_and_its_api_version(emu, tmp_path):
     splits = {"data": data()}
 
     def key(client):
-        return rerun_key(splits, counted, options, Backend(client), ledger, labelled=False)
+        backend = Backend(client)
+        digest = call_digest(splits, counted, options, backend, labelled=False)
+        assert digest is not None
+        return rerun_key(digest, backend, ledger)
 
     emulator = key(emu.client())
     api = key(anthropic.Anthropic(api_key="x"))  # api.anthropic.com: known without a call
@@ -309,6 +312,17 @@ def test_the_key_names_the_server_and_its_api_version(emu, tmp_path):
     assert len({emulator, api, other_version}) == 3 and None not in {emulator, api}
     # A server this cache never heard from: no key (it could hold no finished job of it).
     assert key(anthropic.Anthropic(api_key="x", base_url="http://127.0.0.1:9")) is None
+
+
+def test_the_first_call_to_a_server_the_cache_did_not_know_is_served_next_time(emu):
+    # A plain client: what the server is gets known during the first call (it asks).
+    client = anthropic.Anthropic(base_url=emu.base_url, api_key="x")
+    keywords = {"model": MODEL, "client": client, "poll_interval": 0, "progress": False}
+    first = dsbatch.map(data(), counted, **keywords)
+    CALLS.n = 0
+    again = dsbatch.map(data(), counted, **keywords)
+    assert CALLS.n == 0
+    same_output(first, again)
 
 
 def test_another_emulator_renders_but_pays_nothing(emu):
