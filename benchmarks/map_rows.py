@@ -158,12 +158,12 @@ def main() -> None:
         f"peak RSS {first_mem.peak:.0f} MB (before the call: {before:.0f} MB)"
     )
     print(
-        f"cached rerun: {again:.3f} s ({again / first:.1%} of the first run), "
+        f"cached rerun: {again:.3f} s ({again / first:.2%} of the first run), "
         f"peak RSS {again_mem.peak:.0f} MB"
     )
     print(
         f"cached rerun, load_from_cache_file=False (renders every row): {rendered:.2f} s "
-        f"({rendered / first:.1%} of the first run), peak RSS {rendered_mem.peak:.0f} MB"
+        f"({rendered / first:.2%} of the first run), peak RSS {rendered_mem.peak:.0f} MB"
     )
     print(f"load while measuring (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

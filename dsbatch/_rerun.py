@@ -4,17 +4,19 @@ arguments match a finished job's returns that job's output without calling the p
 The call's key hashes everything the requests and the new columns are made from: each split's
 fingerprint (and the size and modification time of the files it reads), the prompt function,
 ``response_format`` and ``parse``, every keyword of ``MapOptions`` but the few that cannot change
-what ``map`` returns, the server (base URL, origin, API version) and the versions of dsbatch and
-the SDK. ``datasets.fingerprint.Hasher`` hashes it all, as it hashes map functions, with one
-difference: dill pickles a function it can import back (one defined in a module rather than in a
-notebook or script) by its name alone, so an edit to its code or to a global it reads would go
-unseen. Here every function of the user's code is described by value, recursively: its code
-(without line numbers), the globals and module attributes it reads, its defaults and closure;
-functions, classes and modules of installed packages and of the standard library by name (and
-the package's version).
+what ``map`` returns, the prices file, the server (base URL, origin, API version) and the
+versions of dsbatch and the SDK. ``datasets.fingerprint.Hasher`` hashes it all, as it hashes
+map functions, with one difference: dill pickles a function it can import back (one defined
+in a module rather than in a notebook or script) by its name alone, so an edit to its code or
+to a global it reads would go unseen. Here every function of the user's code is described by
+value, recursively: its code (without line numbers), the globals and module attributes it
+reads, its defaults and closure; functions, classes and modules of installed packages and of
+the standard library by name (and the package's version).
 
 A wrong hit is worse than a slow rerun: whatever cannot be hashed renders (one log line says
-why), and so does a call whose server is not yet known without a call.
+why), and so does a call whose server is not yet known without a call. The ledger keeps each
+finished call's key -> its job (``reruns/``); the job itself says whether it can be served
+(``Job._cached_result``: finished, nothing in flight, its columns or answers all stored).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ _LIBRARY_DIRS = tuple(
     os.path.realpath(p)
     for p in {
         *(sysconfig.get_paths().get(k, "") for k in ("stdlib", "platstdlib", "purelib", "platlib")),
-        *site.getsitepackages(),
+        *getattr(site, "getsitepackages", list)(),
         site.getusersitepackages(),
     }
     if p
