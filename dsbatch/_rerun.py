@@ -68,6 +68,10 @@ _LIBRARY_DIRS = tuple(
     if p
 )
 
+# A class's own attributes that say nothing of what it does (annotations are taken apart).
+_CLASS_SKIPPED = frozenset(
+    {"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__", "__annotations__"}
+)
 # Plain values kept of a class's own attributes (besides its functions).
 _PLAIN = (str, bytes, int, float, bool, type(None), tuple, list, dict, frozenset)
 
@@ -225,13 +229,14 @@ class _Describer:
             return seen
         attributes = {}
         for name, value in sorted(vars(cls).items()):
-            if name in ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"):
+            if name in _CLASS_SKIPPED:
                 continue
             wrapped = getattr(value, "wrapped", None)  # a pydantic validator
             if wrapped is not None:
                 value = wrapped
-            if isinstance(
-                value, (FunctionType, staticmethod, classmethod, property, type, *_PLAIN)
+            if isinstance(value, (FunctionType, staticmethod, classmethod, property)) or (
+                # Not the dunder values a framework keeps (pydantic's hold ids of classes).
+                isinstance(value, (type, *_PLAIN)) and not name.startswith("__")
             ):
                 attributes[name] = self.value(value)
         schema = None
@@ -240,7 +245,8 @@ class _Describer:
                 schema = cls.model_json_schema()  # type: ignore[attr-defined]
             except Exception:  # a model pydantic cannot describe: its functions still are
                 schema = None
-        annotations = {k: repr(v) for k, v in getattr(cls, "__annotations__", {}).items()}
+        # From the class's own dict: reading ``cls.__annotations__`` would add an empty one.
+        annotations = {k: repr(v) for k, v in vars(cls).get("__annotations__", {}).items()}
         bases = [self.value(base) for base in cls.__bases__]
         return ("class", cls.__module__, cls.__qualname__, bases, attributes, annotations, schema)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import textwrap
 from dataclasses import fields
@@ -509,3 +510,104 @@ def test_wait_false_and_dry_run_are_never_served(emu):
     CALLS.n = 0
     plan = run(data(), emu, counted, dry_run=True)
     assert isinstance(plan, dsbatch.Plan) and CALLS.n == 3
+
+
+# -- describe: what of the user's code the key sees --------------------------------------------
+
+
+def digest(obj) -> str:
+    from datasets.fingerprint import Hasher
+
+    from dsbatch._rerun import describe
+
+    return Hasher.hash(describe(obj))
+
+
+def test_a_response_format_is_described_by_its_fields_and_validators():
+    from pydantic import field_validator
+
+    def model(kind, suffix):
+        class Label(BaseModel):
+            topic: kind  # type: ignore[valid-type]
+
+            @field_validator("topic")
+            @classmethod
+            def tidy(cls, value):
+                return value + suffix
+
+        return Label
+
+    same = {digest(model(str, "!")) for _ in range(2)}
+    assert len(same) == 1
+    assert len({*same, digest(model(int, "!")), digest(model(str, "?"))}) == 3
+
+
+def test_partials_bound_methods_and_callable_objects_are_described_by_what_they_hold():
+    import functools
+
+    class Prompter:
+        def __init__(self, prefix):
+            self.prefix = prefix
+
+        def __call__(self, row):
+            return self.prefix + row["text"]
+
+    def prompt(row, prefix):
+        return prefix + row["text"]
+
+    assert digest(Prompter("a")) == digest(Prompter("a")) != digest(Prompter("b"))
+    assert digest(Prompter("a").__call__) != digest(Prompter("b").__call__)
+    partial = functools.partial
+    assert digest(partial(prompt, prefix="a")) == digest(partial(prompt, prefix="a"))
+    assert digest(partial(prompt, prefix="a")) != digest(partial(prompt, prefix="b"))
+
+
+def test_a_function_that_calls_itself_is_described_once():
+    def nested(value):
+        return value if not isinstance(value, list) else [nested(v) for v in value]
+
+    assert digest(nested) == digest(nested)
+
+
+def test_the_description_is_the_same_in_another_process(tmp_path, monkeypatch):
+    # A notebook restarted, a script run again: new ids, another hash seed, the same key.
+    import subprocess
+
+    (tmp_path / "user_code.py").write_text(
+        textwrap.dedent(
+            """
+            from pydantic import BaseModel, field_validator
+
+            STOP = {"the", "a", "an"}
+
+
+            class Label(BaseModel):
+                topic: str
+
+                @field_validator("topic")
+                @classmethod
+                def tidy(cls, value):
+                    return value.strip()
+
+
+            def prompt(row, shots=("one", "two")):
+                words = [w for w in row["text"].split() if w not in STOP]
+                return " ".join([*shots, *words])
+            """
+        )
+    )
+    script = (
+        "import user_code; from datasets.fingerprint import Hasher; "
+        "from dsbatch._rerun import describe; "
+        "print(Hasher.hash(describe(user_code.prompt)), Hasher.hash(describe(user_code.Label)))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "1" if sys.flags.hash_randomization else "2"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *sys.path])
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    user_code = importlib.import_module("user_code")
+    monkeypatch.setitem(sys.modules, "user_code", user_code)  # gone again after the test
+    here = f"{digest(user_code.prompt)} {digest(user_code.Label)}"
+    assert done.stdout.strip() == here
