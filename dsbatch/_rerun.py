@@ -112,7 +112,7 @@ def call_digest(
     inputs = [(split, fingerprint_of(ds), files_of(ds)) for split, ds in splits.items()]
     described = {
         "version": _KEY_VERSION,
-        "dsbatch": _version("dsbatch"),
+        "dsbatch": _own_code(),
         "anthropic": anthropic.__version__,
         "server": (backend.base_url, backend.api_version),
         "prices": prices_key(options.prices),  # and the DSBATCH_PRICES file
@@ -138,6 +138,26 @@ def rerun_key(digest: str, backend: Backend, ledger: Ledger) -> str | None:
     of it: the call that runs asks it, and its key is known after)."""
     origin = known_origin(backend, ledger)
     return None if origin is None else Hasher.hash((_KEY_VERSION, digest, origin))
+
+
+@functools.lru_cache(maxsize=1)
+def _own_code() -> tuple[str | None, list[tuple[str, int, int]]]:
+    """dsbatch's version, and the size and modification time of each of its modules: a
+    development checkout renders otherwise under the same version number."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for root, _, names in os.walk(here):
+        for name in sorted(names):
+            if name.endswith(".py"):
+                stat = os.stat(os.path.join(root, name))
+                found.append(
+                    (
+                        os.path.relpath(os.path.join(root, name), here),
+                        stat.st_size,
+                        stat.st_mtime_ns,
+                    )
+                )
+    return _version("dsbatch"), sorted(found)
 
 
 def _version(module: str) -> str | None:
