@@ -117,7 +117,7 @@ def main() -> None:
         client = anthropic.Anthropic(base_url=url, api_key="benchmark")
         cache = f"{workdir}/cache"
 
-        def run() -> Dataset:
+        def run(load_from_cache_file: bool = True) -> Dataset:
             return dsbatch.map(
                 ds,
                 lambda row: f"Summarize in one sentence:\n\n{row['text']}",
@@ -127,16 +127,23 @@ def main() -> None:
                 cache_dir=cache,
                 poll_interval=0.05,
                 progress=False,
+                load_from_cache_file=load_from_cache_file,
             )
 
         with PeakRSS() as first_mem:
             start = time.perf_counter()
             out = run()
             first = time.perf_counter() - start
+        # The same call again: served by the finished job, the prompt function not called.
         with PeakRSS() as again_mem:
             start = time.perf_counter()
             run()
             again = time.perf_counter() - start
+        # The same call, rendering every row (load_from_cache_file=False): no request is sent.
+        with PeakRSS() as rendered_mem:
+            start = time.perf_counter()
+            run(load_from_cache_file=False)
+            rendered = time.perf_counter() - start
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -150,7 +157,15 @@ def main() -> None:
         f"first run: {first:.2f} s ({args.rows / first:,.0f} rows/s), "
         f"peak RSS {first_mem.peak:.0f} MB (before the call: {before:.0f} MB)"
     )
-    print(f"cached rerun: {again:.2f} s, peak RSS {again_mem.peak:.0f} MB")
+    print(
+        f"cached rerun: {again:.3f} s ({again / first:.2%} of the first run), "
+        f"peak RSS {again_mem.peak:.0f} MB"
+    )
+    print(
+        f"cached rerun, load_from_cache_file=False (renders every row): {rendered:.2f} s "
+        f"({rendered / first:.2%} of the first run), peak RSS {rendered_mem.peak:.0f} MB"
+    )
+    print(f"load while measuring (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from dsbatch._compat import fingerprint_of
 from dsbatch._errors import LedgerError
 from dsbatch._ledger import JobLedger
 
-__all__ = ["InputsUnavailable", "check_given", "keep_inputs", "load_inputs"]
+__all__ = ["InputsUnavailable", "check_given", "files_of", "keep_inputs", "load_inputs"]
 
 log = logging.getLogger("dsbatch")
 
@@ -33,7 +33,7 @@ class InputsUnavailable(LookupError):
     """The job's input rows cannot be rebuilt: the caller says what to pass instead."""
 
 
-def _files(dataset: Dataset) -> list[list[Any]]:
+def files_of(dataset: Dataset) -> list[list[Any]]:
     """[path, size, mtime_ns] of every file the dataset reads."""
     files = []
     for entry in dataset.cache_files:
@@ -51,7 +51,7 @@ def keep_inputs(job: JobLedger, splits: Mapping[str, Dataset]) -> dict[str, dict
     ``kept: False`` for a split that cannot be pickled: ``result()`` then asks for it)."""
     kept = {}
     for split, dataset in splits.items():
-        entry: dict[str, Any] = {"fingerprint": fingerprint_of(dataset), "files": _files(dataset)}
+        entry: dict[str, Any] = {"fingerprint": fingerprint_of(dataset), "files": files_of(dataset)}
         try:
             job.write_input(split, dataset)
         except (pickle.PicklingError, TypeError, AttributeError) as e:

@@ -29,7 +29,7 @@ from dsbatch._origin import describe, resolve_origin
 from dsbatch._plan import decide
 from dsbatch._poll import PollSchedule, call_retrying, poll_batch
 from dsbatch._provenance import step_facts
-from dsbatch._records import BatchState, Manifest
+from dsbatch._records import IN_FLIGHT, BatchState, Manifest
 from dsbatch._run import JobLoop
 from dsbatch._status import JobStatus, job_status
 
@@ -274,6 +274,41 @@ class Job:
                 )
             outputs = self._collect(options, loop.results(), dataset, loop.pricer.per_request)
             manifest = self._manifest
+        return self._attach(options, outputs, dataset, manifest)
+
+    def _cached_result(self) -> Dataset | DatasetDict | None:
+        """The result as ``result()`` gives it, from what the cache holds now, for a finished job
+        with nothing in flight and every request final; None when anything is missing (the
+        caller goes the long way). Nothing is sent, polled or downloaded."""
+        options = self._opts()
+        manifest = self._job.read_manifest()
+        if manifest is None or manifest.state != "finished":
+            return None
+        if any(record.state in IN_FLIGHT for record in self._job.records(strict=False)):
+            return None
+        self._manifest = manifest
+        outputs = cached_outputs(self._job, manifest, manifest.split_names, options.output_key())
+        if outputs is None:  # columns made by the user's code, joined again each time
+            loop = self._loop(options)
+            view = loop.survey()
+            pending = decide(
+                view,
+                loop.needed,
+                max_attempts=options.max_attempts,
+                resend_canceled=options.resend_canceled,
+            )
+            if pending or view.waiting:
+                return None
+            outputs = self._collect(options, view.results, None, loop.pricer.per_request)
+        return self._attach(options, outputs, None, self._manifest)
+
+    def _attach(
+        self,
+        options: MapOptions,
+        outputs: Outputs,
+        dataset: Dataset | DatasetDict | None,
+        manifest: Manifest,
+    ) -> Dataset | DatasetDict:
         splits = self._inputs(dataset)
         out = attach(
             splits,

@@ -7,6 +7,7 @@ Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsba
     journal.jsonl                         every batch id ever created: never forgotten
     origins.json                          base URL -> where its answers come from (``_origin``)
     previews.jsonl                        answers bought by ``dsbatch.preview`` (``_store``)
+    reruns/<key>.json                     a call's key -> the finished job it made (``_rerun``)
     results/<batch_id>.parquet            every result of a batch, one row per custom_id
     downloads/<batch_id>.<tag>.jsonl      raw result bytes while they are being ingested
     jobs/<fingerprint>/manifest.json      what the job is (splits, model, state, outputs)
@@ -785,6 +786,20 @@ class Ledger:
         origins.update((r.batch_id, r.origin) for r in scan.records if r.batch_id)
         origins.update((e["batch_id"], e.get("origin") or "") for e in self.store.previews())
         return origins
+
+    # -- a call's key -> the job that answered it, so a rerun need not render (``_rerun``) --
+    def rerun_job(self, key: str) -> str | None:
+        """The fingerprint of the job a call with this key finished, if one did."""
+        try:
+            found = read_json(self.root / "reruns" / f"{key}.json")
+        except LedgerError:  # missing or damaged: the call renders, as without the index
+            return None
+        job = found.get("job") if isinstance(found, dict) else None
+        return job if isinstance(job, str) and job else None
+
+    def remember_rerun(self, key: str, fingerprint: str) -> None:
+        """Remember that the call with this key was answered by this job."""
+        write_json(self.root / "reruns" / f"{key}.json", {"job": fingerprint})
 
     # -- base URL -> origin, as the servers' answers identified them (see ``_origin``) -------
     def known_origin(self, base_url: str) -> str | None:

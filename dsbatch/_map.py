@@ -33,6 +33,7 @@ from dsbatch._provenance import call_facts
 from dsbatch._reasoning import any_thinks
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, RequestShape, render_split
+from dsbatch._rerun import call_digest, remember, rerun_key, served
 from dsbatch._stable import warn_if_replacing, warn_if_unstable
 
 __all__ = ["Prepared", "find_origin", "map", "prepare"]
@@ -78,6 +79,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     dry_run: bool = False,
     max_queued_requests: int = DEFAULT_MAX_QUEUED,
     prices: Mapping[str, Mapping[str, float]] | None = None,
+    load_from_cache_file: bool = True,
     wait: bool = True,
 ) -> Dataset | DatasetDict | Job | Plan:
     """Run every row of ``dataset`` through ``prompt`` and the Message Batches API.
@@ -133,6 +135,11 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     whose requests think has a ``thinking_column`` with the reasoning text;
     ``conversation_column="messages"`` adds each row's conversation (system, turns, answer) as
     ``{"role", "content"}`` dicts. See docs/training-data.md.
+
+    Reruns (docs/reliability.md): as ``Dataset.map`` does, a call whose dataset fingerprint,
+    prompt function (its code, the globals it reads, its defaults) and keywords match a finished
+    job's returns that job's output without calling the prompt function;
+    ``load_from_cache_file=False`` renders every row all the same (still paying nothing twice).
     """
     if not isinstance(dataset, (Dataset, DatasetDict)):
         raise TypeError(
@@ -144,14 +151,25 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
         **{name: value for name, value in locals().items() if name in _KEYWORDS}
     )
     splits = dict(dataset) if isinstance(dataset, DatasetDict) else {_SINGLE: dataset}
-    job = _start(splits, prompt, options, client, labelled=isinstance(dataset, DatasetDict))
+    labelled = isinstance(dataset, DatasetDict)
+    backend = Backend(client)
+    PriceBook(options.prices)  # a bad DSBATCH_PRICES file is refused before anything is written
+    ledger = Ledger(options.cache_dir)
+    digest = key = None
+    if wait and options.load_from_cache_file and not options.dry_run:
+        digest = call_digest(splits, prompt, options, backend, labelled=labelled)
+        key = rerun_key(digest, backend, ledger) if digest else None
+        out = served(ledger, key, splits, options, client, labelled=labelled) if key else None
+        if out is not None:
+            return out
+    job = _start(splits, prompt, options, client, backend, ledger, labelled=labelled)
     if isinstance(job, Plan):
         return job
     if not wait:
         job._submit()
         return job
     try:
-        return job.result()
+        out = job.result()
     except KeyboardInterrupt:
         log.warning(
             "dsbatch: stopped waiting; the batches of job %s keep running on the API's side and "
@@ -164,6 +182,9 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
             job.fingerprint[:12],
         )
         raise
+    if digest is not None:  # the server's origin is known by now, if the job asked it
+        remember(ledger, key or rerun_key(digest, backend, ledger), job.fingerprint)
+    return out
 
 
 def _start(
@@ -171,18 +192,17 @@ def _start(
     prompt: Callable[..., Any],
     options: MapOptions,
     client: anthropic.Anthropic | None,
+    backend: Backend,
+    ledger: Ledger,
     *,
     labelled: bool,
 ) -> Job | Plan:
     """Render every row, find the job (its fingerprint) and record it, with what a process that
     never saw the dataset or the prompt needs to go on with it. A dry run returns its plan
     instead, and a budget is checked, before anything about the job is written."""
-    backend = Backend(client)
-    PriceBook(options.prices)  # a bad DSBATCH_PRICES file is refused before anything is written
     labels = {split: split if labelled else None for split in splits}
     prepared = prepare(splits, prompt, options, backend, labels)
     rendered, shape = prepared.rendered, prepared.shape
-    ledger = Ledger(options.cache_dir)
     # Where answers come from decides which serve this job (``_origin``); a job with nothing
     # to ask has no need to know.
     origin = find_origin(backend, ledger, options) if rendered.bodies else ""

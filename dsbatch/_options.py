@@ -224,6 +224,8 @@ class MapOptions:
     max_queued_requests: int = _opt(_positive_int, missing=DEFAULT_MAX_QUEUED)
     prices: dict[str, dict[str, float]] | None = _opt(check_prices)
     prompt_caching: str = _opt(_prompt_caching)
+    # False: render every row even when a finished job answered the same call (``_rerun``).
+    load_from_cache_file: bool = _opt(_flag, keep=False)
     # The poll schedule of this call, made once from poll_interval (it keeps its own backoff).
     schedule: PollSchedule = field(init=False, repr=False, compare=False)
 

@@ -40,6 +40,7 @@ __all__ = [
     "ANTHROPIC",
     "EMULATOR",
     "describe",
+    "known_origin",
     "made_by_emulator",
     "origin_of_headers",
     "origin_of_url",
@@ -66,6 +67,14 @@ def origin_of_headers(headers: dict[str, str]) -> str | None:
     if ANTHROPIC_HEADER in headers:
         return ANTHROPIC
     return None
+
+
+def known_origin(backend: Backend, ledger: Ledger) -> str | None:
+    """The origin ``resolve_origin`` gives the backend's base URL, when it is known without a
+    call (declared by an emulator's client, the API's own host, or remembered by the cache)."""
+    if EMULATOR_HEADER in backend.declared_headers():
+        return EMULATOR
+    return origin_of_url(backend.base_url) or ledger.known_origin(backend.base_url)
 
 
 def resolve_origin(backend: Backend, ledger: Ledger, retrying: Retrying) -> str:
