@@ -60,7 +60,7 @@ def test_a_preview_of_5_rows_is_bought_live_and_the_batch_then_buys_5_fewer(emu)
     # The preview's answers do not count as primed: the batch sends its own first request alone.
     batches = Counter(b for b, _ in emu.received)
     assert [batches[b] for b in dict.fromkeys(b for b, _ in emu.received)] == [1, 394]
-    assert not set(sent(emu)) & set(shown["dsbatch"]["custom_id"])
+    assert not set(sent(emu)) & {s["custom_id"] for s in shown["dsbatch"]}
     assert out.column_names == shown.column_names
     # The batch's status column carries the step's provenance (dsbatch.card); a preview's none.
     assert without_provenance(out.features) == shown.features
@@ -124,7 +124,7 @@ def test_structured_and_parse_columns_are_the_ones_map_gives():
     ]
     assert shown.features == without_provenance(out.features)
     assert shown.to_list() == out.select(range(3)).to_list()
-    assert set(shown["dsbatch"]["status"]) == {"succeeded"}
+    assert {s["status"] for s in shown["dsbatch"]} == {"succeeded"}
 
 
 def test_a_preview_the_cache_already_answers_buys_nothing(emu):
@@ -146,7 +146,7 @@ def test_rows_a_batch_has_in_flight_are_passed_over():
         (primer,) = [c for _, c in emu.received]  # row 0's request, in flight
         shown = preview(ds, emu, n=3, system=SYSTEM)
         assert shown["text"] == texts(4)[1:]
-        assert primer not in shown["dsbatch"]["custom_id"]
+        assert primer not in [s["custom_id"] for s in shown["dsbatch"]]
         job.wait()
         assert sum(sent(emu).values()) == 1 + 36
         assert len(emu.messages_received) == 3

@@ -471,7 +471,7 @@ def test_four_breakpoints_of_five_nested_prefixes_go_through_the_apis_rules(emu)
         poll_interval=0,
         progress=False,
     )
-    assert set(out["dsbatch"]["status"]) == {"succeeded"}
+    assert {s["status"] for s in out["dsbatch"]} == {"succeeded"}
     assert batch_sizes(emu) == [16, 32]  # a primer per deepest prefix, then the rest
     status = out["dsbatch"]
     used = [(s["cache_read_input_tokens"], s["cache_creation_input_tokens"]) for s in status]
