@@ -14,7 +14,15 @@ import pyarrow as pa
 
 from dsbatch._errors import LedgerError
 
-__all__ = ["arrow_bytes", "atomic_write", "read_arrow", "read_json", "write_json"]
+__all__ = [
+    "append_entry",
+    "arrow_bytes",
+    "atomic_write",
+    "read_arrow",
+    "read_entries",
+    "read_json",
+    "write_json",
+]
 
 
 def atomic_write(
@@ -68,3 +76,35 @@ def read_arrow(path: Path) -> pa.Table:
     """A memory-mapped Arrow file; raises OSError / ArrowInvalid for the caller to name."""
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_file(source).read_all()
+
+
+def append_entry(path: Path, entry: dict[str, Any]) -> None:
+    """Add one JSON line to an append-only log, on disk before this returns (fsync)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            f.write(json.dumps(entry, sort_keys=True).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """Every entry of an append-only log that names a ``batch_id`` (a line torn by a crash is
+    skipped); none when the log does not exist."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("batch_id"), str):
+            entries.append(entry)
+    return entries

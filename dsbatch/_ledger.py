@@ -47,7 +47,15 @@ import xxhash
 from filelock import FileLock, Timeout
 
 from dsbatch._errors import LedgerError
-from dsbatch._files import arrow_bytes, atomic_write, read_arrow, read_json, write_json
+from dsbatch._files import (
+    append_entry,
+    arrow_bytes,
+    atomic_write,
+    read_arrow,
+    read_entries,
+    read_json,
+    write_json,
+)
 from dsbatch._records import BatchRecord, BatchState, Manifest, RecordError
 from dsbatch._store import RESULT_SCHEMA, ResultsStore
 
@@ -753,31 +761,11 @@ class Ledger:
             "ids_digest": record.ids_digest,
             "origin": record.origin,
         }
-        path = self.root / "journal.jsonl"
-        try:
-            with open(path, "ab") as f:
-                f.write(json.dumps(entry, sort_keys=True).encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+        append_entry(self.root / "journal.jsonl", entry)
 
     def journal(self) -> list[dict[str, Any]]:
         """Every journal entry that can be read (a line torn by a crash is skipped)."""
-        path = self.root / "journal.jsonl"
-        try:
-            lines = path.read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
-        entries = []
-        for line in lines:
-            with suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict) and isinstance(entry.get("batch_id"), str):
-                    entries.append(entry)
-        return entries
+        return read_entries(self.root / "journal.jsonl")
 
     def batch_origins(self, scan: CacheRecords) -> dict[str, str]:
         """batch_id -> where it was made, for every batch a record or the journal knows, and

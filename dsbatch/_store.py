@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
@@ -38,7 +37,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from dsbatch._errors import LedgerError
-from dsbatch._files import arrow_bytes, atomic_write, read_arrow
+from dsbatch._files import append_entry, arrow_bytes, atomic_write, read_arrow, read_entries
 
 __all__ = ["PREVIEW_PREFIX", "RESULT_SCHEMA", "ResultsStore", "custom_id_keys", "is_preview"]
 
@@ -324,32 +323,11 @@ class ResultsStore:
             "created_at": created_at,
             "requests": requests,
         }
-        path = self.root / "previews.jsonl"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as f:
-                f.write(json.dumps(entry, sort_keys=True).encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+        append_entry(self.root / "previews.jsonl", entry)
 
     def previews(self) -> list[dict[str, Any]]:
         """Every preview recorded (a line torn by a crash is skipped)."""
-        path = self.root / "previews.jsonl"
-        try:
-            lines = path.read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
-        entries = []
-        for line in lines:
-            with suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict) and isinstance(entry.get("batch_id"), str):
-                    entries.append(entry)
-        return entries
+        return read_entries(self.root / "previews.jsonl")
 
 
 _EMPTY = RESULT_SCHEMA.empty_table().drop_columns(["raw"])
