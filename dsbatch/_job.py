@@ -26,7 +26,6 @@ from dsbatch._inputs import InputsUnavailable, check_given, load_inputs
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._options import MapOptions
 from dsbatch._origin import describe, resolve_origin
-from dsbatch._plan import decide
 from dsbatch._poll import PollSchedule, call_retrying, poll_batch
 from dsbatch._provenance import step_facts
 from dsbatch._records import IN_FLIGHT, BatchState, Manifest
@@ -172,12 +171,7 @@ class Job:
         options = self._opts(code=False)
         loop = self._loop(options) if refresh else self._local_loop(options)
         view = loop.survey()
-        to_send = decide(
-            view,
-            loop.needed,
-            max_attempts=options.max_attempts,
-            resend_canceled=options.resend_canceled,
-        )
+        to_send = loop.to_send(view)
         retrying = call_retrying(options.schedule, is_transient)
 
         def poll(batch_id: str) -> Any:
@@ -291,12 +285,7 @@ class Job:
         if outputs is None:  # columns made by the user's code, joined again each time
             loop = self._loop(options)
             view = loop.survey()
-            pending = decide(
-                view,
-                loop.needed,
-                max_attempts=options.max_attempts,
-                resend_canceled=options.resend_canceled,
-            )
+            pending = loop.to_send(view)
             if pending or view.waiting:
                 return None
             outputs = self._collect(options, view.results, None, loop.pricer.per_request)

@@ -152,17 +152,21 @@ class JobLoop:
             self.job.ledger, self.job.fingerprint, self.needed, self.origin, self.batches.unseen
         )
 
+    def to_send(self, view: View) -> list[str]:
+        """What of the job's requests ``decide`` would send, given what ``view`` saw."""
+        return decide(
+            view,
+            self.needed,
+            max_attempts=self.options.max_attempts,
+            resend_canceled=self.options.resend_canceled,
+        )
+
     def step(self) -> Standing:
         for record in self._to_advance(self.survey()):
             self.batches.advance(record)
         with self.job.ledger.locked():
             view = self.survey()
-            pending = decide(
-                view,
-                self.needed,
-                max_attempts=self.options.max_attempts,
-                resend_canceled=self.options.resend_canceled,
-            )
+            pending = self.to_send(view)
             if pending and self._canceled():
                 # A canceled job sends nothing more: what it never sent ends canceled.
                 view.results = pa.concat_tables(

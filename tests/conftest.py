@@ -7,6 +7,8 @@ import os
 import pytest
 from support import echo
 
+from dsbatch import _origin
+from dsbatch._origin import ANTHROPIC
 from dsbatch.testing import Emulator
 
 
@@ -29,3 +31,17 @@ def emu():
     """An emulator that answers each request with its own prompt (see ``support.echo``)."""
     with Emulator(delay=0, responder=echo) as emulator:
         yield emulator
+
+
+@pytest.fixture
+def api(monkeypatch):
+    """An emulator standing for the Anthropic API: its base URL counts as the API's own (a
+    test module may define an ``api`` of its own)."""
+    with Emulator(delay=0, responder=echo) as stand_in:
+        real = _origin.origin_of_url
+        monkeypatch.setattr(
+            _origin,
+            "origin_of_url",
+            lambda url: ANTHROPIC if url == stand_in.base_url else real(url),
+        )
+        yield stand_in

@@ -34,19 +34,6 @@ def map_with(client, ds):
     )
 
 
-@pytest.fixture
-def api(monkeypatch):
-    """An emulator standing for the Anthropic API: its base URL counts as the API's own."""
-    with Emulator(delay=0, responder=echo) as stand_in:
-        real = _origin.origin_of_url
-        monkeypatch.setattr(
-            _origin,
-            "origin_of_url",
-            lambda url: ANTHROPIC if url == stand_in.base_url else real(url),
-        )
-        yield stand_in
-
-
 def test_the_emulators_answers_never_serve_a_run_against_the_api_nor_the_other_way(emu, api):
     rows = Dataset.from_dict({"text": texts(20)})
     run(rows, emu)  # the README's "testing your own pipeline": the default cache

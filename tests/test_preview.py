@@ -15,8 +15,6 @@ from pydantic import BaseModel
 from support import MODEL, cache_root, echo, ids_of, run, sent, virtual, without_provenance
 
 import dsbatch
-from dsbatch import _origin
-from dsbatch._origin import ANTHROPIC
 from dsbatch.testing import Emulator, Faults, HttpFault
 
 SYSTEM = ("You label customer messages. Follow the rubric exactly. " * 440)[:24_000]
@@ -150,19 +148,6 @@ def test_rows_a_batch_has_in_flight_are_passed_over():
         job.wait()
         assert sum(sent(emu).values()) == 1 + 36
         assert len(emu.messages_received) == 3
-
-
-@pytest.fixture
-def api(monkeypatch):
-    """An emulator standing for the Anthropic API: its base URL counts as the API's own."""
-    with Emulator(delay=0, responder=echo) as stand_in:
-        real = _origin.origin_of_url
-        monkeypatch.setattr(
-            _origin,
-            "origin_of_url",
-            lambda url: ANTHROPIC if url == stand_in.base_url else real(url),
-        )
-        yield stand_in
 
 
 def test_a_previews_answers_serve_only_runs_at_its_origin(emu, api):
