@@ -2,8 +2,9 @@
 the input datasets after ``on_error``.
 
 The finished columns are stored in the job (``output/``) with a digest of each; a later call with
-the same output options reads them back instead of joining again, unless they depend on the
-user's code (``parse``, a ``response_format``'s validators), which is joined again every time.
+the same output options reads them back instead of joining again. Columns made by the user's
+code (``parse``, a ``response_format``'s validators) are read back while that code is the same,
+described by value (``MapOptions.output_key``); code that cannot be hashed is joined again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -46,10 +47,12 @@ _SHOWN_ROWS = 5
 
 @dataclass
 class Outputs:
-    """A job's new columns per split, and a digest of each (it changes when answers do)."""
+    """A job's new columns per split, and a digest of each (it changes when answers do), read
+    from the job's files (``files``: split -> path), which the output datasets map."""
 
     tables: dict[str, pa.Table]
     digests: dict[str, str]
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def cached_outputs(
@@ -62,11 +65,15 @@ def cached_outputs(
         return None
     outputs = Outputs({}, {})
     for split in splits:
-        table = job.read_output(split)
-        if table is None or split not in manifest.outputs:
+        digest = manifest.outputs.get(split)
+        if digest is None:
+            return None
+        table = job.read_output(split, digest)
+        if table is None:
             return None
         outputs.tables[split] = table
-        outputs.digests[split] = manifest.outputs[split]
+        outputs.digests[split] = digest
+        outputs.files[split] = str(job.output_file(split, digest))
     return outputs
 
 
@@ -127,8 +134,18 @@ def collect(
     batches = {BATCHES_KEY: json.dumps(batches_answering(latest, asked_all)).encode()}
     outputs = Outputs({}, {})
     for split, table in tables.items():
-        outputs.tables[split] = table.replace_schema_metadata(batches)
-        outputs.digests[split] = job.write_output(split, outputs.tables[split])
+        digest = job.write_output(split, table.replace_schema_metadata(batches))
+        # Read back mapped: the output datasets map the file, not a copy in memory.
+        stored = job.read_output(split, digest)
+        if stored is None:
+            raise LedgerError(
+                f"job {job.fingerprint}: the columns just stored in "
+                f"{job.output_file(split, digest)} cannot be read back: is the disk full or "
+                "failing? Run the same call again (it pays nothing again).",
+                path=str(job.output_file(split, digest)),
+            )
+        outputs.tables[split], outputs.digests[split] = stored, digest
+        outputs.files[split] = str(job.output_file(split, digest))
     return outputs
 
 
@@ -206,6 +223,7 @@ def attach(
             fingerprint=fingerprint,
             repeat=repeat,
             features=features,
+            mapped_from=outputs.files.get(split),
         )
         if on_error == "drop":
             keep = pc.indices_nonzero(pc.invert(failed[split]))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from datasets import Dataset, Features
-from datasets.table import InMemoryTable, concat_tables
+from datasets.table import InMemoryTable, MemoryMappedTable, Table, concat_tables
 
 __all__ = ["attach_columns", "fingerprint_of", "iter_rows", "take_rows"]
 
@@ -54,17 +54,24 @@ def attach_columns(
     fingerprint: str,
     repeat: int = 1,
     features: Features | None = None,
+    mapped_from: str | None = None,
 ) -> Dataset:
     """The dataset with the new columns appended (their features follow their Arrow types,
     unless ``features`` gives them), in the dataset's own format (numpy, torch, ...);
-    ``repeat``: each row ``repeat`` times in a row, beside as many rows of ``new``."""
+    ``repeat``: each row ``repeat`` times in a row, beside as many rows of ``new``.
+    ``mapped_from``: the Arrow stream file ``new`` was read from, which the dataset then maps
+    as it maps its own cache files: pickling it, ``map(num_proc=)`` and ``save_to_disk`` read
+    the file, and never hold a copy of the columns in memory."""
     fmt = dataset.format
     if features is None:
         features = Features.from_arrow_schema(new.schema)
+    added: Table = InMemoryTable(new)
+    if mapped_from is not None:
+        added = MemoryMappedTable(new, mapped_from, [("replace_schema_metadata", (None,), {})])
     if not dataset.column_names:
         info = dataset.info.copy()
         info.features = features
-        out = Dataset(InMemoryTable(new), info=info, split=dataset.split, fingerprint=fingerprint)
+        out = Dataset(added, info=info, split=dataset.split, fingerprint=fingerprint)
     else:
         if repeat > 1:
             rows = np.repeat(np.arange(len(dataset)), repeat)
@@ -75,7 +82,7 @@ def attach_columns(
             data = dataset.flatten_indices()._data
         else:
             data = dataset._data
-        table = concat_tables([data, InMemoryTable(new)], axis=1)
+        table = concat_tables([data, added], axis=1)
         info = dataset.info.copy()
         info.features.update(features)
         out = Dataset(table, info=info, split=dataset.split, fingerprint=fingerprint)

@@ -258,7 +258,9 @@ class Job:
         }
         options = self._opts(**given)
         manifest = self._job.read_manifest() or self._manifest
-        outputs = cached_outputs(self._job, manifest, manifest.split_names, options.output_key())
+        outputs = cached_outputs(
+            self._job, manifest, manifest.split_names, options.output_key(manifest.fingerprints)
+        )
         if outputs is None:
             loop = self._done if self._done is not None and not given else self._loop(options)
             if loop is not self._done and not loop.run(timeout):
@@ -281,8 +283,10 @@ class Job:
         if any(record.state in IN_FLIGHT for record in self._job.records(strict=False)):
             return None
         self._manifest = manifest
-        outputs = cached_outputs(self._job, manifest, manifest.split_names, options.output_key())
-        if outputs is None:  # columns made by the user's code, joined again each time
+        outputs = cached_outputs(
+            self._job, manifest, manifest.split_names, options.output_key(manifest.fingerprints)
+        )
+        if outputs is None:  # not stored, or made by other code (parse, response_format)
             loop = self._loop(options)
             view = loop.survey()
             pending = loop.to_send(view)
@@ -304,7 +308,7 @@ class Job:
             outputs,
             status_column=options.status_column,
             on_error=options.on_error,
-            output_key=options.output_key(),
+            output_key=options.output_key(manifest.fingerprints),
             labels=self._labels(),
             repeat=options.samples if options.samples_as == "rows" else 1,
             provenance=step_facts(
@@ -341,7 +345,8 @@ class Job:
             if manifest.state == "running":
                 manifest.state = "finished"
             manifest.finished_at = dt.datetime.now().timestamp()
-            manifest.output_key, manifest.outputs = options.output_key(), outputs.digests
+            manifest.output_key = options.output_key(manifest.fingerprints)
+            manifest.outputs = outputs.digests
 
         self._manifest = self._job.update_manifest(self._manifest, finished)
         return outputs

@@ -607,18 +607,36 @@ class JobLedger:
 
     # -- output -------------------------------------------------------------------------------
     def write_output(self, split: str, table: pa.Table) -> str:
-        """Store a split's finished columns; returns a digest that changes when they do."""
-        data = arrow_bytes(table)
-        atomic_write(self.dir / "output" / f"{_file_name(split)}.arrow", data)
-        return xxhash.xxh3_64_hexdigest(memoryview(data))
+        """Store a split's finished columns; returns a digest that changes when they do. The
+        file is named by its digest (``output_file``), in the Arrow stream format ``datasets``
+        maps its own files from: a dataset that maps it keeps reading what it mapped, whatever
+        a later call stores. The split's older outputs are removed."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        data = sink.getvalue()
+        digest = xxhash.xxh3_64_hexdigest(memoryview(data))
+        path = self.output_file(split, digest)
+        atomic_write(path, data)
+        for old in path.parent.glob("*.arrow"):
+            if old != path:
+                with suppress(OSError):  # mapped elsewhere (Windows): removed next time
+                    old.unlink()
+        return digest
 
-    def read_output(self, split: str) -> pa.Table | None:
-        """A split's finished columns; None when missing or damaged (they are rebuilt)."""
-        path = self.dir / "output" / f"{_file_name(split)}.arrow"
+    def output_file(self, split: str, digest: str) -> Path:
+        """Where a split's finished columns of this digest are stored."""
+        return self.dir / "output" / _file_name(split) / f"{digest}.arrow"
+
+    def read_output(self, split: str, digest: str) -> pa.Table | None:
+        """A split's finished columns of this digest, memory-mapped; None when missing or
+        damaged (they are rebuilt)."""
+        path = self.output_file(split, digest)
         if not path.exists():
             return None
         try:
-            return read_arrow(path)
+            with pa.memory_map(str(path)) as source:
+                return pa.ipc.open_stream(source).read_all()
         except (OSError, pa.ArrowInvalid) as e:
             log.warning("dsbatch: the output %s is damaged (%s); rebuilding it", path, e)
             return None

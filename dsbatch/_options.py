@@ -21,6 +21,7 @@ import xxhash
 
 from dsbatch import _structured
 from dsbatch._cost import check_prices, prices_key
+from dsbatch._describe import code_hash
 from dsbatch._join import OutputSpec
 from dsbatch._limits import DEFAULT_MAX_QUEUED, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._poll import PollSchedule, poll_schedule
@@ -376,14 +377,26 @@ class MapOptions:
                         "(dataset.rename_column)"
                     )
 
-    def output_key(self) -> str | None:
-        """What the finished columns depend on besides the results; None when they depend on
-        the user's code (``parse``, a ``response_format``'s validators): no hash of code sees a
-        helper it calls or a global it reads, so those columns are joined again on every call,
-        from the cached results, at no API cost."""
+    def output_key(self, inputs: Mapping[str, str] | None = None) -> str | None:
+        """What the finished columns depend on besides the results. Columns made by the user's
+        code depend on it: ``response_format`` and ``parse`` are described by value
+        (``_describe``: an edit to their code, a global they read or a validator is seen), and
+        ``parse``'s columns on the rows it reads too (``inputs``: split -> fingerprint of the
+        job's input). None when that code cannot be hashed: its columns are then joined again
+        on every call, from the cached results, at no API cost."""
         spec = self.output
-        if spec.parse is not None or spec.response_format is not None:
-            return None
+        code: dict[str, Any] = {}
+        for name, obj in (("response_format", spec.response_format), ("parse", spec.parse)):
+            if obj is None:
+                continue
+            try:
+                code[name] = code_hash(obj)
+            except Exception:  # dill fails in many ways: the columns are joined again
+                return None
+        if spec.parse is not None:
+            if inputs is None:
+                return None
+            code["inputs"] = sorted(inputs.items())
         described = [
             spec.output_column,
             spec.status_column,
@@ -397,6 +410,8 @@ class MapOptions:
             },
             prices_key(self.prices),  # the status column's cost_usd
         ]
+        if code:
+            described.append(code)
         return xxhash.xxh3_64_hexdigest(json.dumps(described).encode())
 
     def _check_training_columns(

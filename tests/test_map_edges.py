@@ -526,7 +526,7 @@ def test_a_rerun_after_the_finished_output_was_deleted_makes_no_api_call(emu):
         {"a": Dataset.from_dict({"text": texts(10)}), "b": Dataset.from_dict({"text": texts(3)})}
     )
     first = run(dd, emu)
-    outputs = list(cache_root().glob("jobs/*/output/*.arrow"))
+    outputs = list(cache_root().glob("jobs/*/output/*/*.arrow"))
     assert len(outputs) == 2
     for path in outputs:
         path.unlink()
@@ -540,7 +540,7 @@ def test_a_rerun_after_the_finished_output_was_deleted_makes_no_api_call(emu):
 
 def _forget_results():
     files = list(cache_root().glob("results/*.parquet")) + list(
-        cache_root().glob("jobs/*/output/*.arrow")
+        cache_root().glob("jobs/*/output/*/*.arrow")
     )
     assert files
     for path in files:
@@ -577,19 +577,20 @@ def _truncate(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "pattern", ["jobs/*/manifest.json", "jobs/*/output/data.arrow", "results/*.parquet"]
+    "pattern", ["jobs/*/manifest.json", "jobs/*/output/data/*.arrow", "results/*.parquet"]
 )
 def test_damaged_manifest_output_or_results_cost_at_most_a_download(emu, pattern, caplog):
     ds = Dataset.from_dict({"text": texts(5)})
-    first = run(ds, emu)
+    # Read before the damage: the output maps the file this test truncates in place.
+    first = list(run(ds, emu)["dsbatch"])
     (damaged,) = cache_root().glob(pattern)
     _truncate(damaged)
     if "output" not in pattern:
-        for output in cache_root().glob("jobs/*/output/*.arrow"):
+        for output in cache_root().glob("jobs/*/output/*/*.arrow"):
             output.unlink()  # make the rerun read the damaged file
     emu.reset_stats()
     out = run(ds, emu)
-    assert list(out["dsbatch"]) == list(first["dsbatch"])
+    assert list(out["dsbatch"]) == first
     assert list(out["response"]) == answers(texts(5))
     assert emu.calls["create"] == 0
     assert emu.calls["results"] == (1 if "results" in pattern else 0)

@@ -4,6 +4,7 @@ calling the prompt function, and anything that could change the output renders a
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import sys
@@ -399,7 +400,7 @@ def test_a_pruned_job_renders_and_downloads_instead_of_buying(emu):
 def test_lost_outputs_are_joined_again_without_rendering_or_sending(emu):
     first = run(data(), emu, counted)
     ledger, job = only_job()
-    for path in (job.dir / "output").iterdir():
+    for path in (job.dir / "output").rglob("*.arrow"):
         path.unlink()
     CALLS.n = 0
     again = run(data(), emu, counted)
@@ -410,7 +411,7 @@ def test_lost_outputs_are_joined_again_without_rendering_or_sending(emu):
 def test_lost_outputs_and_results_render(emu):
     run(data(), emu, counted)
     ledger, job = only_job()
-    for path in (job.dir / "output").iterdir():
+    for path in (job.dir / "output").rglob("*.arrow"):
         path.unlink()
     for batch_id in ledger.results_files():
         ledger.remove_results(batch_id)
@@ -518,7 +519,7 @@ def test_wait_false_and_dry_run_are_never_served(emu):
 def digest(obj) -> str:
     from datasets.fingerprint import Hasher
 
-    from dsbatch._rerun import describe
+    from dsbatch._describe import describe
 
     return Hasher.hash(describe(obj))
 
@@ -598,7 +599,7 @@ def test_the_description_is_the_same_in_another_process(tmp_path, monkeypatch):
     )
     script = (
         "import user_code; from datasets.fingerprint import Hasher; "
-        "from dsbatch._rerun import describe; "
+        "from dsbatch._describe import describe; "
         "print(Hasher.hash(describe(user_code.prompt)), Hasher.hash(describe(user_code.Label)))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "1" if sys.flags.hash_randomization else "2"}
@@ -611,3 +612,105 @@ def test_the_description_is_the_same_in_another_process(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "user_code", user_code)  # gone again after the test
     here = f"{digest(user_code.prompt)} {digest(user_code.Label)}"
     assert done.stdout.strip() == here
+
+
+# -- columns made by the user's code, stored while the code is the same -------------------------
+JOINS = Calls()  # counts the joins from answers to columns (a spy on output_table)
+
+
+@pytest.fixture
+def joins(monkeypatch):
+    import dsbatch._collect as collect_module
+
+    real = collect_module.output_table
+
+    def spy(*args, **kwargs):
+        JOINS.n += 1
+        return real(*args, **kwargs)
+
+    JOINS.n = 0
+    monkeypatch.setattr(collect_module, "output_table", spy)
+    return JOINS
+
+
+LIMIT = 3
+
+
+def short(row, message):
+    CALLS.n += 1
+    return {"short": message["content"][0]["text"][:LIMIT]}
+
+
+def test_parse_columns_are_read_back_while_parse_is_the_same(emu, joins, monkeypatch):
+    first = run(data(), emu, counted, parse=short)
+    assert joins.n == 1 and CALLS.n == 9  # 6 prompt calls, 3 parse calls
+    assert first["short"] == ["ech"] * 3
+    CALLS.n = joins.n = 0
+    again = run(data(), emu, counted, parse=short, load_from_cache_file=False)
+    assert joins.n == 0 and CALLS.n == 3  # rendered, but nor joined nor parsed
+    same_output(first, again)
+    monkeypatch.setattr(sys.modules[__name__], "LIMIT", 6)  # a global parse reads
+    CALLS.n = joins.n = 0
+    edited = run(data(), emu, counted, parse=short, load_from_cache_file=False)
+    assert joins.n == 1 and CALLS.n == 6  # 3 renders, 3 parses
+    assert edited["short"] == ["echo: "] * 3
+    assert edited._fingerprint != first._fingerprint
+    assert emu.calls["create"] == 1
+
+
+def test_parse_columns_follow_the_rows_parse_reads(emu, joins):
+    def tagged(row, message):
+        return {"tagged": f"{row['tag']}:{message['content'][0]['text']}"}
+
+    rows = {"text": TEXTS, "tag": ["a", "b", "c"]}
+    first = run(Dataset.from_dict(rows), emu, counted, parse=tagged)
+    other = run(Dataset.from_dict({**rows, "tag": ["x", "y", "z"]}), emu, counted, parse=tagged)
+    assert first["tagged"] == ["a:echo: alpha", "b:echo: beta", "c:echo: gamma"]
+    assert other["tagged"] == ["x:echo: alpha", "y:echo: beta", "z:echo: gamma"]
+    assert joins.n == 2 and emu.calls["create"] == 1  # the same job, joined for each rows
+
+
+class Strict(BaseModel):
+    topic: str
+
+
+def as_json(row):
+    return json.dumps({"topic": row["text"]})  # the echo answer holds it: "echo: {...}"
+
+
+def test_response_format_columns_are_read_back_until_a_validator_changes(emu, joins):
+    from pydantic import field_validator
+
+    keywords = {"load_from_cache_file": False, "on_error": "keep"}
+    first = run(data(), emu, as_json, response_format=Strict, **keywords)
+    again = run(data(), emu, as_json, response_format=Strict, **keywords)
+    assert joins.n == 1
+    same_output(first, again)
+
+    class Strict2(BaseModel):  # the same fields and name: the same requests
+        topic: str
+
+        @field_validator("topic")
+        @classmethod
+        def upper(cls, value: str) -> str:
+            return value.upper()
+
+    Strict2.__name__ = Strict2.__qualname__ = "Strict"
+    Strict2.__module__ = Strict.__module__
+    checked = run(data(), emu, as_json, response_format=Strict2, **keywords)
+    assert joins.n == 2 and emu.calls["create"] == 1
+    assert first["topic"] == TEXTS
+    assert checked["topic"] == ["ALPHA", "BETA", "GAMMA"]
+
+
+def test_code_that_cannot_be_hashed_is_joined_again_every_call(emu, joins):
+    pending = (i for i in range(3))
+
+    def parse(row, message):
+        assert pending is not None
+        return {"n": 1}
+
+    keywords = {"parse": parse, "load_from_cache_file": False}
+    first = run(data(), emu, counted, **keywords)
+    again = run(data(), emu, counted, **keywords)
+    assert joins.n == 2 and first["n"] == again["n"] == [1, 1, 1]
