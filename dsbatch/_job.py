@@ -9,8 +9,10 @@ request mapping of each split and its input rows (``_inputs``).
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import html
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -395,30 +397,36 @@ class Job:
 
 
 class _Requests(Mapping[str, bytes]):
-    """A job's requests, read from its file when a body is first needed: listing, status and
-    cancel read their custom_ids alone (one column, not every request's params)."""
+    """A job's requests, read from its file as they are needed: listing, status and cancel read
+    their custom_ids alone (one column), and a step reads the row groups of the requests it
+    sends, one at a time (the file is in the order batches are cut), so a job of a million
+    requests never holds every body in memory."""
 
     def __init__(self, job: JobLedger) -> None:
         self._job = job
         self._ids: list[str] | None = None
-        self._bodies: dict[str, bytes] | None = None
-
-    def _read(self) -> dict[str, bytes]:
-        if self._bodies is None:
-            self._bodies = self._job.read_requests()
-        return self._bodies
+        self._at: dict[str, int] | None = None  # custom_id -> its row in the file
+        self._starts: list[int] = []  # the first row of each row group
+        self._group: tuple[int, list[bytes]] = (-1, [])
 
     def _custom_ids(self) -> list[str]:
-        if self._bodies is not None:
-            return list(self._bodies)
         if self._ids is None:
             ids = self._job.request_ids()
-            # Unreadable: reading the bodies says why, naming the file.
-            self._ids = list(self._read()) if ids is None else ids.to_pylist()
+            if ids is None:  # unreadable: reading the bodies says why, naming the file
+                self._ids = list(self._job.read_requests())
+            else:
+                self._ids = ids.to_pylist()
         return self._ids
 
     def __getitem__(self, custom_id: str) -> bytes:
-        return self._read()[custom_id]
+        if self._at is None:
+            self._at = {c: i for i, c in enumerate(self._custom_ids())}
+            self._starts = list(itertools.accumulate(self._job.request_groups(), initial=0))
+        at = self._at[custom_id]
+        group = bisect.bisect_right(self._starts, at) - 1
+        if self._group[0] != group:
+            self._group = (group, self._job.read_request_group(group))
+        return self._group[1][at - self._starts[group]]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._custom_ids())

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -73,6 +73,9 @@ __all__ = [
 log = logging.getLogger("dsbatch")
 
 FORMAT_VERSION = 3
+
+# Requests per row group of a job's requests file: what a step reads to send a batch's part.
+REQUEST_GROUP_ROWS = 16_384
 
 # A temporary file untouched this long belongs to a process that died.
 _STALE_TMP_SECONDS = 600.0
@@ -212,17 +215,54 @@ class JobLedger:
         self, custom_ids: Sequence[str], bodies: Sequence[bytes], models: Sequence[str | None]
     ) -> None:
         """Keep every request: its params, and its model beside them (read alone, without the
-        params, to price its answer)."""
-        table = pa.table(
-            {
-                "custom_id": pa.array(custom_ids, pa.string()),
-                "params": pa.array(bodies, pa.binary()),
-                "model": pa.array(models, pa.string()),
-            }
+        params, to price its answer). Written a row group at a time (``REQUEST_GROUP_ROWS``),
+        in the order given, which is the order batches are cut in: a step reads the groups of
+        the batch it sends (``read_request_group``), and no copy of every body is ever made."""
+        schema = pa.schema(
+            [("custom_id", pa.string()), ("params", pa.binary()), ("model", pa.string())]
         )
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        atomic_write(self.dir / "requests.parquet", sink.getvalue())
+
+        def write(f: BinaryIO) -> None:
+            with pq.ParquetWriter(f, schema) as writer:
+                for start in range(0, len(custom_ids), REQUEST_GROUP_ROWS):
+                    end = start + REQUEST_GROUP_ROWS
+                    writer.write_table(
+                        pa.table(
+                            [
+                                pa.array(custom_ids[start:end], pa.string()),
+                                pa.array(bodies[start:end], pa.binary()),
+                                pa.array(models[start:end], pa.string()),
+                            ],
+                            schema=schema,
+                        ),
+                        row_group_size=REQUEST_GROUP_ROWS,
+                    )
+
+        atomic_write(self.dir / "requests.parquet", write)
+
+    def request_groups(self) -> list[int]:
+        """The number of requests in each row group of the requests file."""
+        path = self.dir / "requests.parquet"
+        try:
+            meta = pq.read_metadata(path)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(
+                f"cannot read the requests of job {self.fingerprint} ({path}): {e}",
+                path=str(path),
+            ) from e
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    def read_request_group(self, group: int) -> list[bytes]:
+        """The params of the requests of one row group of the requests file, in its order."""
+        path = self.dir / "requests.parquet"
+        try:
+            table = pq.ParquetFile(path).read_row_group(group, columns=["params"])
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(
+                f"cannot read the requests of job {self.fingerprint} ({path}): {e}",
+                path=str(path),
+            ) from e
+        return table["params"].to_pylist()
 
     def read_requests(self) -> dict[str, bytes]:
         """custom_id -> the exact params sent, of every request of the job."""
@@ -611,13 +651,17 @@ class JobLedger:
         file is named by its digest (``output_file``), in the Arrow stream format ``datasets``
         maps its own files from: a dataset that maps it keeps reading what it mapped, whatever
         a later call stores. The split's older outputs are removed."""
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        data = sink.getvalue()
-        digest = xxhash.xxh3_64_hexdigest(memoryview(data))
+
+        def stream(out: Any) -> None:  # out: has write(bytes)
+            with pa.ipc.new_stream(pa.PythonFile(out, mode="w"), table.schema) as writer:
+                writer.write_table(table)
+
+        # Two passes, the digest (for the name) then the file: neither holds a copy in memory.
+        hashed = _Hashing()
+        stream(hashed)
+        digest = hashed.hash.hexdigest()
         path = self.output_file(split, digest)
-        atomic_write(path, data)
+        atomic_write(path, stream)
         for old in path.parent.glob("*.arrow"):
             if old != path:
                 with suppress(OSError):  # mapped elsewhere (Windows): removed next time
@@ -651,6 +695,18 @@ class JobLedger:
             f"waiting for the lock of job {self.fingerprint} (another process is changing it)",
             patience=5.0,
         )
+
+
+class _Hashing:
+    """A file that keeps nothing: the xxh3 of what is written to it."""
+
+    def __init__(self) -> None:
+        self.hash = xxhash.xxh3_64()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return len(data)
 
 
 class Ledger:

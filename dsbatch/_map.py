@@ -303,13 +303,14 @@ def _start(
                 raise
             # A cache that cannot be written (read-only) still serves what it holds.
             log.info("dsbatch: could not record this call's options in job %s", job.fingerprint)
+    # The job reads its requests back from its file as its steps send them: the rendered
+    # bodies are let go here, so a job's memory follows its batches, not its rows (row sizes
+    # were checked by ``prepare``, naming the row; a later step has nothing of a row to name).
     return Job(
         job,
         manifest,
         client=client,
         options=options,
-        bodies=rendered.bodies,
-        first_row=rendered.first_row,
         splits=splits,
         cache_dir=options.cache_dir,  # type: ignore[arg-type]
     )
