@@ -777,6 +777,13 @@ BUGS = [
         'return self.dir / "output" / _file_name(split) / f"{digest}.arrow"',
         'return self.dir / "output" / _file_name(split) / "current.arrow"',
         "a later call's columns replace the file an earlier output's pickle names"),
+    Bug("requests-group-kept-stale", "dsbatch/_job.py",
+        "if self._group[0] != group:", "if not self._group[1]:",
+        "a step sends the params of the first row group read for every later request"),
+    Bug("requests-group-off-by-one", "dsbatch/_job.py",
+        "group = bisect.bisect_right(self._starts, at) - 1",
+        "group = max(0, bisect.bisect_left(self._starts, at) - 1)",
+        "the first request of each row group is looked up in the group before it"),
 ]  # fmt: skip
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import random
 
+import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, DatasetDict
-from support import MODEL, echo, prompt, run, virtual
+from support import MODEL, cache_root, echo, ids_of, prompt, run, sent, virtual
 
 import dsbatch
+import dsbatch._ledger
 from dsbatch import BatchAPIError, PromptError, RequestTooLargeError, RowFailedError
 from dsbatch.testing import Emulator, Faults, HttpFault
 
@@ -489,3 +491,21 @@ def test_a_same_size_batch_made_just_before_ours_is_passed_over(emu, tmp_path, c
     assert out["response"] == [f"echo: ours {i}" for i in range(20)]
     assert len(emu.batches) == 2 and not emu.duplicate_custom_ids
     assert "someone else's" not in caplog.text
+
+
+def test_requests_read_back_a_row_group_at_a_time_are_each_sent_with_their_own_params(
+    emu, monkeypatch
+):
+    """A job reads its requests back from its file by row group: with groups of 3, batches of 4
+    and retries scattered over the groups, every request goes out with its own params."""
+    monkeypatch.setattr(dsbatch._ledger, "REQUEST_GROUP_ROWS", 3)
+    emu.faults = Faults(errored=0.3)
+    texts = [f"row {i}" for i in range(11)]
+    out = run(Dataset.from_dict({"text": texts}), emu, max_batch_requests=4, max_attempts=4)
+    statuses = [s["status"] for s in out["dsbatch"]]
+    assert statuses.count("succeeded") >= 9
+    for text, status, answer in zip(texts, statuses, out["response"]):
+        assert answer == (f"echo: {text}" if status == "succeeded" else None)
+    assert set(sent(emu)) == set(ids_of(texts)) and max(sent(emu).values()) > 1
+    (requests,) = cache_root().glob("jobs/*/requests.parquet")
+    assert pq.read_metadata(requests).num_row_groups == 4
