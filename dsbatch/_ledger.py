@@ -28,6 +28,7 @@ a request is never paid for twice. The API key is never written: only a short ha
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -211,31 +212,28 @@ class JobLedger:
     def has_requests(self) -> bool:
         return (self.dir / "requests.parquet").exists()
 
-    def write_requests(
-        self, custom_ids: Sequence[str], bodies: Sequence[bytes], models: Sequence[str | None]
-    ) -> None:
-        """Keep every request: its params, and its model beside them (read alone, without the
-        params, to price its answer). Written a row group at a time (``REQUEST_GROUP_ROWS``),
-        in the order given, which is the order batches are cut in: a step reads the groups of
-        the batch it sends (``read_request_group``), and no copy of every body is ever made."""
+    def write_requests(self, requests: Iterable[tuple[str, bytes, str | None]]) -> None:
+        """Keep every request: (custom_id, params, model), the model beside the params (read
+        alone, without them, to price its answer). Written a row group at a time
+        (``REQUEST_GROUP_ROWS``), in the order given, which is the order batches are cut in: a
+        step reads the groups of the batch it sends (``read_request_group``), and no copy of
+        every body is ever made."""
         schema = pa.schema(
             [("custom_id", pa.string()), ("params", pa.binary()), ("model", pa.string())]
         )
 
         def write(f: BinaryIO) -> None:
             with pq.ParquetWriter(f, schema) as writer:
-                for start in range(0, len(custom_ids), REQUEST_GROUP_ROWS):
-                    end = start + REQUEST_GROUP_ROWS
+                it = iter(requests)
+                while group := list(itertools.islice(it, REQUEST_GROUP_ROWS)):
+                    ids, bodies, models = zip(*group, strict=True)
+                    columns = [
+                        pa.array(ids, pa.string()),
+                        pa.array(bodies, pa.binary()),
+                        pa.array(models, pa.string()),
+                    ]
                     writer.write_table(
-                        pa.table(
-                            [
-                                pa.array(custom_ids[start:end], pa.string()),
-                                pa.array(bodies[start:end], pa.binary()),
-                                pa.array(models[start:end], pa.string()),
-                            ],
-                            schema=schema,
-                        ),
-                        row_group_size=REQUEST_GROUP_ROWS,
+                        pa.table(columns, schema=schema), row_group_size=REQUEST_GROUP_ROWS
                     )
 
         atomic_write(self.dir / "requests.parquet", write)

@@ -241,9 +241,10 @@ def _start(
     if manifest is None or not manifest.options or not job.has_requests():
         if prepared.groups:  # before the requests: a job with its requests has its groups
             job.write_prefix_groups(prepared.groups)
-        bodies = list(rendered.bodies.values())
-        models = [model_of(body, options.model) for body in bodies]
-        job.write_requests(list(rendered.bodies), bodies, models)
+        job.write_requests(
+            (custom_id, body, model_of(body, options.model))
+            for custom_id, body in rendered.bodies.items()
+        )
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
         inputs = keep_inputs(job, splits)

@@ -471,7 +471,7 @@ class PrefixCaching:
         """Place the breakpoints in ``rendered`` (bodies, custom_ids, row maps); returns
         custom_id -> prefix group (numbered in order of first request) of every request that
         got one."""
-        old, rendered.bodies = rendered.bodies, {}
+        old, rendered.bodies = rendered.bodies, rendered.bodies.empty_like()
         bodies, first_row = rendered.bodies, {}
         renamed: dict[str, str] = {}
         groups: dict[str, int] = {}

@@ -16,6 +16,7 @@ from typing import Any
 import xxhash
 from datasets import Dataset
 
+from dsbatch._bodies import Bodies
 from dsbatch._compat import iter_rows
 from dsbatch._conversation import conversation_turns
 from dsbatch._errors import PromptError
@@ -102,7 +103,7 @@ class Rendered:
     """The requests of a job: per split, the custom_id of each row (None = skipped)."""
 
     row_custom_ids: dict[str, list[str | None]] = field(default_factory=dict)
-    bodies: dict[str, bytes] = field(default_factory=dict)  # custom_id -> canonical params
+    bodies: Bodies = field(default_factory=Bodies)  # custom_id -> canonical params
     # custom_id -> (split label for messages, row index) of the first row that asked for it
     first_row: dict[str, tuple[str | None, int]] = field(default_factory=dict)
     # The text templates rows were made from (``_prefix`` reads what they share once).

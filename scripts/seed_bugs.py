@@ -784,6 +784,14 @@ BUGS = [
         "group = bisect.bisect_right(self._starts, at) - 1",
         "group = max(0, bisect.bisect_left(self._starts, at) - 1)",
         "the first request of each row group is looked up in the group before it"),
+    Bug("bodies-spill-loses-order", "dsbatch/_bodies.py",
+        "            if not (start <= offset and offset + length <= start + len(window)):",
+        "            if not window:",
+        "a pass over spilled bodies slices every body out of the first window read"),
+    Bug("bodies-rebuilt-in-memory", "dsbatch/_prefix.py",
+        "old, rendered.bodies = rendered.bodies, rendered.bodies.empty_like()",
+        "old, rendered.bodies = rendered.bodies, {}  # type: ignore[assignment]",
+        "placing breakpoints rebuilds every body in memory (a spilled job's whole size)"),
 ]  # fmt: skip
 
 

@@ -221,7 +221,7 @@ def test_records_round_trip_and_refuse_what_this_version_does_not_write():
 
 def test_each_requests_model_is_read_without_its_params_and_an_older_job_has_none(tmp_path):
     job = Ledger(tmp_path).job("job-a")
-    job.write_requests(["a", "b"], [b'{"model":"m1"}', b'{"model":"m2"}'], ["m1", "m2"])
+    job.write_requests([("a", b'{"model":"m1"}', "m1"), ("b", b'{"model":"m2"}', "m2")])
     assert job.request_models() == {"a": "m1", "b": "m2"}
     # An older dsbatch wrote the params alone: the models are then read from them (the caller).
     pq.write_table(

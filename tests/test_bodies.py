@@ -1,0 +1,81 @@
+"""A job's rendered bodies spill to a temporary file past a size, and read back exactly."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from datasets import Dataset
+from support import answers, run, sent
+
+import dsbatch._bodies
+from dsbatch._bodies import Bodies
+
+
+def _filled(spill_bytes: int, n: int = 50) -> tuple[Bodies, dict[str, bytes]]:
+    store, plain = Bodies(spill_bytes), {}
+    for i in range(n):
+        key, body = f"dsb_{i:032x}", f'{{"n":{i},"pad":"{"x" * (i % 7)}"}}'.encode()
+        store[key] = plain[key] = body
+    return store, plain
+
+
+@pytest.mark.parametrize("spill_bytes", [10**9, 200, 0])
+def test_a_store_reads_back_what_it_was_given_in_order(spill_bytes):
+    store, plain = _filled(spill_bytes)
+    assert store.spilled == (spill_bytes < 10**9)
+    assert list(store) == list(plain) and len(store) == 50
+    assert list(store.items()) == list(plain.items())
+    assert list(store.values()) == list(plain.values())
+    assert [store[k] for k in reversed(plain)] == list(reversed(plain.values()))
+    assert "dsb_nope" not in store and next(iter(plain)) in store
+    with pytest.raises(KeyError):
+        store["dsb_nope"]
+
+
+def test_a_spilled_store_rewrites_and_deletes_keeping_the_first_order():
+    store, plain = _filled(0)
+    keys = list(plain)
+    store[keys[3]] = plain[keys[3]] = b'{"rewritten":true}'
+    del store[keys[10]], plain[keys[10]]
+    store["dsb_new"] = plain["dsb_new"] = b"{}"
+    assert list(store.items()) == list(plain.items())
+
+
+def test_a_pass_over_every_body_reads_the_file_in_windows(monkeypatch):
+    monkeypatch.setattr(dsbatch._bodies, "_WINDOW", 64)  # many windows, bodies across edges
+    store, plain = _filled(0, n=300)
+    assert list(store.items()) == list(plain.items())
+
+
+def test_a_store_pickles_with_its_bodies_and_spills_again():
+    store, plain = _filled(100)
+    again = pickle.loads(pickle.dumps(store))
+    assert again.spilled and list(again.items()) == list(plain.items())
+    empty = store.empty_like()
+    assert len(empty) == 0 and not empty.spilled
+
+
+def test_a_job_whose_bodies_spill_sends_and_answers_the_same(emu, monkeypatch, tmp_path):
+    texts = [f"text {i} " + "y" * (i % 5) for i in range(40)] * 2  # 40 distinct, each twice
+    system = "A shared instruction. " * 1200  # a prompt-cache breakpoint: a primer batch first
+    plain = run(
+        Dataset.from_dict({"text": texts}), emu, system=system, cache_dir=tmp_path / "plain"
+    )
+    sent_plain = sent(emu)
+    assert emu.calls["create"] == 2
+    emu.reset_stats()
+    spills = []
+    monkeypatch.setattr(dsbatch._bodies, "SPILL_BYTES", 500)
+    monkeypatch.setattr(
+        Bodies, "_spill", lambda self, real=Bodies._spill: (spills.append(1), real(self))
+    )
+    spilled = run(
+        Dataset.from_dict({"text": texts}), emu, system=system, cache_dir=tmp_path / "spilled"
+    )
+    assert len(spills) >= 2  # rendered, then rebuilt with the breakpoints
+    assert sent(emu) == sent_plain and len(sent_plain) == 40 and emu.calls["create"] == 2
+    assert spilled["response"] == plain["response"] == answers(texts)
+    # The same requests (the emulator's prompt cache is warm the second time: token counts differ)
+    ids = [(s["custom_id"], s["status"]) for s in plain["dsbatch"]]
+    assert [(s["custom_id"], s["status"]) for s in spilled["dsbatch"]] == ids
