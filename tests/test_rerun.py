@@ -264,6 +264,7 @@ CHANGED = {
     "max_queued_requests": 50,
     "prices": {MODEL: {"input": 1, "output": 2}},
     "prompt_caching": "off",
+    "num_proc": 2,
 }
 
 
