@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from support import MODEL, answers, cache_root, echo, run, sent
 
 import dsbatch
+from dsbatch import _map
 from dsbatch._backend import Backend
 from dsbatch._ledger import Ledger
 from dsbatch._options import MapOptions
@@ -275,11 +276,17 @@ def test_every_keyword_but_the_few_that_change_nothing_is_in_the_key():
 
 
 @pytest.mark.parametrize("keyword", sorted(CHANGED))
-def test_changing_any_keyword_renders_again(emu, keyword):
+def test_changing_any_keyword_renders_again(emu, keyword, monkeypatch):
     run(data(), emu, counted)
     CALLS.n = 0
+    prepared = []
+    prepare = _map.prepare
+    monkeypatch.setattr(_map, "prepare", lambda *a, **k: prepared.append(1) or prepare(*a, **k))
     run(data(), emu, counted, **{keyword: CHANGED[keyword]})
-    assert CALLS.n >= 3  # every row rendered (twice for a new job)
+    assert prepared == [1]
+    # every row rendered (twice for a new job); num_proc's calls are in worker processes
+    assert CALLS.n >= 3 or (keyword == "num_proc" and CALLS.n == 0)
+    monkeypatch.undo()
     CALLS.n = 0
     run(data(), emu, counted)  # the first call's key still finds its job
     assert CALLS.n == 0
