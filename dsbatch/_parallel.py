@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dill
+import pyarrow as pa
 from datasets import Dataset
+from datasets.table import InMemoryTable
 
 from dsbatch._prefix import TemplateMarks
 from dsbatch._render import Rendered, RequestShape, render_split
@@ -104,9 +106,20 @@ def _tasks(
         start = 0
         count = min(processes, len(ds))
         for index in range(count):
-            shard = ds.shard(num_shards=count, index=index, contiguous=True)
+            shard = _own_rows(ds.shard(num_shards=count, index=index, contiguous=True))
             yield payload, split, labels[split], shard, start
             start += len(shard)
+
+
+def _own_rows(shard: Dataset) -> Dataset:
+    """The shard as it is best sent to a worker. A dataset read from files pickles as their
+    paths; one held in memory pickles its whole table, whatever slice of it the shard is (N
+    shards: N copies of the dataset): it gets a copy of its own rows."""
+    if shard.cache_files or shard._indices is not None:
+        return shard
+    table = shard.data.table
+    rows = table.take(pa.array(range(table.num_rows), pa.int64()))
+    return Dataset(InMemoryTable(rows), info=shard.info.copy(), split=shard.split)
 
 
 def _render_shard(task: _Task) -> bytes:

@@ -774,6 +774,9 @@ BUGS = [
     Bug("numproc-ignored", "dsbatch/_map.py",
         "num_proc=options.num_proc,", "num_proc=None,",
         "num_proc is accepted and ignored"),
+    Bug("numproc-whole-table-per-shard", "dsbatch/_parallel.py",
+        "if shard.cache_files or shard._indices is not None:", "if True:",
+        "each worker is sent the whole in-memory dataset, not its shard's rows"),
 ]  # fmt: skip
 
 

@@ -9,14 +9,15 @@ import dataclasses
 import inspect
 import logging
 
+import dill
 import multiprocess
 import pytest
-from datasets import Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from pydantic import BaseModel
 from support import MODEL, answers, echo, run, sent
 
 import dsbatch
-from dsbatch import _map
+from dsbatch import _map, _parallel
 from dsbatch._backend import Backend
 from dsbatch._options import MapOptions
 from dsbatch.testing import Emulator
@@ -192,3 +193,16 @@ def test_a_prompt_that_cannot_be_pickled_renders_in_this_process_with_a_warning(
         "dsbatch: num_proc=2: rendering in this process only, as the prompt function cannot be "
         "sent to worker processes (TypeError: cannot pickle 'generator' object)"
     )
+
+
+def test_a_worker_gets_its_shard_of_an_in_memory_dataset_not_the_whole_table():
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["no", "yes"])})
+    rows = {"text": [t * 40 for t in texts(400)], "label": [i % 2 for i in range(400)]}
+    ds = Dataset.from_dict(rows, features)
+    tasks = list(_parallel._tasks(b"", {"data": ds}, {"data": None}, 4))
+    assert [start for *_, start in tasks] == [0, 100, 200, 300]
+    whole = len(dill.dumps(ds))
+    for *_, shard, start in tasks:
+        assert shard.features == features
+        assert shard.to_list() == ds.select(range(start, start + 100)).to_list()
+        assert len(dill.dumps(shard)) < whole / 3
