@@ -26,13 +26,14 @@ from dsbatch._ledger import Ledger
 from dsbatch._limits import DEFAULT_MAX_QUEUED, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._options import MapOptions
 from dsbatch._origin import resolve_origin
+from dsbatch._parallel import render_splits
 from dsbatch._plan import check_sizes, job_fingerprint
 from dsbatch._poll import PollSchedule, first_contact_retrying
 from dsbatch._prefix import TemplateMarks, plan_prefix_caching
 from dsbatch._provenance import call_facts
 from dsbatch._reasoning import any_thinks
 from dsbatch._records import Manifest
-from dsbatch._render import Rendered, RequestShape, render_split
+from dsbatch._render import Rendered, RequestShape
 from dsbatch._rerun import call_digest, remember, rerun_key, served
 from dsbatch._stable import warn_if_replacing, warn_if_unstable
 
@@ -80,6 +81,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     max_queued_requests: int = DEFAULT_MAX_QUEUED,
     prices: Mapping[str, Mapping[str, float]] | None = None,
     load_from_cache_file: bool = True,
+    num_proc: int | None = None,
     wait: bool = True,
 ) -> Dataset | DatasetDict | Job | Plan:
     """Run every row of ``dataset`` through ``prompt`` and the Message Batches API.
@@ -140,6 +142,13 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     prompt function (its code, the globals it reads, its defaults) and keywords match a finished
     job's returns that job's output without calling the prompt function;
     ``load_from_cache_file=False`` renders every row all the same (still paying nothing twice).
+
+    ``num_proc=N`` renders the rows in N processes, as ``Dataset.map(num_proc=)`` runs its
+    function: for a heavy prompt function (a tokenizer, a template engine). Each split is cut
+    into N contiguous shards; the requests, their custom_ids and the job are the same as with
+    one process, and a failing row is named by its index in the split. The prompt function is
+    sent to the workers pickled with ``dill`` (lambdas and closures work); one that cannot be
+    pickled renders in this process, with a warning saying why.
     """
     if not isinstance(dataset, (Dataset, DatasetDict)):
         raise TypeError(
@@ -344,18 +353,17 @@ def prepare(
     if marks is not None:
         shape = dataclasses.replace(shape, mark=marks)
     rendered = Rendered()
-    for split, ds in splits.items():
-        render_split(
-            rendered,
-            split,
-            ds,
-            prompt,
-            shape=shape,
-            with_indices=options.with_indices,
-            label=labels[split],
-            samples=options.samples,
-            text_only=options.conversation_column is not None,
-        )
+    render_splits(
+        rendered,
+        splits,
+        prompt,
+        shape=shape,
+        with_indices=options.with_indices,
+        labels=labels,
+        samples=options.samples,
+        text_only=options.conversation_column is not None,
+        num_proc=options.num_proc,
+    )
     if options.thinking_column is not None and any_thinks(rendered.bodies.values()):
         options.check_columns(
             {labels[s] or "": ds.column_names for s, ds in splits.items()}, thinks=True

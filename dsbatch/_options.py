@@ -58,6 +58,15 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _num_proc(name: str, value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(
+            f"{name} must be None or a positive number of processes to render the rows in, "
+            f"not {value!r}"
+        )
+    return value
+
+
 def _between(low: int, high: int) -> Check:
     def check(name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -227,6 +236,8 @@ class MapOptions:
     prompt_caching: str = _opt(_prompt_caching)
     # False: render every row even when a finished job answered the same call (``_rerun``).
     load_from_cache_file: bool = _opt(_flag, keep=False)
+    # How many processes render the rows (``_parallel``): the requests are the same bytes.
+    num_proc: int | None = _opt(_num_proc, keep=False)
     # The poll schedule of this call, made once from poll_interval (it keeps its own backoff).
     schedule: PollSchedule = field(init=False, repr=False, compare=False)
 

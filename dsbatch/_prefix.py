@@ -406,8 +406,7 @@ class _Template:
 
 def _templates(rendered: Rendered, marks: TemplateMarks | None) -> list[_Template]:
     out: dict[tuple[bytes, bytes], _Template] = {}
-    for template in rendered.templates:
-        head, tail = template.parts
+    for head, tail in rendered.templates:
         if (head, tail) in out:
             continue
         skeleton = json.loads(head + b"null" + tail)

@@ -106,8 +106,9 @@ class Rendered:
     bodies: Bodies = field(default_factory=Bodies)  # custom_id -> canonical params
     # custom_id -> (split label for messages, row index) of the first row that asked for it
     first_row: dict[str, tuple[str | None, int]] = field(default_factory=dict)
-    # The text templates rows were made from (``_prefix`` reads what they share once).
-    templates: list[_TextTemplate] = field(default_factory=list)
+    # The bytes before and after the messages of each text template rows were made from
+    # (``_prefix`` reads what they share once).
+    templates: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -125,16 +126,19 @@ def render_split(
     label: str | None,
     samples: int = 1,
     text_only: bool = False,
+    start: int = 0,
 ) -> None:
     """Render every row of one split into ``rendered``; ``label`` names the split in errors.
     ``samples`` requests are made of each (``sample_custom_id``); ``text_only`` refuses a
-    request whose conversation has no text form (``_conversation``)."""
+    request whose conversation has no text form (``_conversation``). ``start``: the index in
+    its split of the dataset's first row (a shard's, ``_parallel``): rows are named, and
+    passed to ``prompt`` with ``with_indices``, by their index in the split."""
     ids: list[str | None] = []
     bodies = rendered.bodies
     first_row = rendered.first_row
     checker = shape.checker()
     template: _TextTemplate | None = None
-    for idx, row in enumerate(iter_rows(dataset)):
+    for idx, row in enumerate(iter_rows(dataset), start):
         try:
             answer = prompt(row, idx) if with_indices else prompt(row)
         except Exception as e:
@@ -151,7 +155,7 @@ def render_split(
                 # The common case: the shape is checked once, each row only for its text.
                 if template is None:
                     template = _TextTemplate(shape, checker)
-                    rendered.templates.append(template)
+                    rendered.templates.append(template.parts)
                 body = template.body(answer)
             else:
                 params = _to_params(answer, shape, checker)

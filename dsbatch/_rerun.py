@@ -47,8 +47,11 @@ log = logging.getLogger("dsbatch")
 _KEY_VERSION = 1
 
 # The keywords that cannot change what a call returns: how it waits and shows progress, which
-# cache it uses (the index lives in that cache), and whether it may be served from the index.
-NOT_IN_KEY = frozenset({"poll_interval", "progress", "cache_dir", "load_from_cache_file"})
+# cache it uses (the index lives in that cache), whether it may be served from the index, and
+# how many processes render (the same bytes, however many).
+NOT_IN_KEY = frozenset(
+    {"poll_interval", "progress", "cache_dir", "load_from_cache_file", "num_proc"}
+)
 
 
 def call_digest(

@@ -792,6 +792,28 @@ BUGS = [
         "old, rendered.bodies = rendered.bodies, rendered.bodies.empty_like()",
         "old, rendered.bodies = rendered.bodies, {}  # type: ignore[assignment]",
         "placing breakpoints rebuilds every body in memory (a spilled job's whole size)"),
+
+    # numproc (issue 15: num_proc=N renders in N processes) ----------------------------------
+    Bug("numproc-shards-out-of-order", "dsbatch/_parallel.py",
+        "tasks = list(_tasks(payload, splits, labels, processes))",
+        "tasks = list(_tasks(payload, splits, labels, processes))[::-1]",
+        "the shards of a split are merged last first: rows get other rows' requests"),
+    Bug("numproc-rows-named-in-shard", "dsbatch/_parallel.py",
+        "        start=start,\n", "        start=0,\n",
+        "a worker names rows by their index in its shard: errors, indices, first rows"),
+    Bug("numproc-first-row-of-last-shard", "dsbatch/_parallel.py",
+        "                    rendered.first_row[custom_id] = part.first_row[custom_id]\n",
+        "                rendered.first_row[custom_id] = part.first_row[custom_id]\n",
+        "a request shared across shards names the row of the last shard, not the first"),
+    Bug("numproc-marks-dropped", "dsbatch/_parallel.py",
+        "                marks.made.update(made)", "                pass",
+        "the prompt-cache marks made in the workers are lost: other requests, no primer"),
+    Bug("numproc-ignored", "dsbatch/_map.py",
+        "num_proc=options.num_proc,", "num_proc=None,",
+        "num_proc is accepted and ignored"),
+    Bug("numproc-whole-table-per-shard", "dsbatch/_parallel.py",
+        "if shard.cache_files or shard._indices is not None:", "if True:",
+        "each worker is sent the whole in-memory dataset, not its shard's rows"),
 ]  # fmt: skip
 
 

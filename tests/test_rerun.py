@@ -270,12 +270,18 @@ CHANGED = {
 
 def test_every_keyword_but_the_few_that_change_nothing_is_in_the_key():
     keywords = {f.name for f in fields(MapOptions) if f.init}
-    assert sorted(NOT_IN_KEY) == ["cache_dir", "load_from_cache_file", "poll_interval", "progress"]
+    assert sorted(NOT_IN_KEY) == [
+        "cache_dir",
+        "load_from_cache_file",
+        "num_proc",
+        "poll_interval",
+        "progress",
+    ]
     assert set(CHANGED) == keywords - NOT_IN_KEY
 
 
 @pytest.mark.parametrize("keyword", sorted(CHANGED))
-def test_changing_any_keyword_renders_again(emu, keyword):
+def test_changing_any_keyword_renders_again(emu, keyword, monkeypatch):
     run(data(), emu, counted)
     CALLS.n = 0
     run(data(), emu, counted, **{keyword: CHANGED[keyword]})
@@ -288,7 +294,7 @@ def test_changing_any_keyword_renders_again(emu, keyword):
 def test_the_keywords_that_change_nothing_still_hit(emu):
     run(data(), emu, counted)
     CALLS.n = 0
-    out = run(data(), emu, counted, progress=True, poll_interval=5)
+    out = run(data(), emu, counted, progress=True, poll_interval=5, num_proc=2)
     assert CALLS.n == 0 and out["response"] == answers(TEXTS)
 
 

@@ -236,7 +236,7 @@ def _keywords(**changes):
         max_batch_bytes=1000, check_determinism=True, samples=1, samples_as="lists",
         thinking_column="thinking", conversation_column=None, budget_usd=None, dry_run=False,
         max_queued_requests=100_000, prices=None, prompt_caching="off",
-        load_from_cache_file=True,
+        load_from_cache_file=True, num_proc=None,
     )  # fmt: skip
     return {**base, **changes}
 
