@@ -344,9 +344,16 @@ class Job:
         outputs = collect(self._job, results, ids, options.output, splits, bodies, cost)  # type: ignore[arg-type]
 
         def finished(manifest: Manifest) -> None:
+            # Columns joined again as they were (a lost output file) keep the time they were
+            # finished at: the output is the same, features (its provenance) included.
+            if (
+                manifest.state == "running"
+                or manifest.finished_at is None
+                or manifest.outputs != outputs.digests
+            ):
+                manifest.finished_at = dt.datetime.now().timestamp()
             if manifest.state == "running":
                 manifest.state = "finished"
-            manifest.finished_at = dt.datetime.now().timestamp()
             manifest.output_key = options.output_key(manifest.fingerprints)
             manifest.outputs = outputs.digests
 

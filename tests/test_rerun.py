@@ -403,12 +403,21 @@ def test_a_pruned_job_renders_and_downloads_instead_of_buying(emu):
     assert emu.calls["create"] == 1
 
 
-def test_lost_outputs_are_joined_again_without_rendering_or_sending(emu):
+def test_lost_outputs_are_joined_again_without_rendering_or_sending(emu, monkeypatch):
+    import datetime as dt
+    import types
+
+    from dsbatch import _job
+
     first = run(data(), emu, counted)
     ledger, job = only_job()
     for path in (job.dir / "output").rglob("*.arrow"):
         path.unlink()
     CALLS.n = 0
+    # Joined again an hour later: the output is the same, its provenance's times included.
+    later = dt.datetime.now() + dt.timedelta(hours=1)
+    shifted = types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda: later))
+    monkeypatch.setattr(_job, "dt", shifted)
     again = run(data(), emu, counted)
     assert CALLS.n == 0 and emu.calls["create"] == 1
     same_output(first, again)
