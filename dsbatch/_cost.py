@@ -324,10 +324,15 @@ class Pricer:
             )
         ]
         out: list[float | None] = []
+        # The prices of a model on a batch's day, looked up once (a batch is one day).
+        found: dict[tuple[str | None, float | None], Prices | None] = {}
         for custom_id, batch_id, created, tokens_in, tokens_out, read, written in zip(
             *columns, strict=True
         ):
-            prices = self.book.prices(self.model(custom_id), _day(created))
+            key = (self.model(custom_id), created)
+            if key not in found:
+                found[key] = self.book.prices(key[0], _day(created))
+            prices = found[key]
             if prices is None:
                 out.append(None)
                 continue

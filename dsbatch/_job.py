@@ -14,7 +14,7 @@ import datetime as dt
 import html
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, ValuesView
 from typing import Any
 
 import anthropic
@@ -440,6 +440,21 @@ class _Requests(Mapping[str, bytes]):
 
     def __len__(self) -> int:
         return len(self._custom_ids())
+
+    def values(self) -> ValuesView[bytes]:
+        return _RequestValues(self)
+
+    def bodies_in_order(self) -> Iterator[bytes]:
+        """Every body in the file's order, a row group at a time."""
+        for group in range(len(self._job.request_groups())):
+            yield from self._job.read_request_group(group)
+
+
+class _RequestValues(ValuesView[bytes]):
+    _mapping: _Requests
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._mapping.bodies_in_order()
 
 
 def jobs(
