@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
 import xxhash
@@ -222,8 +223,11 @@ class _TextTemplate:
         if not text or text.isspace():
             # What the checker says of the same request.
             _to_params(text, self._shape, self._checker)
-        # Byte for byte canonical_json(params): keys sorted ("content" < "role"), no spaces.
-        return self._head + _CANONICAL([{"content": text, "role": "user"}]).encode() + self._tail
+        # Byte for byte canonical_json(params): keys sorted ("content" < "role"), no spaces,
+        # the text as JSONEncoder(ensure_ascii=False) writes a str (without its walk of a list
+        # and a dict).
+        message = b'[{"content":' + encode_basestring(text).encode() + b',"role":"user"}]'
+        return self._head + message + self._tail
 
 
 def _to_params(answer: Any, shape: RequestShape, checker: RequestChecker) -> dict[str, Any]:

@@ -514,8 +514,8 @@ BUGS = [
         "return written - one_hour, one_hour", "return written, 0",
         "1-hour cache writes are priced as 5-minute ones"),
     Bug("cost-price-day-ignored", "dsbatch/_cost.py",
-        "prices = self.book.prices(self.model(custom_id), _day(created))",
-        "prices = self.book.prices(self.model(custom_id))",
+        "found[key] = self.book.prices(key[0], _day(created))",
+        "found[key] = self.book.prices(key[0])",
         "answers are priced at today's prices, not those of the day their batch was made"),
     Bug("cost-failed-requests-unknown", "dsbatch/_cost.py",
         "out.append(0.0)", "out.append(None)",
@@ -818,6 +818,12 @@ BUGS = [
         "                or manifest.outputs != outputs.digests\n",
         "                or True\n",
         "columns joined again as they were get a new finish time: the output's features change"),
+    Bug("render-text-escaped-ascii", "dsbatch/_render.py",
+        "encode_basestring(text).encode()", "json.dumps(text).encode()",
+        "a str prompt's non-ASCII text is escaped: other bytes, other custom_ids than documented"),
+    Bug("cost-prices-kept-across-models", "dsbatch/_cost.py",
+        "key = (self.model(custom_id), created)", "key = (self.default_model, created)",
+        "answers of a model the prompt chose are priced at the default model's prices"),
 ]  # fmt: skip
 
 
