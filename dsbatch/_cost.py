@@ -23,6 +23,7 @@ without a known price has no cost (None), and is warned about once per process.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -262,7 +263,17 @@ class Pricer:
         # batch_id -> (how many of its answers were priced, their cost): reused while equal.
         self._sums: dict[str, tuple[int, float | None]] = {}
 
+    @functools.cached_property
+    def _only_model(self) -> tuple[str | None] | None:
+        """The one model of every request, when the requests file says there is one."""
+        if self.known is None:
+            return None
+        models = set(self.known.values())
+        return (models.pop(),) if len(models) == 1 else None
+
     def model(self, custom_id: str) -> str | None:
+        if self._only_model is not None:
+            return self._only_model[0]
         if custom_id not in self._models:
             if self.known is not None and custom_id in self.known:
                 self._models[custom_id] = self.known[custom_id]
@@ -326,6 +337,7 @@ class Pricer:
         out: list[float | None] = []
         # The prices of a model on a batch's day, looked up once (a batch is one day).
         found: dict[tuple[str | None, float | None], Prices | None] = {}
+        discounts: dict[str | None, float] = {}  # a preview's answers are at standard price
         for custom_id, batch_id, created, tokens_in, tokens_out, read, written in zip(
             *columns, strict=True
         ):
@@ -333,6 +345,8 @@ class Pricer:
             if key not in found:
                 found[key] = self.book.prices(key[0], _day(created))
             prices = found[key]
+            if batch_id not in discounts:
+                discounts[batch_id] = 1.0 if is_preview(batch_id) else BATCH_DISCOUNT
             if prices is None:
                 out.append(None)
                 continue
@@ -347,7 +361,7 @@ class Pricer:
                     cache_read=int(read or 0),
                     write_5m=write_5m,
                     write_1h=write_1h,
-                    discount=1.0 if is_preview(batch_id) else BATCH_DISCOUNT,
+                    discount=discounts[batch_id],
                 )
             )
         return out

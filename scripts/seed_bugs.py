@@ -505,7 +505,8 @@ BUGS = [
         "    discount: float = BATCH_DISCOUNT,", "    discount: float = 1.0,",
         "answers are priced at standard prices, without the batch discount"),
     Bug("preview-priced-at-batch-price", "dsbatch/_cost.py",
-        "discount=1.0 if is_preview(batch_id) else BATCH_DISCOUNT,", "",
+        "discounts[batch_id] = 1.0 if is_preview(batch_id) else BATCH_DISCOUNT",
+        "discounts[batch_id] = BATCH_DISCOUNT",
         "a preview's answers (Messages API, standard price) are priced at half"),
     Bug("preview-buys-samples", "dsbatch/_preview.py",
         "if options.samples != 1 or options.dry_run:", "if False:",
@@ -824,6 +825,9 @@ BUGS = [
     Bug("cost-prices-kept-across-models", "dsbatch/_cost.py",
         "key = (self.model(custom_id), created)", "key = (self.default_model, created)",
         "answers of a model the prompt chose are priced at the default model's prices"),
+    Bug("cost-one-model-assumed", "dsbatch/_cost.py",
+        "return (models.pop(),) if len(models) == 1 else None", "return (models.pop(),)",
+        "a job whose prompt chooses models per row prices every answer at one of them"),
 ]  # fmt: skip
 
 
