@@ -414,7 +414,7 @@ class _Requests(Mapping[str, bytes]):
         self._ids: list[str] | None = None
         self._at: dict[str, int] | None = None  # custom_id -> its row in the file
         self._starts: list[int] = []  # the first row of each row group
-        self._group: tuple[int, list[bytes]] = (-1, [])
+        self._group: tuple[int, list[bytes]] = (0, [])  # (its first row, its bodies)
 
     def _custom_ids(self) -> list[str]:
         if self._ids is None:
@@ -430,10 +430,12 @@ class _Requests(Mapping[str, bytes]):
             self._at = {c: i for i, c in enumerate(self._custom_ids())}
             self._starts = list(itertools.accumulate(self._job.request_groups(), initial=0))
         at = self._at[custom_id]
-        group = bisect.bisect_right(self._starts, at) - 1
-        if self._group[0] != group:
-            self._group = (group, self._job.read_request_group(group))
-        return self._group[1][at - self._starts[group]]
+        start, bodies = self._group
+        if not 0 <= at - start < len(bodies):  # in another row group than the last one read
+            group = bisect.bisect_right(self._starts, at) - 1
+            start, bodies = self._starts[group], self._job.read_request_group(group)
+            self._group = (start, bodies)
+        return bodies[at - start]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._custom_ids())
