@@ -23,7 +23,7 @@ import pyarrow.json as pj
 import xxhash
 from datasets import Dataset
 
-__all__ = ["run_floor"]
+__all__ = ["download_seconds", "run_floor"]
 
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _MAX_REQUESTS = 100_000
@@ -77,6 +77,16 @@ class _Api:
 
     def download(self, url: str) -> bytes:
         return self._call(url)
+
+
+def download_seconds(base_url: str, api_key: str, version: str, batch_ids: list[str]) -> float:
+    """Seconds to download the batches' results raw, read whole and parsed by nothing: the
+    server's part of any client's download."""
+    api = _Api(base_url, api_key, version, 0.0)
+    start = time.perf_counter()
+    for batch_id in batch_ids:
+        api.download(f"{api.base}/v1/messages/batches/{batch_id}/results")
+    return time.perf_counter() - start
 
 
 def _bodies(
