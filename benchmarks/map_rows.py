@@ -175,7 +175,11 @@ def emulator() -> Iterator[str]:
         yield proc.stdout.readline().strip().rsplit(" ", 1)[-1]
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # its graceful shutdown waits on open connections
+            proc.kill()
+            proc.wait()
 
 
 class Timed:
@@ -261,6 +265,7 @@ def main() -> None:
             with rf_again():
                 run("cache", response_format=Summary)
             profile = profiled(lambda: run("cache-profiled")) if args.profile else None
+            client.close()  # no keep-alive connection holds the emulator's shutdown
         statuses = out["dsbatch"]
         ok = sum(s["status"] == "succeeded" for s in statuses)
         distinct = len({s["custom_id"] for s in statuses})
