@@ -1,16 +1,36 @@
-"""How long dsbatch.map takes, and how much memory it holds, for N rows against the emulator.
-
-The emulator runs in its own process (``dsbatch emulator --port 0``), so the figures are the
-client's alone. Prints one line per phase:
+"""How long dsbatch.map takes for N rows, stage by stage, beside the least work the same job needs.
 
     python benchmarks/map_rows.py --rows 100000
+
+N rows (a synthetic dataset, 10% of rows repeated, saved to disk and memory-mapped as a user's
+would be) go through the emulator running in its own process with zero delay
+(``dsbatch emulator --port 0``), so the figures are the client's work plus the emulator's.
+
+dsbatch: the first run's seconds per stage, total and peak RSS. dsbatch has no timing hook:
+the stages are timed from outside, by wrapping some of its internal functions in this process
+(``_stages.StageTimer``; the seams are ``SEAMS`` below: ``_map.prepare`` for render+hash, the job
+loop's batch create for submit, the poll sleeps and polls for wait, the download and the write
+of the results store for download+ingest, ``Job._collect``/``Job._attach`` for the join, the
+job loop's survey of the cache). A seam the library no longer has prints "n/a"; what no seam
+covers (origin check, ledger writes, manifests) is "other". Then: the same call again (served
+by the finished job), again with ``load_from_cache_file=False`` (renders every row), iterating
+the SDK's ``client.messages.batches.results()`` over the same batches (against dsbatch's
+download+ingest), and a second job with a ``response_format`` model, run then rerun.
+
+The floor (``_floor.run_floor``): the least-work script for the same job, against a fresh
+emulator process, with its own seconds per stage. Prints Markdown tables (figures, targets)
+with the machine's load and the command line; ``--profile`` adds a cProfile of one more
+first run of dsbatch (top functions by cumulative time).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import io
 import os
+import pstats
 import random
 import shutil
 import subprocess
@@ -18,9 +38,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import anthropic
+from _floor import download_seconds, run_floor
+from _stages import StageTimer
 from datasets import Dataset, load_from_disk
+from pydantic import BaseModel
 
 import dsbatch
 
@@ -49,6 +75,53 @@ WORDS = [
     "vote",
     "spring",
 ]
+MODEL = "claude-haiku-4-5"
+MAX_TOKENS = 128
+POLL = 0.05
+
+# stage -> the library functions that make it up, first the one the job loop calls today; every
+# one found is wrapped (see _stages). "wait" is the poll sleeps and the polls themselves.
+SEAMS: dict[str, list[tuple[str, str]]] = {
+    "render": [("dsbatch._map", "prepare"), ("dsbatch._render", "render_split")],
+    "submit": [
+        ("dsbatch._batch:BatchKeeper", "create"),
+        ("dsbatch._batch", "submit"),
+        ("dsbatch._backend:Backend", "create"),
+    ],
+    "wait": [
+        ("dsbatch._poll:PollSchedule", "wait"),
+        ("dsbatch._batch", "poll_batch"),
+        ("dsbatch._backend:Backend", "retrieve"),
+    ],
+    "ingest": [
+        ("dsbatch._batch", "fetch_results"),
+        ("dsbatch._ingest", "fetch_results"),
+        ("dsbatch._store:ResultsStore", "write"),
+    ],
+    "join": [
+        ("dsbatch._job:Job", "_collect"),
+        ("dsbatch._job:Job", "_attach"),
+        ("dsbatch._job", "collect"),
+        ("dsbatch._job", "attach"),
+    ],
+    "survey": [("dsbatch._run", "survey"), ("dsbatch._run:JobLoop", "survey")],
+}
+STAGE_NAMES = {
+    "render": "render + hash",
+    "submit": "submit",
+    "wait": "wait (polls + sleeps)",
+    "ingest": "download + ingest (floor: download + parse)",
+    "join": "join",
+    "survey": "survey of the cache (dsbatch only)",
+}
+
+
+class Summary(BaseModel):
+    summary: str
+
+
+def summarize(row: dict[str, Any]) -> str:
+    return f"Summarize in one sentence:\n\n{row['text']}"
 
 
 def make_dataset(rows: int, duplicate_share: float, seed: int = 0) -> Dataset:
@@ -89,83 +162,252 @@ class PeakRSS:
         self.peak = max(self.peak, rss_mb())
 
 
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
+@contextmanager
+def emulator() -> Iterator[str]:
+    """A fresh emulator process (zero delay); yields its base URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "dsbatch", "emulator", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    return proc, line.strip().rsplit(" ", 1)[-1]
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # its graceful shutdown waits on open connections
+            proc.kill()
+            proc.wait()
+
+
+class Timed:
+    """Seconds and peak RSS of one block."""
+
+    seconds: float
+    peak: float
+
+    @contextmanager
+    def __call__(self) -> Iterator[Timed]:
+        with PeakRSS() as mem:
+            start = time.perf_counter()
+            yield self
+            self.seconds = time.perf_counter() - start
+        self.peak = mem.peak
+
+
+def sdk_results(client: anthropic.Anthropic, batch_ids: list[str]) -> tuple[float, int]:
+    """Seconds to iterate ``client.messages.batches.results()`` over the batches, and lines."""
+    lines = 0
+    start = time.perf_counter()
+    for batch_id in batch_ids:
+        for _ in client.messages.batches.results(batch_id):
+            lines += 1
+    return time.perf_counter() - start, lines
+
+
+def fmt(seconds: float | None, digits: int = 2) -> str:
+    return "n/a" if seconds is None else f"{seconds:.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--duplicates", type=float, default=0.1, help="share of repeated rows")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one more first run of dsbatch"
+    )
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="dsbatch-bench-")
-    # As a user's dataset would be: on disk, memory-mapped.
-    make_dataset(args.rows, args.duplicates).save_to_disk(f"{workdir}/data")
-    gc.collect()
-    ds = load_from_disk(f"{workdir}/data")
-    before = rss_mb()
-    proc, url = start_emulator()
+    timer = StageTimer(SEAMS)
     try:
-        client = anthropic.Anthropic(base_url=url, api_key="benchmark")
-        cache = f"{workdir}/cache"
+        # As a user's dataset would be: on disk, memory-mapped.
+        make_dataset(args.rows, args.duplicates).save_to_disk(f"{workdir}/data")
+        gc.collect()
+        ds = load_from_disk(f"{workdir}/data")
+        before = rss_mb()
+        with emulator() as url:
+            client = anthropic.Anthropic(base_url=url, api_key="benchmark")
 
-        def run(load_from_cache_file: bool = True) -> Dataset:
-            return dsbatch.map(
+            def run(cache: str, **kwargs: Any) -> Any:
+                return dsbatch.map(
+                    ds,
+                    summarize,
+                    model=MODEL,
+                    max_tokens=MAX_TOKENS,
+                    client=client,
+                    cache_dir=f"{workdir}/{cache}",
+                    poll_interval=POLL,
+                    progress=False,
+                    **kwargs,
+                )
+
+            first, again, rendered = Timed(), Timed(), Timed()
+            with timer.measure() as stages, first():
+                out = run("cache")
+            with again():
+                run("cache")
+            with rendered():
+                run("cache", load_from_cache_file=False)
+            batch_ids = [b.id for b in client.messages.batches.list(limit=1000)]
+            sdk_seconds, sdk_lines = sdk_results(client, batch_ids)
+            version: str = client.default_headers["anthropic-version"]  # type: ignore[assignment]
+            raw_seconds = download_seconds(url, "benchmark", version, batch_ids)
+            rf_first, rf_again = Timed(), Timed()
+            with rf_first():
+                rf_out = run("cache", response_format=Summary)
+            with rf_again():
+                run("cache", response_format=Summary)
+            profile = profiled(lambda: run("cache-profiled")) if args.profile else None
+            client.close()  # no keep-alive connection holds the emulator's shutdown
+        statuses = out["dsbatch"]
+        ok = sum(s["status"] == "succeeded" for s in statuses)
+        distinct = len({s["custom_id"] for s in statuses})
+        rf_ok = sum(s is not None for s in rf_out["summary"])
+        del out, rf_out, statuses
+        with emulator() as url:
+            floor_out, floor = run_floor(
                 ds,
-                lambda row: f"Summarize in one sentence:\n\n{row['text']}",
-                model="claude-haiku-4-5",
-                max_tokens=128,
-                client=client,
-                cache_dir=cache,
-                poll_interval=0.05,
-                progress=False,
-                load_from_cache_file=load_from_cache_file,
+                summarize,
+                {"model": MODEL, "max_tokens": MAX_TOKENS},
+                base_url=url,
+                api_key="benchmark",
+                version=version,
+                poll_interval=POLL,
             )
-
-        with PeakRSS() as first_mem:
-            start = time.perf_counter()
-            out = run()
-            first = time.perf_counter() - start
-        # The same call again: served by the finished job, the prompt function not called.
-        with PeakRSS() as again_mem:
-            start = time.perf_counter()
-            run()
-            again = time.perf_counter() - start
-        # The same call, rendering every row (load_from_cache_file=False): no request is sent.
-        with PeakRSS() as rendered_mem:
-            start = time.perf_counter()
-            run(load_from_cache_file=False)
-            rendered = time.perf_counter() - start
+        floor_ok = sum(t is not None for t in floor_out["response"])
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        timer.restore()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    statuses = [s["status"] for s in out["dsbatch"]]
-    ok = sum(s == "succeeded" for s in statuses)
-    distinct = len({s["custom_id"] for s in out["dsbatch"]})
-    print(f"rows: {args.rows:,}  distinct requests: {distinct:,}  succeeded rows: {ok:,}")
+    load = os.getloadavg()
+    total = first.seconds
+    measured = sum(v for v in stages.values() if v is not None)
+    stages["other"] = total - measured
+
+    print(f"## dsbatch.map, {args.rows:,} rows\n")
     print(
-        f"first run: {first:.2f} s ({args.rows / first:,.0f} rows/s), "
-        f"peak RSS {first_mem.peak:.0f} MB (before the call: {before:.0f} MB)"
+        f"`python {' '.join(sys.argv)}` (dsbatch {dsbatch.__version__}, {os.cpu_count()} cores, "
+        f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} over 1 / 5 / 15 min at the "
+        f"end): {args.rows:,} rows, {distinct:,} distinct requests; succeeded rows: dsbatch "
+        f"{ok:,}, floor {floor_ok:,}, with response_format {rf_ok:,}.\n"
+    )
+    print("| stage | dsbatch (s) | floor (s) | dsbatch / floor |")
+    print("|---|---:|---:|---:|")
+    floor_of = {"render": "render", "submit": "submit", "wait": "wait", "ingest": "download"}
+    floor_of["join"] = "join"
+    for stage in [*SEAMS, "other"]:
+        name = STAGE_NAMES.get(stage, "other (origin check, ledger writes, manifests)")
+        mine = stages[stage]
+        theirs = floor.get(floor_of.get(stage, ""))
+        r = ratio(mine, theirs)
+        print(
+            f"| {name} | {fmt(mine)} | {fmt(theirs) if stage in floor_of else ''} | "
+            f"{'' if r is None else f'{r:.2f}x'} |"
+        )
+    r_total = ratio(total, floor["total"])
+    print(f"| **total** | **{total:.2f}** | **{floor['total']:.2f}** | **{r_total:.2f}x** |")
+    print()
+    print("| run | time (s) | of the first run | peak RSS (MB) |")
+    print("|---|---:|---:|---:|")
+    print(f"| first run | {total:.2f} | 100% | {first.peak:,.0f} (before: {before:,.0f}) |")
+    print(
+        f"| the same call again (served by the finished job) | {again.seconds:.3f} | "
+        f"{again.seconds / total:.2%} | {again.peak:,.0f} |"
     )
     print(
-        f"cached rerun: {again:.3f} s ({again / first:.2%} of the first run), "
-        f"peak RSS {again_mem.peak:.0f} MB"
+        f"| again, `load_from_cache_file=False` (renders every row) | {rendered.seconds:.2f} | "
+        f"{rendered.seconds / total:.2%} | {rendered.peak:,.0f} |"
     )
     print(
-        f"cached rerun, load_from_cache_file=False (renders every row): {rendered:.2f} s "
-        f"({rendered / first:.2%} of the first run), peak RSS {rendered_mem.peak:.0f} MB"
+        f"| `response_format=Summary`, first run | {rf_first.seconds:.2f} | "
+        f"{rf_first.seconds / total:.1%} | {rf_first.peak:,.0f} |"
     )
-    print(f"load while measuring (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"| `response_format=Summary`, the same call again | {rf_again.seconds:.3f} | "
+        f"{rf_again.seconds / rf_first.seconds:.2%} of its first run | {rf_again.peak:,.0f} |"
+    )
+    print(
+        f"| iterating the SDK's `batches.results()` over the same {len(batch_ids)} "
+        f"batch(es) ({sdk_lines:,} lines) | {sdk_seconds:.2f} | | |"
+    )
+    print(
+        f"| downloading the same results raw, unparsed (the emulator's part of any download) | "
+        f"{raw_seconds:.2f} | | |"
+    )
+    print()
+    targets: list[tuple[str, float | None, str, Callable[[float], bool], str]] = [
+        ("total / floor total", r_total, "<= 1.15x", lambda x: x <= 1.15, "x"),
+        (
+            "render + hash / floor render",
+            ratio(stages["render"], floor["render"]),
+            "<= 1.5x",
+            lambda x: x <= 1.5,
+            "x",
+        ),
+        (
+            "ingest: SDK `results()` / dsbatch download + ingest",
+            ratio(sdk_seconds, stages["ingest"]),
+            ">= 5x",
+            lambda x: x >= 5,
+            "x",
+        ),
+        (
+            "the same, less the raw download: (SDK - raw) / (dsbatch - raw)",
+            ratio(
+                sdk_seconds - raw_seconds,
+                None if stages["ingest"] is None else stages["ingest"] - raw_seconds,
+            ),
+            ">= 5x (diagnostic: the client's work only)",
+            lambda x: x >= 5,
+            "x",
+        ),
+        ("cached rerun / first run", again.seconds / total, "<= 2%", lambda x: x <= 0.02, "%"),
+        (
+            "cached rerun / first run, `response_format`",
+            rf_again.seconds / rf_first.seconds,
+            "<= 2%",
+            lambda x: x <= 0.02,
+            "%",
+        ),
+        ("peak RSS (MB)", first.peak, "<= 1,536 at 1,000,000 rows", lambda x: x <= 1536, "MB"),
+    ]
+    print("| target | measured | goal | met |")
+    print("|---|---:|---|---|")
+    for name, value, goal, met, unit in targets:
+        if value is None:
+            shown, ok_ = "n/a", "n/a"
+        else:
+            shown = {"x": f"{value:.2f}x", "%": f"{value:.2%}", "MB": f"{value:,.0f}"}[unit]
+            ok_ = "yes" if met(value) else "**no**"
+        print(f"| {name} | {shown} | {goal} | {ok_} |")
+    missing = sorted(timer.missing)
+    if missing:
+        print(f"\nStages with no seam found in this dsbatch (shown n/a): {', '.join(missing)}")
+    if profile is not None:
+        print(
+            "\n### cProfile of one more dsbatch first run, fresh cache "
+            "(dsbatch's functions by cumulative time, then all by own time)\n"
+        )
+        print(profile)
+
+
+def profiled(call: Callable[[], object], top: int = 10) -> str:
+    """dsbatch's own functions by cumulative time, then every function by its own time."""
+    profile = cProfile.Profile()
+    profile.runcall(call)
+    text = io.StringIO()
+    stats = pstats.Stats(profile, stream=text)
+    stats.sort_stats("cumulative").print_stats(r"dsbatch/_", top)
+    stats.sort_stats("tottime").print_stats(top)
+    kept = [line for line in text.getvalue().splitlines() if line.strip()]
+    return "```\n" + "\n".join(kept) + "\n```"
 
 
 if __name__ == "__main__":
