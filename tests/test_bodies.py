@@ -9,6 +9,7 @@ from datasets import Dataset
 from support import answers, run, sent
 
 import dsbatch._bodies
+import dsbatch._map
 from dsbatch._bodies import Bodies
 
 
@@ -65,15 +66,20 @@ def test_a_job_whose_bodies_spill_sends_and_answers_the_same(emu, monkeypatch, t
     sent_plain = sent(emu)
     assert emu.calls["create"] == 2
     emu.reset_stats()
-    spills = []
+    prepared = []
+    real_prepare = dsbatch._map.prepare
     monkeypatch.setattr(dsbatch._bodies, "SPILL_BYTES", 500)
     monkeypatch.setattr(
-        Bodies, "_spill", lambda self, real=Bodies._spill: (spills.append(1), real(self))
+        dsbatch._map,
+        "prepare",
+        lambda *a, **k: prepared.append(real_prepare(*a, **k)) or prepared[-1],
     )
     spilled = run(
         Dataset.from_dict({"text": texts}), emu, system=system, cache_dir=tmp_path / "spilled"
     )
-    assert len(spills) >= 2  # rendered, then rebuilt with the breakpoints
+    # Rendered, then rebuilt with the breakpoints: still spilled, not rebuilt in memory.
+    (done,) = prepared
+    assert done.groups and isinstance(done.rendered.bodies, Bodies) and done.rendered.bodies.spilled
     assert sent(emu) == sent_plain and len(sent_plain) == 40 and emu.calls["create"] == 2
     assert spilled["response"] == plain["response"] == answers(texts)
     # The same requests (the emulator's prompt cache is warm the second time: token counts differ)

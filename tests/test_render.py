@@ -48,6 +48,27 @@ def test_a_string_becomes_one_user_message_over_the_defaults():
     }
 
 
+TEXTS = [
+    "café",
+    "日本語の文",
+    'quote " and \\ backslash',
+    "line\nbreak\ttab",
+    "\u2028 sep",
+    "emoji 💥",
+]
+
+
+def test_a_string_is_written_byte_for_byte_as_the_canonical_json_of_its_params():
+    rendered = render([{"t": t} for t in TEXTS], lambda r: r["t"])
+    for row, text in enumerate(TEXTS):
+        params = {**DEFAULTS, "messages": [{"role": "user", "content": text}]}
+        expected = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        custom_id = rendered.row_custom_ids["data"][row]
+        assert rendered.bodies[custom_id] == expected.encode()
+        assert custom_id == custom_id_for(expected.encode())
+    assert "café".encode() in rendered.bodies[rendered.row_custom_ids["data"][0]]
+
+
 def test_a_dict_is_merged_over_the_defaults_and_the_prompt_wins():
     rendered = render(
         [{"t": "x"}],
