@@ -1,5 +1,7 @@
-"""The job loop: one ``step`` looks once at what is in flight, ingests what ended, decides what
-to send and submits it, then says where the job stands; ``run`` is steps and waits.
+"""The job loop: one ``step`` looks at the cache once, under the cache-wide lock, decides what
+to send from that look and submits it, then polls the batches in flight and ingests what ended
+(looking and deciding again only when that changed something), and says where the job stands;
+``run`` is steps and waits.
 
 Every change is written to the ledger before the next begins, so a process that dies anywhere
 is replaced by a new one running the same call: it finds the batches in flight and picks up.
@@ -65,6 +67,18 @@ class Standing:
     @property
     def done(self) -> bool:
         return self.batches == 0 and self.sent == 0 and self.held == 0
+
+
+@dataclass
+class _Decision:
+    """What one look at the cache decided."""
+
+    view: View  # taken under the cache lock
+    pending: list[str]  # sent in new batches
+    held: list[str]  # held back for room in the processing queue
+    in_queue: int  # requests in the processing queue before these
+    sent: set[str]  # sent by this step (by an earlier look too, if it looked twice)
+    created: list[BatchRecord]  # the batches this step made
 
 
 class JobLoop:
@@ -162,8 +176,39 @@ class JobLoop:
         )
 
     def step(self) -> Standing:
-        for record in self._to_advance(self.survey()):
-            self.batches.advance(record)
+        """One look at the cache, under the cache-wide lock: what it shows is decided on (and
+        the intents written) before the lock is let go; then the batches it waits for are
+        advanced, and only if that changed anything (a batch ended, moved or was lost) is the
+        cache looked at, and decided on, again. A step that only finds batches still running
+        reads the cache once."""
+        held_before = self._held_ids  # the queue is polled for what the last step held back
+        decision = self._decide()
+        changed = False
+        for record in self._to_advance(decision.view, held_before):
+            changed |= self.batches.advance(record)
+        if changed:
+            first = decision
+            decision = self._decide()
+            decision.sent |= first.sent
+            decision.created += first.created
+        view = decision.view
+        self._view = view if not decision.pending else None  # nothing sent since: still current
+        self.last_view = view
+        if decision.held and not self._held_ids:  # said once per stretch of waiting
+            log.info(
+                "dsbatch: %d requests wait for room in the processing queue "
+                "(max_queued_requests=%d; the cache's batches hold %d): sent as earlier "
+                "batches end",
+                len(decision.held),
+                self.options.max_queued_requests,
+                decision.in_queue + len(decision.pending),
+            )
+        self._held_ids = decision.held
+        return self._standing(view, decision, len(decision.held) + self.primers.held)
+
+    def _decide(self) -> _Decision:
+        """Survey the cache and decide what to send, both under the cache-wide lock, with the
+        intents written before it is let go; then create them."""
         with self.job.ledger.locked():
             view = self.survey()
             pending = self.to_send(view)
@@ -202,26 +247,14 @@ class JobLoop:
             ]
         for record in intents:
             self.batches.create(record, resumed=False)
-        self._view = view if not pending else None  # nothing sent: still what the cache holds
-        self.last_view = view
-        if held and not self._held_ids:  # said once per stretch of waiting
-            log.info(
-                "dsbatch: %d requests wait for room in the processing queue "
-                "(max_queued_requests=%d; the cache's batches hold %d): sent as earlier "
-                "batches end",
-                len(held),
-                self.options.max_queued_requests,
-                in_queue + len(pending),
-            )
-        self._held_ids = held
-        return self._standing(view, len(pending), len(held) + self.primers.held)
+        return _Decision(view, pending, held, in_queue, set(pending), intents)
 
-    def _to_advance(self, view: View) -> list[BatchRecord]:
-        """The batches to poll before deciding: those holding the job's requests, and, while
-        requests are held back, every batch filling the queue (whoever made it: a process that
-        died must not keep the queue full)."""
+    def _to_advance(self, view: View, held: list[str]) -> list[BatchRecord]:
+        """The batches to poll: those holding the job's requests, and, while requests are held
+        back (``held``), every batch filling the queue (whoever made it: a process that died
+        must not keep the queue full)."""
         records = [record for record, _ in view.waiting]
-        if self._held_ids:
+        if held:
             seen = {(r.job, r.seq) for r in records}
             records += [r for r in queued(view.records, self.origin) if (r.job, r.seq) not in seen]
         return records
@@ -233,13 +266,16 @@ class JobLoop:
             return self._view.results
         return self.survey().results
 
-    def _standing(self, view: View, sent: int, held: int) -> Standing:
+    def _standing(self, view: View, decision: _Decision, held: int) -> Standing:
+        # What this step sent is counted as sent, also when a second look saw its batches.
+        made = {(r.job, r.seq) for r in decision.created}
+        waiting = [(r, ids) for r, ids in view.waiting if (r.job, r.seq) not in made]
         latest = latest_results(view.results)
         answered = pc.equal(latest["type"], "succeeded").fill_null(False)
         succeeded = pc.sum(answered).as_py() or 0
         # Priced only for the progress bar: every poll of a large job should stay cheap.
         cost = self.pricer.total(latest.filter(answered)) if self.options.progress else None
-        others = [(r, ids) for r, ids in view.waiting if r.job != self.job.fingerprint]
+        others = [(r, ids) for r, ids in waiting if r.job != self.job.fingerprint]
         for record, ids in others:
             if record.name not in self._said:
                 self._said.add(record.name)
@@ -254,9 +290,9 @@ class JobLoop:
         return Standing(
             len(self.needed),
             succeeded,
-            len(view.waiting_ids),
-            sent,
-            len(view.waiting),
+            len({c for _, ids in waiting for c in ids}),
+            len(decision.sent),
+            len(waiting),
             tuple((r.batch_id or f"#{r.seq}", r.job) for r, _ in others),
             held,
             cost,

@@ -238,3 +238,53 @@ def test_a_job_with_nothing_to_send_needs_no_key_and_no_client(emu, monkeypatch)
     out = dsbatch.map(ds.shuffle(seed=1), prompt, model=MODEL, max_tokens=256, progress=False)
     assert list(out["response"]) == answers(out["text"])
     assert sum(emu.calls.values()) == calls
+
+
+def test_a_step_reads_the_cache_once_under_the_lock_and_again_only_when_a_batch_ended(
+    monkeypatch,
+):
+    import contextlib
+
+    import dsbatch._run as loop_module
+
+    locks = []  # the cache locks held now
+    looks = []  # per step: for each survey, whether the cache lock was held
+    real_locked, real_survey, real_step = (
+        Ledger.locked,
+        loop_module.survey,
+        loop_module.JobLoop.step,
+    )
+
+    @contextlib.contextmanager
+    def locked(self):
+        with real_locked(self):
+            locks.append(self.root)
+            try:
+                yield
+            finally:
+                locks.pop()
+
+    def survey(*args, **kwargs):
+        looks[-1].append(bool(locks))
+        return real_survey(*args, **kwargs)
+
+    def step(self):
+        looks.append([])
+        return real_step(self)
+
+    monkeypatch.setattr(Ledger, "locked", locked)
+    monkeypatch.setattr(loop_module, "survey", survey)
+    monkeypatch.setattr(loop_module.JobLoop, "step", step)
+    with Emulator(delay=250, responder=echo, faults=Faults(errored=0.5)) as emu:
+        ds = Dataset.from_dict({"text": texts(20)})
+        out = run(ds, emu, wait=60, retries=0, max_attempts=20)
+        assert list(out["response"]) == answers(texts(20))
+    # Every look is taken under the cache lock (the never-pay-twice decision is made from it).
+    assert all(all(step) for step in looks)
+    # One look a step while the batches run; two in a step where one ended and was read (the
+    # retries of its errored requests are decided from the second).
+    counts = [len(step) for step in looks]
+    # Each batch takes 250 s and is polled every 60 s (the schedule's maximum): the first step
+    # sends, four find the batch running, the fifth reads it and sends the retries.
+    assert emu.calls["create"] == 5
+    assert counts == [1] + [1, 1, 1, 1, 2] * 5
