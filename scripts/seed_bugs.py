@@ -756,6 +756,17 @@ BUGS = [
         "if wait and options.load_from_cache_file and not options.dry_run:",
         "if wait and not options.dry_run:",
         "load_from_cache_file=False is served from the cache all the same"),
+    # -- ledger branch (issue 15: one survey per step) ------------------------------------------
+    Bug("step-surveys-outside-lock", "dsbatch/_run.py",
+        "        with self.job.ledger.locked():\n            view = self.survey()\n",
+        "        view = self.survey()\n        with self.job.ledger.locked():\n",
+        "a step decides from a view taken before the cache lock: another call's intent unseen"),
+    Bug("step-keeps-view-after-ingest", "dsbatch/_run.py",
+        "        if changed:\n", "        if False:\n",
+        "a step that ingested a batch keeps its earlier view: retries and the end wait a poll"),
+    Bug("step-ignores-moves-of-others", "dsbatch/_batch.py",
+        "            return True  # another call moved it\n", "            return False\n",
+        "a batch another call moved is not looked at again in the step"),
 ]  # fmt: skip
 
 
