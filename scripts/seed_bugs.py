@@ -575,7 +575,7 @@ BUGS = [
         "return self.batches == 0 and self.sent == 0",
         "a job whose requests are all held back for queue room counts as done"),
     Bug("waves-never-poll-queue-holders", "dsbatch/_run.py",
-        "        if self._held_ids:\n", "        if False:\n",
+        "        if held:\n", "        if False:\n",
         "a held-back job waits forever on another job's batch that no one polls"),
     Bug("create-429-spends-attempts", "dsbatch/_poll.py",
         "stop=stop_after_attempt(_CALL_ATTEMPTS, counting=_not_rate_limited)",
