@@ -32,6 +32,7 @@ from dsbatch._poll import (
     poll_batch,
 )
 from dsbatch._records import BatchRecord, BatchState
+from dsbatch._recovery import job_records
 from dsbatch._submit import adopt, reconcile, same_workspace, submit
 
 __all__ = ["BatchKeeper"]
@@ -262,7 +263,7 @@ class BatchKeeper:
         only if it sees that key's batches (one workspace)."""
         if same_workspace(self.backend, self.ledger, record.key_hash):
             return
-        path = self.ledger.job(record.job).dir / "batches" / f"{record.seq:06d}.json"
+        path = self.ledger.job(record.job).record_path(record.seq)
         raise BatchAPIError(
             f"batch #{record.seq} of job {record.job} may have been created with another API "
             f"key (key hash {record.key_hash}; this client's is {self.backend.key_hash}), whose "
@@ -334,7 +335,7 @@ class BatchKeeper:
         if self.backend.server_now() is None:
             # Before the job ever created a batch, an API that cannot be reached at all is more
             # likely a wrong base URL than an outage: fail within seconds, naming it.
-            first = not any(r.batch_id for r in self.job.records(strict=False))
+            first = not any(r.batch_id for r in job_records(self.job, strict=False))
             retrying = self.first_contact if first else self.retrying
             what = "the first batch" if first else "a new batch"
             retrying.call(

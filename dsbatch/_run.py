@@ -1,7 +1,8 @@
-"""The job loop: one ``step`` looks at the cache once, under the cache-wide lock, decides what
-to send from that look and submits it, then polls the batches in flight and ingests what ended
-(looking and deciding again only when that changed something), and says where the job stands;
-``run`` is steps and waits.
+"""The job loop: one ``step`` looks at the cache under the cache-wide lock, polls the batches in
+flight and ingests what ended, decides what to send and submits it, then says where the job
+stands; ``run`` is steps and waits. The decision is made under the lock, from the step's one
+look when nothing changed since (the common step: every batch still running), else from a
+second look.
 
 Every change is written to the ledger before the next begins, so a process that dies anywhere
 is replaced by a new one running the same call: it finds the batches in flight and picks up.
@@ -71,14 +72,12 @@ class Standing:
 
 @dataclass
 class _Decision:
-    """What one look at the cache decided."""
+    """What one step decided, under the cache lock."""
 
-    view: View  # taken under the cache lock
-    pending: list[str]  # sent in new batches
+    pending: list[str]  # to send now, in the new batches ``intents``
     held: list[str]  # held back for room in the processing queue
     in_queue: int  # requests in the processing queue before these
-    sent: set[str]  # sent by this step (by an earlier look too, if it looked twice)
-    created: list[BatchRecord]  # the batches this step made
+    intents: list[BatchRecord]
 
 
 class JobLoop:
@@ -176,85 +175,86 @@ class JobLoop:
         )
 
     def step(self) -> Standing:
-        """One look at the cache, under the cache-wide lock: what it shows is decided on (and
-        the intents written) before the lock is let go; then the batches it waits for are
-        advanced, and only if that changed anything (a batch ended, moved or was lost) is the
-        cache looked at, and decided on, again. A step that only finds batches still running
-        reads the cache once."""
-        held_before = self._held_ids  # the queue is polled for what the last step held back
-        decision = self._decide()
-        changed = False
-        for record in self._to_advance(decision.view, held_before):
-            changed |= self.batches.advance(record)
-        if changed:
-            first = decision
-            decision = self._decide()
-            decision.sent |= first.sent
-            decision.created += first.created
-        view = decision.view
-        self._view = view if not decision.pending else None  # nothing sent since: still current
+        """Look at the cache under the cache-wide lock. With nothing to advance, decide from
+        that look before letting the lock go; else advance the batches it found waiting (not
+        under the lock: that polls and downloads), and decide under the lock again, from the
+        same look when no one changed the cache meanwhile (advancing changed nothing, and no
+        other call held the lock), else from a new one. A step that finds its batches still
+        running reads the cache once."""
+        with self.job.ledger.locked() as turn:
+            view = self.survey()
+            advance = self._to_advance(view)
+            if not advance:
+                decision = self._decide(view)
+        if advance:
+            changed = False
+            for record in advance:
+                changed |= self.batches.advance(record)
+            with self.job.ledger.locked() as again:
+                if changed or turn is None or again != turn + 1:
+                    view = self.survey()
+                decision = self._decide(view)
+        for record in decision.intents:
+            self.batches.create(record, resumed=False)
+        pending, held = decision.pending, decision.held
+        self._view = view if not pending else None  # nothing sent: still what the cache holds
         self.last_view = view
-        if decision.held and not self._held_ids:  # said once per stretch of waiting
+        if held and not self._held_ids:  # said once per stretch of waiting
             log.info(
                 "dsbatch: %d requests wait for room in the processing queue "
                 "(max_queued_requests=%d; the cache's batches hold %d): sent as earlier "
                 "batches end",
-                len(decision.held),
+                len(held),
                 self.options.max_queued_requests,
-                decision.in_queue + len(decision.pending),
+                decision.in_queue + len(pending),
             )
-        self._held_ids = decision.held
-        return self._standing(view, decision, len(decision.held) + self.primers.held)
+        self._held_ids = held
+        return self._standing(view, len(pending), len(held) + self.primers.held)
 
-    def _decide(self) -> _Decision:
-        """Survey the cache and decide what to send, both under the cache-wide lock, with the
-        intents written before it is let go; then create them."""
-        with self.job.ledger.locked():
-            view = self.survey()
-            pending = self.to_send(view)
-            if pending and self._canceled():
-                # A canceled job sends nothing more: what it never sent ends canceled.
-                view.results = pa.concat_tables(
-                    [view.results, stand_in_results(pa.array(pending), kind="canceled")]
-                )
-                pending = []
-            pending = self.primers.hold(pending, view)
-            in_queue = sum(r.request_count for r in queued(view.records, self.origin))
-            room = max(0, self.options.max_queued_requests - in_queue)
-            pending, held = pending[:room], pending[room:]
-            # The whole plan first: a request too large fails before any batch is paid.
-            plans = list(
-                chunk_requests(
-                    pending,
-                    self.bodies,
-                    max_requests=self.options.max_batch_requests,
-                    max_bytes=self.options.max_batch_bytes,
-                    first_row=self.first_row,
+    def _decide(self, view: View) -> _Decision:
+        """What to send, from ``view``; the intents written. Called under the cache lock."""
+        pending = self.to_send(view)
+        if pending and self._canceled():
+            # A canceled job sends nothing more: what it never sent ends canceled.
+            view.results = pa.concat_tables(
+                [view.results, stand_in_results(pa.array(pending), kind="canceled")]
+            )
+            pending = []
+        pending = self.primers.hold(pending, view)
+        in_queue = sum(r.request_count for r in queued(view.records, self.origin))
+        room = max(0, self.options.max_queued_requests - in_queue)
+        pending, held = pending[:room], pending[room:]
+        # The whole plan first: a request too large fails before any batch is paid.
+        plans = list(
+            chunk_requests(
+                pending,
+                self.bodies,
+                max_requests=self.options.max_batch_requests,
+                max_bytes=self.options.max_batch_bytes,
+                first_row=self.first_row,
+            )
+        )
+        now = self.options.schedule.clock()
+        intents = [
+            self.batches.held(
+                self.job.new_record(
+                    plan.custom_ids,
+                    intent_at=now,
+                    origin=self.origin,
+                    holder=str(self.holder),
+                    lease_until=self.batches.lease_until(),
                 )
             )
-            now = self.options.schedule.clock()
-            intents = [
-                self.batches.held(
-                    self.job.new_record(
-                        plan.custom_ids,
-                        intent_at=now,
-                        origin=self.origin,
-                        holder=str(self.holder),
-                        lease_until=self.batches.lease_until(),
-                    )
-                )
-                for plan in plans
-            ]
-        for record in intents:
-            self.batches.create(record, resumed=False)
-        return _Decision(view, pending, held, in_queue, set(pending), intents)
+            for plan in plans
+        ]
+        return _Decision(pending, held, in_queue, intents)
 
-    def _to_advance(self, view: View, held: list[str]) -> list[BatchRecord]:
-        """The batches to poll: those holding the job's requests, and, while requests are held
-        back (``held``), every batch filling the queue (whoever made it: a process that died
-        must not keep the queue full)."""
+    def _to_advance(self, view: View) -> list[BatchRecord]:
+        """The batches to poll before deciding: those holding the job's requests, and, while
+        requests are held back, every batch filling the queue (whoever made it: a process that
+        died must not keep the queue full)."""
         records = [record for record, _ in view.waiting]
-        if held:
+        if self._held_ids:
             seen = {(r.job, r.seq) for r in records}
             records += [r for r in queued(view.records, self.origin) if (r.job, r.seq) not in seen]
         return records
@@ -266,16 +266,13 @@ class JobLoop:
             return self._view.results
         return self.survey().results
 
-    def _standing(self, view: View, decision: _Decision, held: int) -> Standing:
-        # What this step sent is counted as sent, also when a second look saw its batches.
-        made = {(r.job, r.seq) for r in decision.created}
-        waiting = [(r, ids) for r, ids in view.waiting if (r.job, r.seq) not in made]
+    def _standing(self, view: View, sent: int, held: int) -> Standing:
         latest = latest_results(view.results)
         answered = pc.equal(latest["type"], "succeeded").fill_null(False)
         succeeded = pc.sum(answered).as_py() or 0
         # Priced only for the progress bar: every poll of a large job should stay cheap.
         cost = self.pricer.total(latest.filter(answered)) if self.options.progress else None
-        others = [(r, ids) for r, ids in waiting if r.job != self.job.fingerprint]
+        others = [(r, ids) for r, ids in view.waiting if r.job != self.job.fingerprint]
         for record, ids in others:
             if record.name not in self._said:
                 self._said.add(record.name)
@@ -290,9 +287,9 @@ class JobLoop:
         return Standing(
             len(self.needed),
             succeeded,
-            len({c for _, ids in waiting for c in ids}),
-            len(decision.sent),
-            len(waiting),
+            len(view.waiting_ids),
+            sent,
+            len(view.waiting),
             tuple((r.batch_id or f"#{r.seq}", r.job) for r, _ in others),
             held,
             cost,

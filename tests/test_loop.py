@@ -8,11 +8,12 @@ from collections import Counter
 
 import pytest
 from datasets import Dataset, DatasetDict
-from support import MODEL, answers, echo, prompt, run, virtual
+from support import MODEL, answers, echo, ids_of, prompt, run, sent, virtual
 
 import dsbatch
 from dsbatch._backend import Backend, BatchInfo
 from dsbatch._ledger import Ledger
+from dsbatch._recovery import job_records
 from dsbatch._submit import reconcile
 from dsbatch.testing import Emulator, Faults, HttpFault
 
@@ -212,7 +213,7 @@ def test_a_crash_while_writing_leaves_the_previous_record_whole(tmp_path, monkey
     monkeypatch.undo()
     assert (job.dir / "batches" / "000000.json").read_bytes() == before
     assert not list((job.dir / "batches").glob(".*.tmp"))
-    (reread,) = job.records()
+    (reread,) = job_records(job)
     assert reread.batch_id is None
 
 
@@ -257,10 +258,10 @@ def test_a_step_reads_the_cache_once_under_the_lock_and_again_only_when_a_batch_
 
     @contextlib.contextmanager
     def locked(self):
-        with real_locked(self):
+        with real_locked(self) as turn:
             locks.append(self.root)
             try:
-                yield
+                yield turn
             finally:
                 locks.pop()
 
@@ -288,3 +289,40 @@ def test_a_step_reads_the_cache_once_under_the_lock_and_again_only_when_a_batch_
     # sends, four find the batch running, the fifth reads it and sends the retries.
     assert emu.calls["create"] == 5
     assert counts == [1] + [1, 1, 1, 1, 2] * 5
+
+
+def test_a_step_looks_again_before_deciding_when_another_call_decided_while_it_polled(
+    monkeypatch,
+):
+    from dsbatch._batch import BatchKeeper
+
+    with Emulator(delay=1000, responder=echo) as emu:
+        # Job A needs x, in flight in another job's batch, and z. While A polls that batch
+        # (still running: nothing changes for A), another call sends z. A decides after: from
+        # a new look, which shows z in flight, not from its first one.
+        def submit(texts):  # a call that sends its batches and returns
+            ds = Dataset.from_dict({"text": texts})
+            return dsbatch.map(
+                ds,
+                prompt,
+                model=MODEL,
+                max_tokens=256,
+                client=emu.client(),
+                wait=False,
+                progress=False,
+            )
+
+        submit(["x"])
+        real_advance = BatchKeeper.advance
+        other = []
+
+        def advance(self, record):
+            if not other:
+                other.append(submit(["z"]))
+            return real_advance(self, record)
+
+        monkeypatch.setattr(BatchKeeper, "advance", advance)
+        out = run(Dataset.from_dict({"text": ["x", "z"]}), emu, wait=60)
+        assert list(out["response"]) == answers(["x", "z"])
+        assert len(other) == 1
+        assert sent(emu) == dict.fromkeys(ids_of(["x", "z"]), 1) and len(emu.batches) == 2
