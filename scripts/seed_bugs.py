@@ -767,9 +767,6 @@ BUGS = [
     Bug("step-ignores-other-deciders", "dsbatch/_run.py",
         "if changed or turn is None or again != turn + 1:", "if changed or turn is None:",
         "a step decides from its first look after another call decided: bought twice"),
-    Bug("step-ignores-moves-of-others", "dsbatch/_batch.py",
-        "            return True  # another call moved it\n", "            return False\n",
-        "a batch another call moved is not looked at again in the step"),
 ]  # fmt: skip
 
 
