@@ -32,6 +32,7 @@ from dsbatch._poll import (
     poll_batch,
 )
 from dsbatch._records import BatchRecord, BatchState
+from dsbatch._recovery import job_records
 from dsbatch._submit import adopt, reconcile, same_workspace, submit
 
 __all__ = ["BatchKeeper"]
@@ -69,6 +70,8 @@ class BatchKeeper:
         self._held: dict[tuple[str, int], BatchRecord] = {}  # intents this call has held
         # Untagged batches (recorded before origins were kept) this server does not know.
         self.unseen: set[str] = set()
+        # What ``advance`` did besides moving the record: results stored, an intent resolved.
+        self._changes = 0
 
     def lease_until(self) -> float:
         return self.clock() + LEASE_SECONDS
@@ -78,13 +81,18 @@ class BatchKeeper:
         self._held[record.job, record.seq] = record
         return record
 
-    def advance(self, record: BatchRecord) -> None:
-        """Bring one batch forward, whichever job it belongs to (see the module's docstring)."""
+    def advance(self, record: BatchRecord) -> bool:
+        """Bring one batch forward, whichever job it belongs to (see the module's docstring).
+        Returns whether the cache may now show something else: False only when the batch was
+        found as it was (still running, or an intent another call holds)."""
         job = self.job if record.job == self.job.fingerprint else self.ledger.job(record.job)
+        before = record.to_json(), len(self.unseen), self._changes
         try:
             self._advance(job, record)
         except StaleRecord as e:
             log.info("dsbatch: %s; reading what that call did", e)
+            return True  # another call moved it
+        return (record.to_json(), len(self.unseen), self._changes) != before
 
     def create(self, record: BatchRecord, *, resumed: bool) -> None:
         """Create an intent of this job that this call holds (``resumed``: an earlier call may
@@ -171,6 +179,7 @@ class BatchKeeper:
     def _advance(self, job: JobLedger, record: BatchRecord) -> None:
         if record.state is BatchState.INTENT:
             if self._lease_free(record):
+                self._changes += 1  # its batch is created, adopted or given up
                 job.hold(self.held(record), self.holder, self.lease_until(), takeover=True)
                 self._resolve_intent(job, record)
             return
@@ -207,6 +216,7 @@ class BatchKeeper:
             # Written before the record moves (atomically: a call reading the same batch at the
             # same moment writes the same rows); the move itself is checked (``change``).
             self.ledger.store.write(info.id, table)
+            self._changes += 1
             if record.state is BatchState.SUBMITTED:
                 job.mark_ingested(record, info.counts, self.origin)
             else:
@@ -253,7 +263,7 @@ class BatchKeeper:
         only if it sees that key's batches (one workspace)."""
         if same_workspace(self.backend, self.ledger, record.key_hash):
             return
-        path = self.ledger.job(record.job).dir / "batches" / f"{record.seq:06d}.json"
+        path = self.ledger.job(record.job).record_path(record.seq)
         raise BatchAPIError(
             f"batch #{record.seq} of job {record.job} may have been created with another API "
             f"key (key hash {record.key_hash}; this client's is {self.backend.key_hash}), whose "
@@ -325,7 +335,7 @@ class BatchKeeper:
         if self.backend.server_now() is None:
             # Before the job ever created a batch, an API that cannot be reached at all is more
             # likely a wrong base URL than an outage: fail within seconds, naming it.
-            first = not any(r.batch_id for r in self.job.records(strict=False))
+            first = not any(r.batch_id for r in job_records(self.job, strict=False))
             retrying = self.first_contact if first else self.retrying
             what = "the first batch" if first else "a new batch"
             retrying.call(

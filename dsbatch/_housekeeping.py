@@ -26,6 +26,7 @@ from dsbatch._errors import LedgerError
 from dsbatch._ledger import Ledger
 from dsbatch._limits import RESULTS_RETENTION_SECONDS
 from dsbatch._records import IN_FLIGHT, BatchRecord
+from dsbatch._recovery import all_records
 
 __all__ = ["CacheUsage", "JobUsage", "PrunePlan", "disk_usage", "plan_prune", "prune"]
 
@@ -61,7 +62,7 @@ class CacheUsage:
 
 def disk_usage(ledger: Ledger) -> CacheUsage:
     """Bytes on disk per job and for the shared results, with rows and requests."""
-    records = ledger.all_records("").records
+    records = all_records(ledger, "").records
     flying = {r.job for r in records if r.state in IN_FLIGHT}
     jobs = []
     for fingerprint in ledger.job_fingerprints():
@@ -173,7 +174,7 @@ def plan_prune(
         else:
             plan.jobs.append(job)
     if results_older_than_days is not None:
-        scan = ledger.all_records("")
+        scan = all_records(ledger, "")
         unfinished = {j.fingerprint for j in usage.jobs if j.state not in ("finished", "canceled")}
         held = {r.batch_id for r in scan.records if r.job in unfinished and r.batch_id}
         created = _created_at(ledger, scan.records)
@@ -213,7 +214,7 @@ def prune(ledger: Ledger, plan: PrunePlan) -> None:
     """Remove what ``plan`` names (re-checked under the cache lock: a job that started a batch
     since the plan was made is left alone)."""
     with ledger.locked():
-        records = ledger.all_records("").records
+        records = all_records(ledger, "").records
         flying = {r.job for r in records if r.state in IN_FLIGHT}
         for job in plan.jobs:
             if job.fingerprint not in flying:

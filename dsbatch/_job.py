@@ -31,6 +31,7 @@ from dsbatch._origin import describe, resolve_origin
 from dsbatch._poll import PollSchedule, call_retrying, poll_batch
 from dsbatch._provenance import step_facts
 from dsbatch._records import IN_FLIGHT, BatchState, Manifest
+from dsbatch._recovery import job_records
 from dsbatch._run import JobLoop
 from dsbatch._status import JobStatus, job_status
 
@@ -188,7 +189,7 @@ class Job:
             view,
             [] if self._manifest.state == "canceled" else to_send,
             loop.needed,
-            self._job.records(strict=False),
+            job_records(self._job, strict=False),
             poll=poll if refresh else None,
             cost=loop.pricer.total,
         )
@@ -229,7 +230,7 @@ class Job:
         self._manifest = self._job.update_manifest(self._manifest, mark)
         retrying = call_retrying(options.schedule, is_transient)
         canceled = 0
-        for record in self._job.records():
+        for record in job_records(self._job):
             if record.state is BatchState.SUBMITTED and record.batch_id:
                 info = retrying.call(self._backend.cancel, record.batch_id)
                 canceled += 1
@@ -282,7 +283,7 @@ class Job:
         manifest = self._job.read_manifest()
         if manifest is None or manifest.state != "finished":
             return None
-        if any(record.state in IN_FLIGHT for record in self._job.records(strict=False)):
+        if any(record.state in IN_FLIGHT for record in job_records(self._job, strict=False)):
             return None
         self._manifest = manifest
         outputs = cached_outputs(

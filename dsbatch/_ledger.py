@@ -4,6 +4,7 @@ Layout under the cache root (``cache_dir`` > ``DSBATCH_CACHE`` > ``$HF_HOME/dsba
 
     FORMAT                                the on-disk format number (3)
     lock                                  held briefly while a job decides what to send
+    lock.turns                            how many times it was held (a step's second look)
     journal.jsonl                         every batch id ever created: never forgotten
     origins.json                          base URL -> where its answers come from (``_origin``)
     previews.jsonl                        answers bought by ``dsbatch.preview`` (``_store``)
@@ -34,11 +35,11 @@ import logging
 import os
 import pickle
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -57,13 +58,12 @@ from dsbatch._files import (
     read_json,
     write_json,
 )
-from dsbatch._records import BatchRecord, BatchState, Manifest, RecordError
+from dsbatch._records import BatchRecord, BatchState, Manifest, RecordError, record_from_journal
 from dsbatch._store import RESULT_SCHEMA, ResultsStore
 
 __all__ = [
     "FORMAT_VERSION",
     "RESULT_SCHEMA",
-    "CacheRecords",
     "JobLedger",
     "Ledger",
     "StaleRecord",
@@ -82,7 +82,6 @@ REQUEST_GROUP_ROWS = 16_384
 _STALE_TMP_SECONDS = 600.0
 # A finished download not stored this long was left by a process that died while ingesting.
 _STALE_DOWNLOAD_SECONDS = 86400.0
-_BATCH_ID = re.compile(rb"msgbatch_[A-Za-z0-9]+")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
 
@@ -102,40 +101,6 @@ def ids_digest(custom_ids: Iterable[str]) -> str:
     """A digest of a batch's custom_ids in any order, stored in its record to check the ids
     file against (and ids rebuilt from results, which come in any order)."""
     return xxhash.xxh3_64_hexdigest("\n".join(sorted(custom_ids)).encode())
-
-
-def _record_from_journal(job: str, seq: int, entry: dict[str, Any]) -> BatchRecord | None:
-    """A lost batch record as the journal remembers it: submitted (to be polled again), or an
-    intent again if its last batch was given back."""
-    try:
-        released = bool(entry.get("released"))
-        return BatchRecord.from_json(
-            {
-                "job": job,
-                "seq": seq,
-                "request_count": entry["request_count"],
-                "ids_digest": entry["ids_digest"],
-                "intent_at": entry.get("intent_at") or entry.get("created_at") or 0.0,
-                "intent_server_at": entry.get("intent_server_at"),
-                "state": (BatchState.INTENT if released else BatchState.SUBMITTED).value,
-                "key_hash": entry.get("key_hash") or "",
-                "batch_id": None if released else entry["batch_id"],
-                "created_at": None if released else entry.get("created_at"),
-                "adopted": bool(entry.get("adopted")),
-                "rejected": [entry["batch_id"]] if released else [],
-                "origin": entry.get("origin") or "",
-            }
-        )
-    except (KeyError, RecordError):
-        return None
-
-
-@dataclass
-class CacheRecords:
-    """Every batch record of a cache that can be read, and the record files that cannot."""
-
-    records: list[BatchRecord] = field(default_factory=list)
-    damaged: list[Path] = field(default_factory=list)  # other jobs' (this job's raise)
 
 
 def _file_name(split: str) -> str:
@@ -334,66 +299,20 @@ class JobLedger:
             return {}
 
     # -- batch records ------------------------------------------------------------------------
-    def _record_path(self, seq: int) -> Path:
+    def record_path(self, seq: int) -> Path:
+        """Where batch record ``seq`` of the job is kept."""
         return self.dir / "batches" / f"{seq:06d}.json"
 
     def _ids_path(self, seq: int) -> Path:
         return self.dir / "batches" / f"{seq:06d}.ids.arrow"
 
-    def records(
-        self,
-        *,
-        strict: bool = True,
-        journal: list[dict[str, Any]] | None = None,
-        damaged: list[Path] | None = None,
-    ) -> list[BatchRecord]:
-        """Every batch record of the job, oldest first. A missing one that the journal knows is
-        rebuilt (its batch is polled again). A damaged one is a LedgerError; with
-        ``strict=False`` (another job's) it is rebuilt in memory from the journal when the
-        journal knows it, else its path goes to ``damaged``."""
-        records: dict[int, BatchRecord] = {}
-        unreadable: dict[int, Path] = {}
-        for path in self._record_paths():
-            try:
-                record = self._read_record(path)
-            except LedgerError as e:
-                if strict:
-                    raise
-                log.warning("dsbatch: another job's batch record is damaged: %s", e)
-                with suppress(ValueError):
-                    unreadable[int(path.name.split(".")[0])] = path
-                continue
-            records[record.seq] = record
-        # The latest entry of a batch slot wins (an adopted batch may have been given back).
-        entries = self.ledger.journal() if journal is None else journal
-        latest = {e.get("seq"): e for e in entries if e.get("job") == self.fingerprint}
-        for seq, entry in latest.items():
-            if not isinstance(seq, int) or seq in records:
-                continue
-            rebuilt = _record_from_journal(self.fingerprint, seq, entry)
-            if rebuilt is None:
-                continue
-            if seq in unreadable:
-                unreadable.pop(seq)  # used in memory; its file is left for its owner to see
-            else:
-                log.warning(
-                    "dsbatch: the record of batch %s (job %s) was missing; rebuilt it from the "
-                    "journal",
-                    rebuilt.batch_id or rebuilt.name,
-                    self.fingerprint,
-                )
-                with suppress(LedgerError):  # a read-only cache still gets the rebuilt record
-                    self.save(rebuilt)
-            records[seq] = rebuilt
-        if damaged is not None:
-            damaged.extend(unreadable.values())
-        return [records[seq] for seq in sorted(records)]
-
-    def _record_paths(self) -> list[Path]:
+    def record_files(self) -> list[Path]:
+        """The job's batch record files, oldest first."""
         bdir = self.dir / "batches"
         return sorted(bdir.glob("*.json")) if bdir.is_dir() else []
 
-    def _read_record(self, path: Path) -> BatchRecord:
+    def read_record(self, path: Path) -> BatchRecord:
+        """One batch record file of the job; a LedgerError, saying what to do, when damaged."""
         try:
             try:
                 data = json.loads(path.read_bytes())
@@ -416,11 +335,11 @@ class JobLedger:
     def stored_record(self, seq: int) -> BatchRecord | None:
         """Record ``seq`` as stored now (rebuilt from the journal when its file is missing);
         None when neither knows it. A damaged file is a LedgerError."""
-        path = self._record_path(seq)
+        path = self.record_path(seq)
         damage: LedgerError | None = None
         if path.exists():
             try:
-                return self._read_record(path)
+                return self.read_record(path)
             except LedgerError as e:  # another job's damage is read from the journal (survey)
                 damage = e
         entries = [
@@ -428,7 +347,7 @@ class JobLedger:
             for e in self.ledger.journal()
             if e.get("job") == self.fingerprint and e.get("seq") == seq
         ]
-        rebuilt = _record_from_journal(self.fingerprint, seq, entries[-1]) if entries else None
+        rebuilt = record_from_journal(self.fingerprint, seq, entries[-1]) if entries else None
         if rebuilt is None and damage is not None:
             raise damage
         return rebuilt
@@ -445,7 +364,7 @@ class JobLedger:
     ) -> BatchRecord:
         """Write the intent to send ``custom_ids`` as a new batch (ids file first), held by
         ``holder`` until ``lease_until``."""
-        seq = max((r.seq for r in self.records()), default=-1) + 1
+        seq = self._next_seq()
         self.write_ids(seq, custom_ids)
         record = BatchRecord(
             job=self.fingerprint,
@@ -461,8 +380,19 @@ class JobLedger:
         self.save(record)
         return record
 
+    def _next_seq(self) -> int:
+        """The first free batch slot: after every record file and every slot the journal
+        knows (a record whose file was lost keeps its slot)."""
+        seqs = [int(p.stem) for p in self.record_files() if p.stem.isdigit()]
+        seqs += [
+            e["seq"]
+            for e in self.ledger.journal()
+            if e.get("job") == self.fingerprint and isinstance(e.get("seq"), int)
+        ]
+        return max(seqs, default=-1) + 1
+
     def save(self, record: BatchRecord) -> None:
-        write_json(self._record_path(record.seq), record.to_json())
+        write_json(self.record_path(record.seq), record.to_json())
 
     def record_ids(self, record: BatchRecord) -> list[str] | None:
         """The custom_ids of a batch, checked against its record; None when the ids file is
@@ -773,6 +703,10 @@ class Ledger:
     def job(self, fingerprint: str) -> JobLedger:
         return JobLedger(self, fingerprint)
 
+    def record_job(self, path: Path) -> str:
+        """The fingerprint of the job a batch record file (``JobLedger.record_files``) is of."""
+        return path.parent.parent.name
+
     def job_fingerprints(self) -> list[str]:
         jobs = self.root / "jobs"
         return sorted(p.name for p in jobs.iterdir() if p.is_dir()) if jobs.is_dir() else []
@@ -812,9 +746,29 @@ class Ledger:
         """Delete one batch's stored results (downloaded again, or bought again, if needed)."""
         self.store.remove(batch_id)
 
-    def locked(self) -> AbstractContextManager[None]:
-        """The cache-wide lock: deciding what to send and writing the intent happen under it."""
-        return _lock(self.root / "lock", f"the cache {self.root}", "waiting for the cache lock")
+    @contextmanager
+    def locked(self) -> Iterator[int | None]:
+        """The cache-wide lock: deciding what to send and writing the intent happen under it.
+        Yields its turn: each holding of the lock counts one more (None when the count cannot
+        be kept, in a read-only cache), so a holder can tell whether anyone held it since."""
+        with _lock(self.root / "lock", f"the cache {self.root}", "waiting for the cache lock"):
+            yield self._next_turn()
+
+    def _next_turn(self) -> int | None:
+        path = self.root / "lock.turns"
+        try:
+            with open(path, "a+b") as f:
+                f.seek(0)
+                try:
+                    turn = int(f.read() or b"0") + 1
+                except ValueError:  # torn by a crash: a fresh start no one's turn can match
+                    turn = secrets.randbits(62)
+                f.seek(0)
+                f.truncate()
+                f.write(b"%d" % turn)
+            return turn
+        except OSError:
+            return None
 
     # -- the journal: every batch id ever created in this cache -------------------------------
     def journal_append(self, record: BatchRecord, *, released: str = "") -> None:
@@ -838,14 +792,6 @@ class Ledger:
     def journal(self) -> list[dict[str, Any]]:
         """Every journal entry that can be read (a line torn by a crash is skipped)."""
         return read_entries(self.root / "journal.jsonl")
-
-    def batch_origins(self, scan: CacheRecords) -> dict[str, str]:
-        """batch_id -> where it was made, for every batch a record or the journal knows, and
-        every preview ("" when no one recorded it)."""
-        origins = {e["batch_id"]: e.get("origin") or "" for e in self.journal()}
-        origins.update((r.batch_id, r.origin) for r in scan.records if r.batch_id)
-        origins.update((e["batch_id"], e.get("origin") or "") for e in self.store.previews())
-        return origins
 
     # -- a call's key -> the job that answered it, so a rerun need not render (``_rerun``) --
     def rerun_job(self, key: str) -> str | None:
@@ -880,27 +826,3 @@ class Ledger:
             known = known if isinstance(known, dict) else {}
             known[base_url] = origin
             write_json(path, known)
-
-    def claimed_batch_ids(self, scan: CacheRecords | None = None) -> set[str]:
-        """The batch ids some record of this cache holds now (a damaged record is searched for
-        ids too), so reconcile never adopts one. A batch given back is free again."""
-        scan = scan or self.all_records("")
-        claimed = {r.batch_id for r in scan.records if r.batch_id}
-        for path in scan.damaged:
-            with suppress(OSError):
-                claimed.update(m.decode() for m in _BATCH_ID.findall(path.read_bytes()))
-        return claimed
-
-    def all_records(self, own: str) -> CacheRecords:
-        """Every batch record in the cache. The job ``own``'s damage is a LedgerError; another
-        job's damaged record is rebuilt in memory from the journal, or reported in
-        ``damaged`` (it must not stop this job)."""
-        journal = self.journal()
-        scan = CacheRecords()
-        for fingerprint in self.job_fingerprints():
-            scan.records.extend(
-                self.job(fingerprint).records(
-                    strict=fingerprint == own, journal=journal, damaged=scan.damaged
-                )
-            )
-        return scan

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from dsbatch._errors import LedgerError
 from dsbatch._ledger import ids_digest
 from dsbatch._records import BatchRecord, RecordError
+from dsbatch._recovery import job_records
 
 if TYPE_CHECKING:
     from dsbatch._ledger import JobLedger, Ledger
@@ -135,7 +136,7 @@ def migrate_format_2(ledger: Ledger) -> None:
     tagged: dict[str, int] = {}
     for fingerprint in ledger.job_fingerprints():
         job = ledger.job(fingerprint)
-        for record in job.records(strict=False):
+        for record in job_records(job, strict=False):
             if record.origin or not record.batch_id or not ledger.store.has(record.batch_id):
                 continue
             raw = ledger.store.table(record.batch_id, ["custom_id", "raw"])

@@ -23,6 +23,7 @@ from dsbatch._ledger import RESULT_SCHEMA, Ledger
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from dsbatch._policy import LOST_ERROR, to_send
 from dsbatch._records import IN_FLIGHT, BatchRecord, BatchState
+from dsbatch._recovery import all_records, batch_origins
 
 __all__ = [
     "BatchPlan",
@@ -86,10 +87,10 @@ def survey(
     """Everything the cache knows of ``needed`` (the custom_ids of job ``own``) from batches
     made at ``origin`` (or at an origin no one recorded: see ``_origin``), but the batches in
     ``skip`` (untagged ones this server turned out not to know)."""
-    scan = ledger.all_records(own)
+    scan = all_records(ledger, own)
     store = ledger.store
     results, unreadable = store.results_for(needed)
-    others = {b for b, o in ledger.batch_origins(scan).items() if o not in ("", origin)}
+    others = {b for b, o in batch_origins(ledger, scan).items() if o not in ("", origin)}
     if others:
         results = results.filter(
             pc.invert(
@@ -147,7 +148,7 @@ def _bound(ledger: Ledger, job: str, needed: pa.Array) -> pa.Array:
 def _refuse_if_needed(ledger: Ledger, path: Path, needed: pa.Array) -> None:
     """Another job's batch record that cannot be read and that the journal does not know (an
     intent whose create may have gone out): never send what it may hold."""
-    job = path.parent.parent.name
+    job = ledger.record_job(path)
     bound = _bound(ledger, job, needed)
     overlap = pc.sum(pc.is_in(bound, value_set=needed)).as_py() or 0
     if overlap:

@@ -28,6 +28,7 @@ __all__ = [
     "BatchState",
     "Manifest",
     "RecordError",
+    "record_from_journal",
 ]
 
 
@@ -182,3 +183,29 @@ class Manifest:
             return cls(**{k: v for k, v in data.items() if k in names})
         except TypeError as e:
             raise RecordError(str(e)) from e
+
+
+def record_from_journal(job: str, seq: int, entry: dict[str, Any]) -> BatchRecord | None:
+    """A lost batch record as the journal remembers it: submitted (to be polled again), or an
+    intent again if its last batch was given back."""
+    try:
+        released = bool(entry.get("released"))
+        return BatchRecord.from_json(
+            {
+                "job": job,
+                "seq": seq,
+                "request_count": entry["request_count"],
+                "ids_digest": entry["ids_digest"],
+                "intent_at": entry.get("intent_at") or entry.get("created_at") or 0.0,
+                "intent_server_at": entry.get("intent_server_at"),
+                "state": (BatchState.INTENT if released else BatchState.SUBMITTED).value,
+                "key_hash": entry.get("key_hash") or "",
+                "batch_id": None if released else entry["batch_id"],
+                "created_at": None if released else entry.get("created_at"),
+                "adopted": bool(entry.get("adopted")),
+                "rejected": [entry["batch_id"]] if released else [],
+                "origin": entry.get("origin") or "",
+            }
+        )
+    except (KeyError, RecordError):
+        return None

@@ -1,5 +1,8 @@
-"""The job loop: one ``step`` looks once at what is in flight, ingests what ended, decides what
-to send and submits it, then says where the job stands; ``run`` is steps and waits.
+"""The job loop: one ``step`` looks at the cache under the cache-wide lock, polls the batches in
+flight and ingests what ended, decides what to send and submits it, then says where the job
+stands; ``run`` is steps and waits. The decision is made under the lock, from the step's one
+look when nothing changed since (the common step: every batch still running), else from a
+second look.
 
 Every change is written to the ledger before the next begins, so a process that dies anywhere
 is replaced by a new one running the same call: it finds the batches in flight and picks up.
@@ -65,6 +68,16 @@ class Standing:
     @property
     def done(self) -> bool:
         return self.batches == 0 and self.sent == 0 and self.held == 0
+
+
+@dataclass
+class _Decision:
+    """What one step decided, under the cache lock."""
+
+    pending: list[str]  # to send now, in the new batches ``intents``
+    held: list[str]  # held back for room in the processing queue
+    in_queue: int  # requests in the processing queue before these
+    intents: list[BatchRecord]
 
 
 class JobLoop:
@@ -162,46 +175,28 @@ class JobLoop:
         )
 
     def step(self) -> Standing:
-        for record in self._to_advance(self.survey()):
-            self.batches.advance(record)
-        with self.job.ledger.locked():
+        """Look at the cache under the cache-wide lock. With nothing to advance, decide from
+        that look before letting the lock go; else advance the batches it found waiting (not
+        under the lock: that polls and downloads), and decide under the lock again, from the
+        same look when no one changed the cache meanwhile (advancing changed nothing, and no
+        other call held the lock), else from a new one. A step that finds its batches still
+        running reads the cache once."""
+        with self.job.ledger.locked() as turn:
             view = self.survey()
-            pending = self.to_send(view)
-            if pending and self._canceled():
-                # A canceled job sends nothing more: what it never sent ends canceled.
-                view.results = pa.concat_tables(
-                    [view.results, stand_in_results(pa.array(pending), kind="canceled")]
-                )
-                pending = []
-            pending = self.primers.hold(pending, view)
-            in_queue = sum(r.request_count for r in queued(view.records, self.origin))
-            room = max(0, self.options.max_queued_requests - in_queue)
-            pending, held = pending[:room], pending[room:]
-            # The whole plan first: a request too large fails before any batch is paid.
-            plans = list(
-                chunk_requests(
-                    pending,
-                    self.bodies,
-                    max_requests=self.options.max_batch_requests,
-                    max_bytes=self.options.max_batch_bytes,
-                    first_row=self.first_row,
-                )
-            )
-            now = self.options.schedule.clock()
-            intents = [
-                self.batches.held(
-                    self.job.new_record(
-                        plan.custom_ids,
-                        intent_at=now,
-                        origin=self.origin,
-                        holder=str(self.holder),
-                        lease_until=self.batches.lease_until(),
-                    )
-                )
-                for plan in plans
-            ]
-        for record in intents:
+            advance = self._to_advance(view)
+            if not advance:
+                decision = self._decide(view)
+        if advance:
+            changed = False
+            for record in advance:
+                changed |= self.batches.advance(record)
+            with self.job.ledger.locked() as again:
+                if changed or turn is None or again != turn + 1:
+                    view = self.survey()
+                decision = self._decide(view)
+        for record in decision.intents:
             self.batches.create(record, resumed=False)
+        pending, held = decision.pending, decision.held
         self._view = view if not pending else None  # nothing sent: still what the cache holds
         self.last_view = view
         if held and not self._held_ids:  # said once per stretch of waiting
@@ -211,10 +206,48 @@ class JobLoop:
                 "batches end",
                 len(held),
                 self.options.max_queued_requests,
-                in_queue + len(pending),
+                decision.in_queue + len(pending),
             )
         self._held_ids = held
         return self._standing(view, len(pending), len(held) + self.primers.held)
+
+    def _decide(self, view: View) -> _Decision:
+        """What to send, from ``view``; the intents written. Called under the cache lock."""
+        pending = self.to_send(view)
+        if pending and self._canceled():
+            # A canceled job sends nothing more: what it never sent ends canceled.
+            view.results = pa.concat_tables(
+                [view.results, stand_in_results(pa.array(pending), kind="canceled")]
+            )
+            pending = []
+        pending = self.primers.hold(pending, view)
+        in_queue = sum(r.request_count for r in queued(view.records, self.origin))
+        room = max(0, self.options.max_queued_requests - in_queue)
+        pending, held = pending[:room], pending[room:]
+        # The whole plan first: a request too large fails before any batch is paid.
+        plans = list(
+            chunk_requests(
+                pending,
+                self.bodies,
+                max_requests=self.options.max_batch_requests,
+                max_bytes=self.options.max_batch_bytes,
+                first_row=self.first_row,
+            )
+        )
+        now = self.options.schedule.clock()
+        intents = [
+            self.batches.held(
+                self.job.new_record(
+                    plan.custom_ids,
+                    intent_at=now,
+                    origin=self.origin,
+                    holder=str(self.holder),
+                    lease_until=self.batches.lease_until(),
+                )
+            )
+            for plan in plans
+        ]
+        return _Decision(pending, held, in_queue, intents)
 
     def _to_advance(self, view: View) -> list[BatchRecord]:
         """The batches to poll before deciding: those holding the job's requests, and, while

@@ -16,6 +16,7 @@ from dsbatch._backend import Backend, BatchInfo, CreateOutcomeUnknown, is_transi
 from dsbatch._errors import BatchAPIError
 from dsbatch._ledger import JobLedger, Ledger, StaleRecord
 from dsbatch._records import BatchRecord
+from dsbatch._recovery import claimed_batch_ids
 from dsbatch._retry import Retrying
 
 __all__ = ["adopt", "reconcile", "same_workspace", "submit"]
@@ -151,7 +152,7 @@ def reconcile(
             intent = record.intent_at - _UNKNOWN_SKEW + _SLACK
         else:
             intent = record.intent_at + (server - backend.clock())
-    taken = job.ledger.claimed_batch_ids() | set(record.rejected)
+    taken = claimed_batch_ids(job.ledger) | set(record.rejected)
     fits = [b for b in batches if b.id not in taken and b.size == record.request_count]
     after = [b for b in fits if b.created_at >= intent]
     if after:

@@ -61,7 +61,7 @@ BUGS = [
         "if table.num_rows < info.size:", "if table.num_rows > info.size:",
         "a download cut on a line boundary is accepted as complete"),
     Bug("reconcile-ignores-claimed", "dsbatch/_submit.py",
-        "taken = job.ledger.claimed_batch_ids() | set(record.rejected)",
+        "taken = claimed_batch_ids(job.ledger) | set(record.rejected)",
         "taken = set(record.rejected)",
         "reconcile adopts a batch another job of the cache claims"),
     Bug("non-atomic-write", "dsbatch/_files.py",
@@ -142,13 +142,13 @@ BUGS = [
         "if not record.adopted or record.state is not BatchState.SUBMITTED:",
         "if record.state is not BatchState.SUBMITTED:",
         "our own create's batch with odd results is given back and bought again"),
-    Bug("given-back-stays-claimed", "dsbatch/_ledger.py",
+    Bug("given-back-stays-claimed", "dsbatch/_recovery.py",
         "claimed = {r.batch_id for r in scan.records if r.batch_id}",
         "claimed = {b for r in scan.records for b in [r.batch_id, *r.rejected] if b}",
         "a batch given back stays claimed: its real owner never finds it"),
     Bug("no-cache-lock", "dsbatch/_ledger.py",
-        'return _lock(self.root / "lock", f"the cache {self.root}", "waiting for the cache lock")',
-        "return suppress()",
+        'with _lock(self.root / "lock", f"the cache {self.root}", "waiting for the cache lock"):',
+        "with suppress():",
         "the cache-wide lock is a no-op: two processes decide and send at once"),
     # -- the loop, submit and poll ---------------------------------------------------------------
     Bug("missing-seconds-zero", "dsbatch/_poll.py",
@@ -193,8 +193,8 @@ BUGS = [
         '        self.change(record, apply, expect=("state", "holder"))\n',
 
         "created batch ids are not appended to the journal"),
-    Bug("record-not-rebuilt", "dsbatch/_ledger.py",
-        "rebuilt = _record_from_journal(self.fingerprint, seq, entry)", "rebuilt = None",
+    Bug("record-not-rebuilt", "dsbatch/_recovery.py",
+        "rebuilt = record_from_journal(job.fingerprint, seq, entry)", "rebuilt = None",
         "a missing batch record is not rebuilt from the journal"),
     # -- ingest, join, render, options -----------------------------------------------------------
     Bug("lenient-ingest-raises", "dsbatch/_ingest.py",
@@ -225,7 +225,7 @@ BUGS = [
         "job = self.job\n        if record.job != self.job.fingerprint:\n            return",
         "a batch of another job is left to its process, stopped or not"),
     Bug("origin-not-filtered", "dsbatch/_plan.py",
-        "others = {b for b, o in ledger.batch_origins(scan).items() if o not in (\"\", origin)}",
+        "others = {b for b, o in batch_origins(ledger, scan).items() if o not in (\"\", origin)}",
         "others: set[str] = set()",
         "answers from another origin (an emulator's) serve this run"),
     Bug("origin-not-in-fingerprint", "dsbatch/_plan.py",
@@ -622,8 +622,8 @@ BUGS = [
         'pc.starts_with(results["batch_id"], PREVIEW_PREFIX).fill_null(False)',
         'pc.starts_with(results["batch_id"], "no batch id").fill_null(False)',
         "a preview's answers count as a primed prefix: the batch sends everything at once"),
-    Bug("preview-origin-forgotten", "dsbatch/_ledger.py",
-        'origins.update((e["batch_id"], e.get("origin") or "") for e in self.store.previews())',
+    Bug("preview-origin-forgotten", "dsbatch/_recovery.py",
+        'origins.update((e["batch_id"], e.get("origin") or "") for e in ledger.store.previews())',
         'origins.update((e["batch_id"], "") for e in self.store.previews())',
         "a preview's answers serve runs against every origin"),
     Bug("preview-buys-cached", "dsbatch/_preview.py",
@@ -711,7 +711,7 @@ BUGS = [
         '        self._manifest = self._job.update_manifest(self._manifest, mark)\n'
         '        retrying = call_retrying(options.schedule, is_transient)\n'
         '        canceled = 0\n'
-        '        for record in self._job.records():\n'
+        '        for record in job_records(self._job):\n'
         '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
         '                info = retrying.call(self._backend.cancel, record.batch_id)\n'
         '                canceled += 1\n'
@@ -719,7 +719,7 @@ BUGS = [
         'info.id, info.processing_status)\n',
         '        retrying = call_retrying(options.schedule, is_transient)\n'
         '        canceled = 0\n'
-        '        for record in self._job.records():\n'
+        '        for record in job_records(self._job):\n'
         '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
         '                info = retrying.call(self._backend.cancel, record.batch_id)\n'
         '                canceled += 1\n'
@@ -750,7 +750,7 @@ BUGS = [
         'if manifest is None or manifest.state != "finished":', "if manifest is None:",
         "a job that is not finished is served as it stands"),
     Bug("rerun-hit-in-flight", "dsbatch/_job.py",
-        "if any(record.state in IN_FLIGHT for record in self._job.records(strict=False)):",
+        "if any(record.state in IN_FLIGHT for record in job_records(self._job, strict=False)):",
         "if False:",
         "a job with a batch in flight is served as it stands"),
     Bug("rerun-load-from-cache-ignored", "dsbatch/_map.py",
@@ -828,6 +828,17 @@ BUGS = [
     Bug("cost-one-model-assumed", "dsbatch/_cost.py",
         "return (models.pop(),) if len(models) == 1 else None", "return (models.pop(),)",
         "a job whose prompt chooses models per row prices every answer at one of them"),
+    # -- ledger branch (issue 15: one survey per step) ------------------------------------------
+    Bug("step-surveys-outside-lock", "dsbatch/_run.py",
+        "        with self.job.ledger.locked() as turn:\n            view = self.survey()\n",
+        "        view = self.survey()\n        with self.job.ledger.locked() as turn:\n",
+        "a step decides from a view taken before the cache lock: another call's intent unseen"),
+    Bug("step-keeps-view-after-ingest", "dsbatch/_run.py",
+        "if changed or turn is None or again != turn + 1:", "if turn is None or again != turn + 1:",
+        "a step that ingested a batch decides from its look before: retries wait a poll"),
+    Bug("step-ignores-other-deciders", "dsbatch/_run.py",
+        "if changed or turn is None or again != turn + 1:", "if changed or turn is None:",
+        "a step decides from its first look after another call decided: bought twice"),
 ]  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from support import answers, echo, ids_of, run, sent
 from dsbatch._lease import LEASE_SECONDS, Holder, holder_gone
 from dsbatch._ledger import Ledger, StaleRecord
 from dsbatch._records import BatchState
+from dsbatch._recovery import job_records
 from dsbatch.testing import Emulator
 
 
@@ -54,7 +55,7 @@ def test_an_intent_whose_holder_lives_is_waited_for_until_its_lease_runs_out(cap
         assert emu.now() - start >= LEASE_SECONDS
         assert sent(emu) == dict.fromkeys(ids_of(rows), 1) and emu.calls["create"] == 2
     assert "another call is creating it" in caplog.text
-    (record,) = Ledger().job("another-job").records()
+    (record,) = job_records(Ledger().job("another-job"))
     assert record.state is BatchState.UNSENT and record.holder == ""
 
 
@@ -82,8 +83,8 @@ def test_a_holder_is_gone_only_when_its_process_on_this_host_is():
 def test_a_move_made_on_a_stale_copy_is_refused_and_writes_nothing(tmp_path):
     job = Ledger(tmp_path / "cache").job("job")
     record = job.new_record(["dsb_a", "dsb_b"], intent_at=1.0, holder="h:1:me", lease_until=9.0)
-    mine = job.records()[0]
-    theirs = job.records()[0]
+    mine = job_records(job)[0]
+    theirs = job_records(job)[0]
     job.hold(theirs, "h:2:them", 99.0)  # another call took the intent over
     with pytest.raises(StaleRecord):
         job.mark_submitted(mine, "msgbatch_mine", 2.0)  # the old holder may not record it
@@ -92,7 +93,7 @@ def test_a_move_made_on_a_stale_copy_is_refused_and_writes_nothing(tmp_path):
     job.mark_submitted(theirs, "msgbatch_theirs", 3.0)
     with pytest.raises(StaleRecord):
         job.mark_unsent(mine, "refused")
-    (stored,) = job.records()
+    (stored,) = job_records(job)
     assert (stored.state, stored.batch_id, stored.holder) == (
         BatchState.SUBMITTED,
         "msgbatch_theirs",
@@ -105,10 +106,10 @@ def test_missing_keeps_the_first_moment_and_found_again_restarts_it(tmp_path):
     job = Ledger(tmp_path / "cache").job("job")
     record = job.new_record(["dsb_a"], intent_at=1.0, holder="h:1:me")
     job.mark_submitted(record, "msgbatch_x", 2.0)
-    other = job.records()[0]
+    other = job_records(job)[0]
     job.note_missing(record, 100.0)
     job.note_missing(other, 400.0)  # another call saw it missing later: the first moment stays
-    assert other.missing_since == 100.0 and job.records()[0].missing_since == 100.0
+    assert other.missing_since == 100.0 and job_records(job)[0].missing_since == 100.0
     job.note_missing(other, None)  # found again
     job.note_missing(record, 700.0)
-    assert job.records()[0].missing_since == 700.0
+    assert job_records(job)[0].missing_since == 700.0

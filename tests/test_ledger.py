@@ -14,6 +14,7 @@ import pytest
 from dsbatch import LedgerError
 from dsbatch._ledger import FORMAT_VERSION, Ledger, ids_digest
 from dsbatch._records import BatchRecord, BatchState, RecordError
+from dsbatch._recovery import all_records, claimed_batch_ids, job_records
 
 IDS = [f"dsb_{i:032x}" for i in range(5)]
 
@@ -52,7 +53,7 @@ def test_every_move_is_persisted_before_the_next(tmp_path):
     assert on_disk(job, record)["state"] == "ingested"
     assert on_disk(job, record)["origin"] == "emulator"  # taken from the call that read it
     assert on_disk(job, record)["counts"] == {"succeeded": 5}
-    assert [r.state for r in job.records()] == [BatchState.INGESTED]
+    assert [r.state for r in job_records(job)] == [BatchState.INGESTED]
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_a_move_the_state_machine_forbids_is_refused_and_not_written(tmp_path, m
         getattr(job, move)(record, *args[move])
     before = on_disk(job, record)
     with pytest.raises(RecordError, match="cannot go from"):
-        getattr(job, bad)(job.records()[0], *args[bad])
+        getattr(job, bad)(job_records(job)[0], *args[bad])
     assert on_disk(job, record) == before
 
 
@@ -89,8 +90,8 @@ def test_a_refused_create_binds_no_key_and_its_requests_are_free_again(tmp_path)
     _, job = fresh(tmp_path)
     record = job.new_record(IDS, intent_at=1.0, key_hash="typo-key")
     job.mark_unsent(record, "the create was refused: HTTP 401")
-    assert job.records()[0].state is BatchState.UNSENT
-    assert "401" in job.records()[0].note
+    assert job_records(job)[0].state is BatchState.UNSENT
+    assert "401" in job_records(job)[0].note
 
 
 def test_the_ids_file_is_checked_against_its_record(tmp_path):
@@ -113,7 +114,7 @@ def test_a_deleted_record_is_rebuilt_from_the_journal_and_its_slot_never_reused(
     record = job.new_record(IDS, intent_at=1.0, key_hash="k")
     job.mark_submitted(record, "msgbatch_kept", created_at=5.0)
     (job.dir / "batches" / "000000.json").unlink()
-    (rebuilt,) = job.records()
+    (rebuilt,) = job_records(job)
     assert (rebuilt.batch_id, rebuilt.state, rebuilt.key_hash) == (
         "msgbatch_kept",
         BatchState.SUBMITTED,
@@ -121,7 +122,7 @@ def test_a_deleted_record_is_rebuilt_from_the_journal_and_its_slot_never_reused(
     )
     assert job.record_ids(rebuilt) == IDS
     assert job.new_record(IDS[:1], intent_at=2.0, key_hash="k").seq == 1
-    assert "msgbatch_kept" in ledger.claimed_batch_ids()
+    assert "msgbatch_kept" in claimed_batch_ids(ledger)
 
 
 def test_a_torn_journal_line_is_skipped(tmp_path):
@@ -142,12 +143,12 @@ def test_another_jobs_damage_is_reported_and_its_batch_ids_stay_claimed(tmp_path
     path.write_text(path.read_text()[:-40])  # torn, but the batch id is still readable
     (ledger.root / "journal.jsonl").unlink()  # and the journal lost too
     mine.new_record(IDS[:2], intent_at=3.0, key_hash="k")
-    scan = ledger.all_records("mine")
+    scan = all_records(ledger, "mine")
     assert [r.job for r in scan.records] == ["mine"] and scan.damaged == [path]
     assert "another job's batch record is damaged" in caplog.text
-    assert "msgbatch_theirs" in ledger.claimed_batch_ids()
+    assert "msgbatch_theirs" in claimed_batch_ids(ledger)
     with pytest.raises(LedgerError, match="000000.json is damaged"):
-        ledger.all_records("other")
+        all_records(ledger, "other")
 
 
 def test_another_jobs_damaged_record_is_read_from_the_journal_and_left_as_it_is(tmp_path):
@@ -157,7 +158,7 @@ def test_another_jobs_damaged_record_is_read_from_the_journal_and_left_as_it_is(
     other.mark_submitted(record, "msgbatch_theirs", created_at=2.0)
     path = other.dir / "batches" / "000000.json"
     path.write_text("{not json")
-    scan = ledger.all_records("mine")
+    scan = all_records(ledger, "mine")
     assert [(r.job, r.batch_id, r.state) for r in scan.records] == [
         ("other", "msgbatch_theirs", BatchState.SUBMITTED)
     ]
@@ -168,11 +169,11 @@ def test_a_batch_given_back_is_free_for_its_real_owner(tmp_path):
     ledger, job = fresh(tmp_path)
     record = job.new_record(IDS, intent_at=1.0, key_hash="k")
     job.mark_submitted(record, "msgbatch_not_ours", created_at=2.0, adopted=True)
-    assert "msgbatch_not_ours" in ledger.claimed_batch_ids()
+    assert "msgbatch_not_ours" in claimed_batch_ids(ledger)
     job.mark_rejected(record, "host:1:me", 9.0)
-    assert "msgbatch_not_ours" not in ledger.claimed_batch_ids()
+    assert "msgbatch_not_ours" not in claimed_batch_ids(ledger)
     (job.dir / "batches" / "000000.json").unlink()
-    (rebuilt,) = job.records()  # from the journal: an intent again, that batch given back
+    (rebuilt,) = job_records(job)  # from the journal: an intent again, that batch given back
     assert (rebuilt.state, rebuilt.batch_id, rebuilt.rejected) == (
         BatchState.INTENT,
         None,

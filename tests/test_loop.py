@@ -8,11 +8,12 @@ from collections import Counter
 
 import pytest
 from datasets import Dataset, DatasetDict
-from support import MODEL, answers, echo, prompt, run, virtual
+from support import MODEL, answers, echo, ids_of, prompt, run, sent, virtual
 
 import dsbatch
 from dsbatch._backend import Backend, BatchInfo
 from dsbatch._ledger import Ledger
+from dsbatch._recovery import job_records
 from dsbatch._submit import reconcile
 from dsbatch.testing import Emulator, Faults, HttpFault
 
@@ -212,7 +213,7 @@ def test_a_crash_while_writing_leaves_the_previous_record_whole(tmp_path, monkey
     monkeypatch.undo()
     assert (job.dir / "batches" / "000000.json").read_bytes() == before
     assert not list((job.dir / "batches").glob(".*.tmp"))
-    (reread,) = job.records()
+    (reread,) = job_records(job)
     assert reread.batch_id is None
 
 
@@ -238,3 +239,90 @@ def test_a_job_with_nothing_to_send_needs_no_key_and_no_client(emu, monkeypatch)
     out = dsbatch.map(ds.shuffle(seed=1), prompt, model=MODEL, max_tokens=256, progress=False)
     assert list(out["response"]) == answers(out["text"])
     assert sum(emu.calls.values()) == calls
+
+
+def test_a_step_reads_the_cache_once_under_the_lock_and_again_only_when_a_batch_ended(
+    monkeypatch,
+):
+    import contextlib
+
+    import dsbatch._run as loop_module
+
+    locks = []  # the cache locks held now
+    looks = []  # per step: for each survey, whether the cache lock was held
+    real_locked, real_survey, real_step = (
+        Ledger.locked,
+        loop_module.survey,
+        loop_module.JobLoop.step,
+    )
+
+    @contextlib.contextmanager
+    def locked(self):
+        with real_locked(self) as turn:
+            locks.append(self.root)
+            try:
+                yield turn
+            finally:
+                locks.pop()
+
+    def survey(*args, **kwargs):
+        looks[-1].append(bool(locks))
+        return real_survey(*args, **kwargs)
+
+    def step(self):
+        looks.append([])
+        return real_step(self)
+
+    monkeypatch.setattr(Ledger, "locked", locked)
+    monkeypatch.setattr(loop_module, "survey", survey)
+    monkeypatch.setattr(loop_module.JobLoop, "step", step)
+    with Emulator(delay=250, responder=echo, faults=Faults(errored=0.5)) as emu:
+        ds = Dataset.from_dict({"text": texts(20)})
+        out = run(ds, emu, wait=60, retries=0, max_attempts=20)
+        assert list(out["response"]) == answers(texts(20))
+    # Every look is taken under the cache lock (the never-pay-twice decision is made from it).
+    assert all(all(step) for step in looks)
+    # One look a step while the batches run; two in a step where one ended and was read (the
+    # retries of its errored requests are decided from the second).
+    counts = [len(step) for step in looks]
+    # Each batch takes 250 s and is polled every 60 s (the schedule's maximum): the first step
+    # sends, four find the batch running, the fifth reads it and sends the retries.
+    assert emu.calls["create"] == 5
+    assert counts == [1] + [1, 1, 1, 1, 2] * 5
+
+
+def test_a_step_looks_again_before_deciding_when_another_call_decided_while_it_polled(
+    monkeypatch,
+):
+    from dsbatch._batch import BatchKeeper
+
+    with Emulator(delay=1000, responder=echo) as emu:
+        # Job A needs x, in flight in another job's batch, and z. While A polls that batch
+        # (still running: nothing changes for A), another call sends z. A decides after: from
+        # a new look, which shows z in flight, not from its first one.
+        def submit(texts):  # a call that sends its batches and returns
+            ds = Dataset.from_dict({"text": texts})
+            return dsbatch.map(
+                ds,
+                prompt,
+                model=MODEL,
+                max_tokens=256,
+                client=emu.client(),
+                wait=False,
+                progress=False,
+            )
+
+        submit(["x"])
+        real_advance = BatchKeeper.advance
+        other = []
+
+        def advance(self, record):
+            if not other:
+                other.append(submit(["z"]))
+            return real_advance(self, record)
+
+        monkeypatch.setattr(BatchKeeper, "advance", advance)
+        out = run(Dataset.from_dict({"text": ["x", "z"]}), emu, wait=60)
+        assert list(out["response"]) == answers(["x", "z"])
+        assert len(other) == 1
+        assert sent(emu) == dict.fromkeys(ids_of(["x", "z"]), 1) and len(emu.batches) == 2

@@ -22,6 +22,7 @@ from dsbatch._backend import Backend
 from dsbatch._ledger import Ledger
 from dsbatch._options import MapOptions
 from dsbatch._records import BatchState
+from dsbatch._recovery import job_records
 from dsbatch._rerun import NOT_IN_KEY, call_digest, rerun_key
 from dsbatch.testing import Emulator
 
@@ -383,7 +384,7 @@ def test_a_job_not_finished_is_not_served(emu):
 def test_a_job_with_a_batch_in_flight_is_not_served(emu):
     run(data(), emu, counted)
     ledger, job = only_job()
-    (record,) = job.records()
+    (record,) = job_records(job)
     job.change(record, lambda fresh: setattr(fresh, "state", BatchState.SUBMITTED))
     CALLS.n = 0
     out = run(data(), emu, counted)

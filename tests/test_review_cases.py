@@ -35,10 +35,11 @@ from support import (
 )
 
 import dsbatch
+import dsbatch._submit as submit_module
 from dsbatch import BatchAPIError, RowFailedError
 from dsbatch._backend import Backend, CreateOutcomeUnknown
 from dsbatch._batch import BatchKeeper
-from dsbatch._ledger import FORMAT_VERSION, Ledger
+from dsbatch._ledger import FORMAT_VERSION
 from dsbatch.testing import Emulator, Faults, HttpFault
 
 POLL = 60.0
@@ -179,7 +180,7 @@ def test_a_job_never_acts_on_its_stale_copy_of_a_record_another_process_just_cha
             with pytest.raises(Died):
                 run(dataset(shared), emu, retries=0, poll_interval=dies_at_first_poll(emu))
             seen.append(records(b_job)[0]["state"])
-        real_advance(self, record)
+        return real_advance(self, record)
 
     monkeypatch.setattr(BatchKeeper, "advance", b_runs_first)
     out = run(dataset(rows), emu, retries=0, poll_interval=patient(emu))
@@ -354,14 +355,14 @@ def test_a_batch_whose_results_are_stored_is_ingested_only_for_the_record_it_bel
     # A's create is answered 500, and its reconcile runs in the moment before B's record holds
     # B's batch (simulated: the claimed batch ids read empty once). A adopts B's batch, whose
     # results are already stored: they are B's requests, so A gives it back and buys its own.
-    real_claimed = Ledger.claimed_batch_ids
+    real_claimed = submit_module.claimed_batch_ids
     looks = []
 
-    def racy(self, scan=None):
+    def racy(ledger, scan=None):
         looks.append(1)
-        return set() if len(looks) == 1 else real_claimed(self, scan)
+        return set() if len(looks) == 1 else real_claimed(ledger, scan)
 
-    monkeypatch.setattr(Ledger, "claimed_batch_ids", racy)
+    monkeypatch.setattr(submit_module, "claimed_batch_ids", racy)
     create_answered_500(emu)
     out_a = run(dataset(a_rows), emu, retries=0, poll_interval=patient(emu))
 

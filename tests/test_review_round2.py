@@ -41,6 +41,7 @@ from dsbatch._lease import LEASE_SECONDS, Holder
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._origin import ANTHROPIC
 from dsbatch._records import BatchState
+from dsbatch._recovery import job_records
 from dsbatch.testing import Emulator, Faults
 
 
@@ -158,8 +159,8 @@ def test_an_intent_whose_holder_renewed_its_lease_is_not_taken_over_on_a_stale_r
             lease_until=emu.now() + 10,
         )
         emu.advance(11)
-        seen_by_b = job.records()[0]  # call B's survey: the lease ran out
-        of_a = job.records()[0]
+        seen_by_b = job_records(job)[0]  # call B's survey: the lease ran out
+        of_a = job_records(job)[0]
         job.hold(of_a, holder_a, emu.now() + LEASE_SECONDS)  # A renews it before its create
         b = BatchKeeper(
             Backend(emu.client()),
@@ -171,7 +172,7 @@ def test_an_intent_whose_holder_renewed_its_lease_is_not_taken_over_on_a_stale_r
             origin="emulator",
         )
         b.advance(seen_by_b)  # B acts on what it read
-        (stored,) = job.records()
+        (stored,) = job_records(job)
         # A holds a live lease and is about to create: B must leave the intent alone. Today B
         # takes it, finds no batch and marks it unsent; A's create then pays and is refused.
         assert (stored.state, stored.holder) == (BatchState.INTENT, holder_a)
