@@ -114,6 +114,9 @@ class JobLoop:
         )
         self._said: set[str] = set()  # the other jobs' batches already named in the log
         self._held_ids: list[str] = []  # what the last step held back for the queue limit
+        # After a step that sent and changed nothing: the batches it polled, the lock's turn
+        # when it decided, and its standing (``step``).
+        self._quiet: tuple[list[BatchRecord], int, Standing] | None = None
         self.pricer = Pricer(
             job.ledger.store,
             bodies,
@@ -181,11 +184,27 @@ class JobLoop:
         same look when no one changed the cache meanwhile (advancing changed nothing, and no
         other call held the lock), else from a new one. A step that finds its batches still
         running reads the cache once."""
+        if self._quiet is not None:
+            # The last step sent nothing and changed nothing: poll the same batches, and while
+            # they change nothing and no other call held the lock, the cache holds what that
+            # step saw (moves others make without the lock only make a step send less), so
+            # its decision (nothing to send) and standing stand. A large job's polls stay cheap.
+            advance, last_turn, standing = self._quiet
+            self._quiet = None
+            changed = False
+            for record in advance:
+                changed |= self.batches.advance(record)
+            if not changed:
+                with self.job.ledger.locked() as turn:
+                    if turn is not None and turn == last_turn + 1:
+                        self._quiet = (advance, turn, standing)
+                        return standing
         with self.job.ledger.locked() as turn:
             view = self.survey()
             advance = self._to_advance(view)
             if not advance:
                 decision = self._decide(view)
+        final_turn = turn
         if advance:
             changed = False
             for record in advance:
@@ -194,6 +213,7 @@ class JobLoop:
                 if changed or turn is None or again != turn + 1:
                     view = self.survey()
                 decision = self._decide(view)
+            final_turn = again
         for record in decision.intents:
             self.batches.create(record, resumed=False)
         pending, held = decision.pending, decision.held
@@ -209,7 +229,10 @@ class JobLoop:
                 decision.in_queue + len(pending),
             )
         self._held_ids = held
-        return self._standing(view, len(pending), len(held) + self.primers.held)
+        standing = self._standing(view, len(pending), len(held) + self.primers.held)
+        if not pending and advance and final_turn is not None and not standing.done:
+            self._quiet = (self._to_advance(view), final_turn, standing)
+        return standing
 
     def _decide(self, view: View) -> _Decision:
         """What to send, from ``view``; the intents written. Called under the cache lock."""

@@ -839,6 +839,10 @@ BUGS = [
     Bug("step-ignores-other-deciders", "dsbatch/_run.py",
         "if changed or turn is None or again != turn + 1:", "if changed or turn is None:",
         "a step decides from its first look after another call decided: bought twice"),
+    Bug("quiet-step-surveys-again", "dsbatch/_run.py",
+        "            self._quiet = (self._to_advance(view), final_turn, standing)\n",
+        "            pass\n",
+        "every poll of a large job surveys the cache and decides again, though nothing changed"),
 ]  # fmt: skip
 
 
