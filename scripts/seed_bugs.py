@@ -624,7 +624,7 @@ BUGS = [
         "a preview's answers count as a primed prefix: the batch sends everything at once"),
     Bug("preview-origin-forgotten", "dsbatch/_recovery.py",
         'origins.update((e["batch_id"], e.get("origin") or "") for e in ledger.store.previews())',
-        'origins.update((e["batch_id"], "") for e in self.store.previews())',
+        'origins.update((e["batch_id"], "") for e in ledger.store.previews())',
         "a preview's answers serve runs against every origin"),
     Bug("preview-buys-cached", "dsbatch/_preview.py",
         "backend, ledger, origin, _waves(to_buy, prepared.groups), rendered.bodies, options",
