@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("dsbatch")
+
+_T = TypeVar("_T")
 
 FORMAT_VERSION = 3
 
@@ -203,40 +205,32 @@ class JobLedger:
 
         atomic_write(self.dir / "requests.parquet", write)
 
-    def request_groups(self) -> list[int]:
-        """The number of requests in each row group of the requests file."""
+    def _requests_file(self, read: Callable[[Path], _T]) -> _T:
+        """What ``read`` gets of the job's requests file; a LedgerError naming it if it cannot."""
         path = self.dir / "requests.parquet"
         try:
-            meta = pq.read_metadata(path)
+            return read(path)
         except (OSError, pa.ArrowInvalid) as e:
             raise LedgerError(
                 f"cannot read the requests of job {self.fingerprint} ({path}): {e}",
                 path=str(path),
             ) from e
+
+    def request_groups(self) -> list[int]:
+        """The number of requests in each row group of the requests file."""
+        meta = self._requests_file(pq.read_metadata)
         return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
     def read_request_group(self, group: int) -> list[bytes]:
         """The params of the requests of one row group of the requests file, in its order."""
-        path = self.dir / "requests.parquet"
-        try:
-            table = pq.ParquetFile(path).read_row_group(group, columns=["params"])
-        except (OSError, pa.ArrowInvalid) as e:
-            raise LedgerError(
-                f"cannot read the requests of job {self.fingerprint} ({path}): {e}",
-                path=str(path),
-            ) from e
+        table = self._requests_file(
+            lambda path: pq.ParquetFile(path).read_row_group(group, columns=["params"])
+        )
         return table["params"].to_pylist()
 
     def read_requests(self) -> dict[str, bytes]:
         """custom_id -> the exact params sent, of every request of the job."""
-        path = self.dir / "requests.parquet"
-        try:
-            table = pq.read_table(path)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise LedgerError(
-                f"cannot read the requests of job {self.fingerprint} ({path}): {e}",
-                path=str(path),
-            ) from e
+        table = self._requests_file(pq.read_table)
         return dict(zip(table["custom_id"].to_pylist(), table["params"].to_pylist(), strict=True))
 
     def request_ids(self) -> pa.Array | None:

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import xxhash
+from datasets import Dataset
 
 import dsbatch
 
@@ -130,3 +131,18 @@ def without_provenance(features):
         return value
 
     return Features.from_dict(strip(features.to_dict()))
+
+
+def submit(emu, rows, **kwargs):
+    """dsbatch.map of these texts with ``wait=False``: the job, its batches created."""
+    return dsbatch.map(
+        Dataset.from_dict({"text": rows}),
+        prompt,
+        model=MODEL,
+        max_tokens=256,
+        client=emu.client(),
+        wait=False,
+        progress=False,
+        poll_interval=virtual(emu, 60),
+        **kwargs,
+    )

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from datasets import Dataset, load_from_disk
-from support import MODEL, answers, cache_root, echo, prompt, virtual
+from support import MODEL, answers, cache_root, echo, prompt, submit
 
 import dsbatch
 from dsbatch._cli import main
@@ -20,20 +20,6 @@ from dsbatch.testing import Emulator
 
 def texts(n, prefix="text"):
     return [f"{prefix} {i}" for i in range(n)]
-
-
-def submit(emu, rows, **kwargs):
-    return dsbatch.map(
-        Dataset.from_dict({"text": rows}),
-        prompt,
-        model=MODEL,
-        max_tokens=256,
-        client=emu.client(),
-        wait=False,
-        progress=False,
-        poll_interval=virtual(emu, 60),
-        **kwargs,
-    )
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 from datasets import Dataset, DatasetDict
-from support import MODEL, answers, echo, ids_of, prompt, run, sent, virtual
+from support import MODEL, answers, echo, ids_of, prompt, run, sent, submit, virtual
 
 import dsbatch
 from dsbatch._backend import Backend, BatchInfo
@@ -302,25 +302,13 @@ def test_a_step_looks_again_before_deciding_when_another_call_decided_while_it_p
         # Job A needs x, in flight in another job's batch, and z. While A polls that batch
         # (still running: nothing changes for A), another call sends z. A decides after: from
         # a new look, which shows z in flight, not from its first one.
-        def submit(texts):  # a call that sends its batches and returns
-            ds = Dataset.from_dict({"text": texts})
-            return dsbatch.map(
-                ds,
-                prompt,
-                model=MODEL,
-                max_tokens=256,
-                client=emu.client(),
-                wait=False,
-                progress=False,
-            )
-
-        submit(["x"])
+        submit(emu, ["x"])
         real_advance = BatchKeeper.advance
         other = []
 
         def advance(self, record):
             if not other:
-                other.append(submit(["z"]))
+                other.append(submit(emu, ["z"]))
             return real_advance(self, record)
 
         monkeypatch.setattr(BatchKeeper, "advance", advance)
