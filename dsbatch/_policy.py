@@ -18,7 +18,6 @@ sent: the job waits for that batch instead.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Collection
 
 import pyarrow as pa
@@ -27,9 +26,7 @@ import pyarrow.compute as pc
 __all__ = [
     "FAILED_STATUSES",
     "LOST_ERROR",
-    "Disposition",
     "attempts",
-    "disposition",
     "latest_results",
     "to_send",
 ]
@@ -42,29 +39,8 @@ LOST_ERROR = "batch_lost"
 _INVALID = "invalid_request_error"
 
 
-class Disposition(enum.Enum):
-    SUCCEEDED = "succeeded"  # final, with an answer
-    FAILED = "failed"  # final, without one
-    RETRY = "retry"  # may succeed if sent again
-
-
-def disposition(
-    result_type: str | None, error_type: str | None = None, *, resend_canceled: bool = False
-) -> Disposition:
-    """The disposition of one attempt's result (see the module's table)."""
-    if result_type == "succeeded":
-        return Disposition.SUCCEEDED
-    if result_type == "errored":
-        return Disposition.FAILED if error_type == _INVALID else Disposition.RETRY
-    if result_type == "expired":
-        return Disposition.RETRY
-    if result_type == "canceled":
-        return Disposition.RETRY if resend_canceled else Disposition.FAILED
-    return Disposition.FAILED
-
-
 def _retry_mask(results: pa.Table, resend_canceled: bool) -> pa.ChunkedArray:
-    """The vectorised twin of ``disposition(...) is RETRY``, one flag per result row."""
+    """Whether each result row may succeed if sent again (the module's table)."""
     kind = results["type"]
     retry = pc.or_(
         pc.and_(

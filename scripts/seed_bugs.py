@@ -843,6 +843,9 @@ BUGS = [
         "            self._quiet = (self._to_advance(view), final_turn, standing)\n",
         "            pass\n",
         "every poll of a large job surveys the cache and decides again, though nothing changed"),
+    Bug("expired-not-retried", "dsbatch/_policy.py",
+        '        pc.equal(kind, "expired"),\n', '        pc.equal(kind, "never"),\n',
+        "expired requests are final: a batch that ran out of time loses its rows"),
 ]  # fmt: skip
 
 
