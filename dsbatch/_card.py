@@ -19,11 +19,12 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from dsbatch._provenance import find_steps
+from dsbatch._records import RESULT_TYPES
 from dsbatch._store import is_preview
 
 __all__ = ["card"]
 
-_STATUSES = ("succeeded", "errored", "expired", "canceled", "parse_error", "skipped")
+_STATUSES = (*RESULT_TYPES, "parse_error", "skipped")
 _TOKENS = (
     ("input_tokens", "Input tokens"),
     ("output_tokens", "Output tokens"),

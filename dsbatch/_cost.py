@@ -39,6 +39,7 @@ import xxhash
 from dsbatch._errors import LedgerError
 from dsbatch._models import BATCH_DISCOUNT, CHECKED, Prices, model_facts, parse_model
 from dsbatch._policy import LOST_ERROR
+from dsbatch._records import USAGE_FIELDS
 from dsbatch._store import ResultsStore, is_preview
 
 __all__ = [
@@ -328,10 +329,7 @@ class Pricer:
                 "custom_id",
                 "batch_id",
                 "batch_created_at",
-                "input_tokens",
-                "output_tokens",
-                "cache_read_input_tokens",
-                "cache_creation_input_tokens",
+                *USAGE_FIELDS,
             )
         ]
         out: list[float | None] = []

@@ -22,6 +22,7 @@ import pyarrow.json as pj
 
 from dsbatch._backend import Backend, BatchInfo, is_transient
 from dsbatch._errors import BatchAPIError
+from dsbatch._records import RESULT_TYPES, USAGE_FIELDS
 from dsbatch._retry import Retrying
 from dsbatch._store import RESULT_SCHEMA, ResultsStore
 
@@ -32,13 +33,7 @@ __all__ = [
     "parse_results",
 ]
 
-_USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_input_tokens",
-    "cache_creation_input_tokens",
-)
-_USAGE = pa.struct([(name, pa.int64()) for name in _USAGE_FIELDS])
+_USAGE = pa.struct([(name, pa.int64()) for name in USAGE_FIELDS])
 _BLOCK = pa.struct([("type", pa.string()), ("text", pa.string())])
 _MESSAGE = pa.struct(
     [("stop_reason", pa.string()), ("usage", _USAGE), ("content", pa.list_(_BLOCK))]
@@ -54,7 +49,6 @@ _LINE_SCHEMA = pa.schema(
     ]
 )
 _PARSE = pj.ParseOptions(explicit_schema=_LINE_SCHEMA, unexpected_field_behavior="ignore")
-_RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
 
 
 class IncompleteDownload(BatchAPIError):
@@ -95,7 +89,7 @@ def parse_results(
     content = pc.struct_field(message, "content")
     kind = pc.struct_field(result, "type")
     n = parsed.num_rows
-    unknown = pc.invert(pc.is_in(kind, value_set=pa.array(_RESULT_TYPES)))
+    unknown = pc.invert(pc.is_in(kind, value_set=pa.array(RESULT_TYPES)))
     return pa.table(
         {
             "custom_id": parsed["custom_id"].combine_chunks(),
@@ -105,7 +99,7 @@ def parse_results(
             "stop_reason": pc.struct_field(message, "stop_reason"),
             "text": _joined_text(content),
             "tool_input": _tool_inputs(content, raw),
-            **{name: pc.struct_field(usage, name) for name in _USAGE_FIELDS},
+            **{name: pc.struct_field(usage, name) for name in USAGE_FIELDS},
             "batch_id": pa.array([batch_id] * n, pa.string()),
             "batch_created_at": pa.array([batch_created_at] * n, pa.float64()),
             "problem": pc.if_else(
@@ -217,7 +211,7 @@ def _lenient_row(result: Any) -> dict[str, Any]:
         row["stop_reason"] = stop if isinstance(stop, str) else None
         usage = message.get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        for name in _USAGE_FIELDS:
+        for name in USAGE_FIELDS:
             row[name] = _count(usage.get(name), f"usage.{name}", problems)
         row["text"], row["tool_input"] = _message_parts(message, problems)
     elif kind == "errored":
@@ -228,7 +222,7 @@ def _lenient_row(result: Any) -> dict[str, Any]:
             row["error_message"] = _text(inner.get("message"))
         else:
             problems.append("result.error has no error object")
-    elif kind not in _RESULT_TYPES:
+    elif kind not in RESULT_TYPES:
         problems.append(f"unknown result type {kind!r}")
     row["problem"] = "; ".join(problems) or None
     return row

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from dsbatch import _structured
 from dsbatch._conversation import conversations
+from dsbatch._records import RESULT_TYPES, USAGE_FIELDS
 from dsbatch._samples import SAMPLE_COLUMN
 
 __all__ = ["STATUS_TYPE", "MissingResult", "OutputSpec", "ParseFn", "output_table"]
@@ -29,10 +30,7 @@ STATUS_TYPE = pa.struct(
         ("error", pa.string()),
         ("custom_id", pa.string()),
         ("stop_reason", pa.string()),
-        ("input_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("cache_read_input_tokens", pa.int64()),
-        ("cache_creation_input_tokens", pa.int64()),
+        *((name, pa.int64()) for name in USAGE_FIELDS),
         ("attempts", pa.int64()),
         # The answer's cost in USD at batch prices (``_cost``): 0 for a request not billed,
         # null when unknown or the row was skipped. Rows sharing a request share its answer,
@@ -41,7 +39,6 @@ STATUS_TYPE = pa.struct(
     ]
 )
 
-_RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")
 _EXPIRED = "the request expired: the batch did not reach it within 24 hours"
 _CANCELED = "the request was canceled before it was processed (resend_canceled=True sends it again)"
 
@@ -166,7 +163,7 @@ def _per_request(
     problem = _arr(latest["problem"])
     unreadable = pc.and_(pc.equal(kind, "succeeded"), pc.is_valid(problem)).fill_null(False)
     # A result of no known type (an odd line) is an answer we do not have: errored, saying why.
-    known = pc.is_in(kind, value_set=pa.array(_RESULT_TYPES)).fill_null(False)
+    known = pc.is_in(kind, value_set=pa.array(RESULT_TYPES)).fill_null(False)
     status = pc.if_else(unreadable, "parse_error", pc.if_else(known, kind, "errored"))
     problem = pc.if_else(
         pc.or_(known, pc.is_valid(problem)), problem, "the result line has no result type"

@@ -31,7 +31,6 @@ from dsbatch._samples import SAMPLE_COLUMN, SAMPLES_AS
 __all__ = ["CodeRef", "MapOptions"]
 
 _ON_ERROR = ("keep", "drop", "raise")
-_MODES = ("native", "tool")
 
 Check = Callable[[str, Any], Any]
 
@@ -210,7 +209,7 @@ class MapOptions:
     parse: Callable[..., Any] | None = _opt(_parse, keep=False)
     output_column: str = _opt(_column)
     status_column: str = _opt(_column)
-    structured_output: str = _opt(_one_of(_MODES))
+    structured_output: str = _opt(_one_of(_structured.MODES))
     betas: tuple[str, ...] = _opt(_betas)
     with_indices: bool = _opt(_flag)
     cache_dir: str | os.PathLike[str] | None = _opt(_any, keep=False)

@@ -23,13 +23,26 @@ from typing import Any
 
 __all__ = [
     "IN_FLIGHT",
+    "RESULT_TYPES",
     "SENT",
+    "USAGE_FIELDS",
     "BatchRecord",
     "BatchState",
     "Manifest",
     "RecordError",
     "record_from_journal",
 ]
+
+
+# The types of a batch's result, and the usage counts of an answer, as the API names them:
+# every module that reads results takes them from here.
+RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
 
 
 class RecordError(ValueError):

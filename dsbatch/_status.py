@@ -15,18 +15,12 @@ import pyarrow.compute as pc
 from dsbatch._backend import BatchInfo
 from dsbatch._plan import View
 from dsbatch._policy import latest_results
-from dsbatch._records import BatchRecord, BatchState, Manifest
+from dsbatch._records import RESULT_TYPES, USAGE_FIELDS, BatchRecord, BatchState, Manifest
 
 __all__ = ["BatchStatus", "JobStatus", "job_status"]
 
 # Requests per state, in the order they are shown.
-STATES = ("succeeded", "errored", "expired", "canceled", "in_flight", "to_send")
-_TOKENS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_input_tokens",
-    "cache_creation_input_tokens",
-)
+STATES = (*RESULT_TYPES, "in_flight", "to_send")
 _RECORD_STATES = {
     BatchState.INTENT: "creating",
     BatchState.SUBMITTED: "in_progress",
@@ -152,7 +146,7 @@ def job_status(
     counts["in_flight"] = len(waiting & set(needed.to_pylist()))
     counts["to_send"] = len(pending)
     answered = latest.filter(pc.equal(latest["type"], "succeeded").fill_null(False))
-    tokens = {name: int(pc.sum(answered[name]).as_py() or 0) for name in _TOKENS}
+    tokens = {name: int(pc.sum(answered[name]).as_py() or 0) for name in USAGE_FIELDS}
     batches = [_batch(r, poll, None) for r in records if r.state in _RECORD_STATES]
     foreign = [
         _batch(record, poll, record.job)

@@ -75,6 +75,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 __all__ = [
+    "MODES",
     "Parsed",
     "arrow_schema",
     "check_response_format",
@@ -86,7 +87,8 @@ __all__ = [
     "tool_name",
 ]
 
-_MODES = ("native", "tool")
+# How a structured answer is asked for: output_config.format, or a forced tool.
+MODES = ("native", "tool")
 _CUT_ERROR = "the answer was cut at max_tokens before the JSON was complete (raise max_tokens)"
 _REFUSAL_ERROR = "the model refused to answer (stop_reason refusal)"
 
@@ -485,7 +487,7 @@ def parse_answer(
     ``text`` is the answer's text; ``tool_input`` the ``input`` of the forced ``tool_use`` block
     (``mode="tool"``; without one the text is read instead).
     """
-    if mode not in _MODES:
+    if mode not in MODES:
         raise ValueError(_bad_mode(mode))
     if stop_reason == "refusal":
         return Parsed(None, _REFUSAL_ERROR)
