@@ -58,8 +58,6 @@ class Job:
         *,
         client: anthropic.Anthropic | None = None,
         options: MapOptions | None = None,
-        bodies: Mapping[str, bytes] | None = None,
-        first_row: Mapping[str, tuple[str | None, int]] | None = None,
         splits: Mapping[str, Dataset] | None = None,
         cache_dir: str | None = None,
         poll_interval: float | PollSchedule | None = None,
@@ -70,8 +68,8 @@ class Job:
         self._manifest = manifest
         self._backend = Backend(client, api_version=manifest.api_version)
         self._options = options
-        self._bodies = bodies
-        self._first_row = first_row
+        # The job's requests, read from its file as steps need them (``_Requests``).
+        self._bodies: _Requests | None = None
         self._splits = dict(splits) if splits is not None else None
         self._origin_checked = options is not None  # started here: the origin is its own
         self._done: JobLoop | None = None  # the loop of a wait that found the job done
@@ -135,20 +133,22 @@ class Job:
         self._check_origin(options)
         return self._local_loop(options)
 
+    def _requests(self) -> _Requests:
+        """The job's requests, read from its file only as far as they are needed."""
+        if self._bodies is None:
+            self._bodies = _Requests(self._job)
+        return self._bodies
+
     def _local_loop(self, options: MapOptions) -> JobLoop:
         """A loop for this job (no origin check: ``_loop`` makes it before any call). The
         request bodies are read only when a step needs them: a status needs their ids."""
-        if self._bodies is None:
-            self._bodies = _Requests(self._job)
-        lazy = isinstance(self._bodies, _Requests)
         return JobLoop(
             self._backend,
             self._job,
-            self._bodies,
+            self._requests(),
             options,
             origin=self._manifest.origin,
-            first_row=self._first_row,
-            models=self._job.request_models() if lazy else None,
+            models=self._job.request_models(),
         )
 
     def _check_origin(self, options: MapOptions) -> None:
@@ -341,8 +341,7 @@ class Job:
                 path=str(self._job.dir / "rows"),
             )
         splits = self._inputs(dataset) if options.parse is not None else None
-        bodies = self._bodies if self._bodies is not None else _Requests(self._job)
-        outputs = collect(self._job, results, ids, options.output, splits, bodies, cost)  # type: ignore[arg-type]
+        outputs = collect(self._job, results, ids, options.output, splits, self._requests(), cost)
 
         def finished(manifest: Manifest) -> None:
             # Columns joined again as they were (a lost output file) keep the time they were

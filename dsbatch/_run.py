@@ -90,7 +90,6 @@ class JobLoop:
         bodies: Mapping[str, bytes],
         options: MapOptions,
         origin: str,
-        first_row: Mapping[str, tuple[str | None, int]] | None = None,
         models: Mapping[str, str | None] | None = None,
     ) -> None:
         self.backend = backend
@@ -98,7 +97,6 @@ class JobLoop:
         self.bodies = bodies
         self.options = options
         self.origin = origin
-        self.first_row = first_row
         self.needed = pa.array(list(bodies), pa.string())
         self._view: View | None = None  # the last step's, taken under the cache lock
         self.last_view: View | None = None  # what the last step saw (for status)
@@ -254,7 +252,6 @@ class JobLoop:
                 self.bodies,
                 max_requests=self.options.max_batch_requests,
                 max_bytes=self.options.max_batch_bytes,
-                first_row=self.first_row,
             )
         )
         now = self.options.schedule.clock()
