@@ -144,7 +144,7 @@ def make_plan(
             needed,
             max_attempts=options.max_attempts,
             resend_canceled=options.resend_canceled,
-        )
+        ).to_pylist()
     )
     in_flight = len(view.waiting_ids & set(bodies))
     batches = chunk_requests(

@@ -21,7 +21,7 @@ import xxhash
 from dsbatch._errors import LedgerError, RequestTooLargeError
 from dsbatch._ledger import RESULT_SCHEMA, Ledger
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
-from dsbatch._policy import LOST_ERROR, to_send
+from dsbatch._policy import LOST_ERROR, latest_results, open_requests
 from dsbatch._records import IN_FLIGHT, BatchRecord, BatchState
 from dsbatch._recovery import all_records, batch_origins
 
@@ -74,11 +74,27 @@ class View:
     # Batches that may hold needed requests and are in flight, or whose stored results are
     # missing or unreadable (downloaded again): record -> the needed custom_ids it may hold
     # (when its own ids file is lost: those its job asks for).
-    waiting: list[tuple[BatchRecord, list[str]]] = field(default_factory=list)
+    waiting: list[tuple[BatchRecord, pa.Array]] = field(default_factory=list)
+    # ``latest()``'s answer, for the ``results`` it was made from.
+    _latest: tuple[pa.Table, pa.Table] | None = field(default=None, repr=False)
+
+    @property
+    def waiting_array(self) -> pa.Array:
+        """The needed custom_ids some batch may hold, once each."""
+        if not self.waiting:
+            return pa.array([], pa.string())
+        return pc.unique(pa.concat_arrays([ids for _, ids in self.waiting]))
 
     @property
     def waiting_ids(self) -> set[str]:
-        return {c for _, ids in self.waiting for c in ids}
+        return set(self.waiting_array.to_pylist())
+
+    def latest(self) -> pa.Table:
+        """``latest_results`` of ``results``: the decision and the standing of a step both
+        read it, and on a large job it is the step's largest piece of work."""
+        if self._latest is None or self._latest[0] is not self.results:
+            self._latest = (self.results, latest_results(self.results))
+        return self._latest[1]
 
 
 def survey(
@@ -119,13 +135,14 @@ def survey(
             if lost:
                 continue
             ids = _bound(ledger, record.job, needed)
-        mine = pc.filter(ids, pc.is_in(ids, value_set=needed))
+        # A batch of this job holds only its requests (the job's fingerprint fixes them).
+        mine = ids if record.job == own else pc.filter(ids, pc.is_in(ids, value_set=needed))
         if len(mine) == 0 and record.job != own:
             continue
         if lost:
             stand_ins.append(_lost_results(record, mine))
         else:
-            view.waiting.append((record, mine.to_pylist()))
+            view.waiting.append((record, mine))
     for path in scan.damaged:
         _refuse_if_needed(ledger, path, needed)
     if stand_ins:
@@ -197,12 +214,14 @@ def stand_in_results(
     return pa.table(columns, schema=RESULT_SCHEMA).drop_columns(["raw"])
 
 
-def decide(view: View, needed: pa.Array, *, max_attempts: int, resend_canceled: bool) -> list[str]:
-    """The custom_ids to send now: none that any batch of the cache may hold in flight."""
-    return to_send(
+def decide(view: View, needed: pa.Array, *, max_attempts: int, resend_canceled: bool) -> pa.Array:
+    """The custom_ids to send now, in their order: none that any batch of the cache may hold
+    in flight."""
+    return open_requests(
         needed,
         view.results,
-        in_flight=view.waiting_ids,
+        latest=view.latest(),
+        in_flight=view.waiting_array,
         max_attempts=max_attempts,
         resend_canceled=resend_canceled,
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,6 +29,7 @@ __all__ = [
     "LOST_ERROR",
     "attempts",
     "latest_results",
+    "open_requests",
     "to_send",
 ]
 
@@ -55,22 +57,45 @@ def _retry_mask(results: pa.Table, resend_canceled: bool) -> pa.ChunkedArray:
 
 
 def latest_results(results: pa.Table) -> pa.Table:
-    """One result per custom_id: a success if there is one anywhere, else the latest attempt.
+    """One result per custom_id: a success if there is one anywhere, else the latest attempt
+    (of two attempts made at one moment, the first listed). Rows keep their order in
+    ``results``; a table whose every custom_id occurs once is returned as it is.
 
     ``results`` needs ``custom_id``, ``type`` and ``batch_created_at`` (the order of attempts).
     """
     if results.num_rows == 0:
         return results
+    rows = _latest_rows(results)
+    return results if rows is None else results.take(pa.array(rows))
+
+
+def _latest_rows(results: pa.Table) -> np.ndarray | None:
+    """The rows ``latest_results`` keeps, in order; None for all of them. The ids are
+    numbered by a hash pass and sorted as integers: a job's results are a million rows, and
+    sorting their strings cost seconds on every step."""
+    encoded = _combined(results["custom_id"]).dictionary_encode()
+    if len(encoded.dictionary) == len(encoded):
+        return None  # one attempt each (the usual case): every row is the latest
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
     rank = pc.if_else(pc.equal(results["type"], "succeeded"), 0, 1).fill_null(1)
-    order = pc.negate(results["batch_created_at"].fill_null(0.0))
-    keyed = results.append_column("_rank", rank).append_column("_order", order)
-    keyed = keyed.sort_by(
-        [("custom_id", "ascending"), ("_rank", "ascending"), ("_order", "ascending")]
+    when = results["batch_created_at"].fill_null(0.0)
+    # lexsort is stable and sorts by its last key first: id, then success, then newest first.
+    order = np.lexsort(
+        (
+            -_combined(when).to_numpy(zero_copy_only=False),
+            _combined(rank).to_numpy(zero_copy_only=False),
+            codes,
+        )
     )
-    ids = keyed["custom_id"].combine_chunks()
-    first = pc.invert(pc.equal(ids[1:], ids[:-1]).fill_null(False))
-    keep = pa.concat_arrays([pa.array([True]), first]) if len(ids) else pa.array([], pa.bool_())
-    return keyed.filter(keep).drop_columns(["_rank", "_order"])
+    grouped = codes[order]
+    first = np.empty(len(order), dtype=bool)
+    first[0] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=first[1:])
+    return np.sort(order[first])
+
+
+def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def attempts(results: pa.Table, *, count_canceled: bool = True) -> dict[str, int]:
@@ -84,21 +109,53 @@ def attempts(results: pa.Table, *, count_canceled: bool = True) -> dict[str, int
     )
 
 
+def open_requests(
+    needed: pa.Array,
+    results: pa.Table,
+    *,
+    in_flight: Collection[str] | pa.Array,
+    max_attempts: int,
+    resend_canceled: bool = False,
+    latest: pa.Table | None = None,
+) -> pa.Array:
+    """The custom_ids among ``needed`` to send now, in their order.
+
+    ``results`` holds every result of every attempt for these ids (lost ones included);
+    ``latest``, when given, is ``latest_results(results)``.
+    """
+    if latest is None:
+        latest = latest_results(results)
+    final = latest.filter(pc.invert(_retry_mask(latest, resend_canceled)))["custom_id"]
+    counted = results["custom_id"]
+    if resend_canceled:  # canceled sends are not counted
+        counted = pc.filter(
+            counted, pc.invert(pc.equal(results["type"], "canceled").fill_null(False))
+        )
+    counts = pc.value_counts(_combined(counted))
+    spent = pc.filter(
+        counts.field("values"), pc.greater_equal(counts.field("counts"), max_attempts)
+    )
+    if not isinstance(in_flight, pa.Array):
+        in_flight = pa.array(list(in_flight), pa.string())
+    closed = pa.concat_arrays(
+        [_combined(final).cast(pa.string()), spent.cast(pa.string()), in_flight.cast(pa.string())]
+    )
+    return pc.filter(needed, pc.invert(pc.is_in(needed, value_set=closed)))
+
+
 def to_send(
     needed: pa.Array,
     results: pa.Table,
     *,
-    in_flight: Collection[str],
+    in_flight: Collection[str] | pa.Array,
     max_attempts: int,
     resend_canceled: bool = False,
 ) -> list[str]:
-    """The custom_ids among ``needed`` to send now, in their order.
-
-    ``results`` holds every result of every attempt for these ids (lost ones included).
-    """
-    latest = latest_results(results)
-    final = latest.filter(pc.invert(_retry_mask(latest, resend_canceled)))["custom_id"]
-    open_ids = pc.filter(needed, pc.invert(pc.is_in(needed, value_set=final.combine_chunks())))
-    used = attempts(results, count_canceled=not resend_canceled)
-    flying = set(in_flight)
-    return [c for c in open_ids.to_pylist() if c not in flying and used.get(c, 0) < max_attempts]
+    """``open_requests`` as a list."""
+    return open_requests(
+        needed,
+        results,
+        in_flight=in_flight,
+        max_attempts=max_attempts,
+        resend_canceled=resend_canceled,
+    ).to_pylist()

@@ -153,7 +153,7 @@ def preview(
             pa.array(ids, pa.string()),
             max_attempts=options.max_attempts,
             resend_canceled=options.resend_canceled,
-        )
+        ).to_pylist()
         failures = _buy(
             backend, ledger, origin, _waves(to_buy, prepared.groups), rendered.bodies, options
         )

@@ -33,7 +33,6 @@ from dsbatch._cost import PriceBook, Pricer
 from dsbatch._lease import Holder
 from dsbatch._ledger import JobLedger
 from dsbatch._plan import View, chunk_requests, decide, queued, stand_in_results, survey
-from dsbatch._policy import latest_results
 from dsbatch._priming import Primers
 from dsbatch._progress import ProgressBar
 from dsbatch._records import BatchRecord, BatchState
@@ -75,7 +74,7 @@ class _Decision:
     """What one step decided, under the cache lock."""
 
     pending: list[str]  # to send now, in the new batches ``intents``
-    held: list[str]  # held back for room in the processing queue
+    held: int  # requests held back for room in the processing queue
     in_queue: int  # requests in the processing queue before these
     intents: list[BatchRecord]
 
@@ -111,7 +110,7 @@ class JobLoop:
             origin=origin,
         )
         self._said: set[str] = set()  # the other jobs' batches already named in the log
-        self._held_ids: list[str] = []  # what the last step held back for the queue limit
+        self._held = 0  # requests the last step held back for the queue limit
         # After a step that sent and changed nothing: the batches it polled, the lock's turn
         # when it decided, and its standing (``step``).
         self._quiet: tuple[list[BatchRecord], int, Standing] | None = None
@@ -168,6 +167,9 @@ class JobLoop:
 
     def to_send(self, view: View) -> list[str]:
         """What of the job's requests ``decide`` would send, given what ``view`` saw."""
+        return self._open(view).to_pylist()
+
+    def _open(self, view: View) -> pa.Array:
         return decide(
             view,
             self.needed,
@@ -217,34 +219,39 @@ class JobLoop:
         pending, held = decision.pending, decision.held
         self._view = view if not pending else None  # nothing sent: still what the cache holds
         self.last_view = view
-        if held and not self._held_ids:  # said once per stretch of waiting
+        if held and not self._held:  # said once per stretch of waiting
             log.info(
                 "dsbatch: %d requests wait for room in the processing queue "
                 "(max_queued_requests=%d; the cache's batches hold %d): sent as earlier "
                 "batches end",
-                len(held),
+                held,
                 self.options.max_queued_requests,
                 decision.in_queue + len(pending),
             )
-        self._held_ids = held
-        standing = self._standing(view, len(pending), len(held) + self.primers.held)
+        self._held = held
+        standing = self._standing(view, len(pending), held + self.primers.held)
         if not pending and advance and final_turn is not None and not standing.done:
             self._quiet = (self._to_advance(view), final_turn, standing)
         return standing
 
     def _decide(self, view: View) -> _Decision:
         """What to send, from ``view``; the intents written. Called under the cache lock."""
-        pending = self.to_send(view)
-        if pending and self._canceled():
+        open_ids = self._open(view)
+        if len(open_ids) and self._canceled():
             # A canceled job sends nothing more: what it never sent ends canceled.
             view.results = pa.concat_tables(
-                [view.results, stand_in_results(pa.array(pending), kind="canceled")]
+                [view.results, stand_in_results(open_ids, kind="canceled")]
             )
-            pending = []
-        pending = self.primers.hold(pending, view)
+            open_ids = open_ids.slice(0, 0)
         in_queue = sum(r.request_count for r in queued(view.records, self.origin))
         room = max(0, self.options.max_queued_requests - in_queue)
-        pending, held = pending[:room], pending[room:]
+        if self.primers.groups:
+            pending = self.primers.hold(open_ids.to_pylist(), view)
+        else:  # only what fits becomes Python strings: a wave of a million rows is long
+            pending = open_ids.slice(0, room).to_pylist()
+            self.primers.held = 0
+        held = max(0, len(pending if self.primers.groups else open_ids) - room)
+        pending = pending[:room]
         # The whole plan first: a request too large fails before any batch is paid.
         plans = list(
             chunk_requests(
@@ -274,7 +281,7 @@ class JobLoop:
         requests are held back, every batch filling the queue (whoever made it: a process that
         died must not keep the queue full)."""
         records = [record for record, _ in view.waiting]
-        if self._held_ids:
+        if self._held:
             seen = {(r.job, r.seq) for r in records}
             records += [r for r in queued(view.records, self.origin) if (r.job, r.seq) not in seen]
         return records
@@ -287,7 +294,7 @@ class JobLoop:
         return self.survey().results
 
     def _standing(self, view: View, sent: int, held: int) -> Standing:
-        latest = latest_results(view.results)
+        latest = view.latest()
         answered = pc.equal(latest["type"], "succeeded").fill_null(False)
         succeeded = pc.sum(answered).as_py() or 0
         # Priced only for the progress bar: every poll of a large job should stay cheap.
@@ -307,7 +314,7 @@ class JobLoop:
         return Standing(
             len(self.needed),
             succeeded,
-            len(view.waiting_ids),
+            len(view.waiting_array),
             sent,
             len(view.waiting),
             tuple((r.batch_id or f"#{r.seq}", r.job) for r, _ in others),

@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 
 from dsbatch._backend import BatchInfo
 from dsbatch._plan import View
-from dsbatch._policy import latest_results
 from dsbatch._records import RESULT_TYPES, USAGE_FIELDS, BatchRecord, BatchState, Manifest
 
 __all__ = ["BatchStatus", "JobStatus", "job_status"]
@@ -132,7 +131,7 @@ def job_status(
     """The status of a job from what its last survey saw (``view``), the requests ``decide``
     would send now, and the job's records; ``poll(batch_id)`` asks the API about a batch in
     flight; ``cost(succeeded results)`` prices the answers."""
-    latest = latest_results(view.results)
+    latest = view.latest()
     waiting = view.waiting_ids
     pending = set(to_send)
     final = latest.filter(

@@ -143,6 +143,9 @@ class ResultsStore:
         self.root = root
         self._seen: dict[str, _Seen] = {}
         self._downloads: dict[str, list[Path]] = {}  # batch_id -> this store's downloads
+        # The sorted unique keys of the custom_ids last asked for, by their digest: a job asks
+        # for the same million ids on every step.
+        self._wanted: tuple[int, np.ndarray] | None = None
 
     def path(self, batch_id: str) -> Path:
         return self.root / "results" / f"{batch_id}.parquet"
@@ -238,8 +241,10 @@ class ResultsStore:
         What was found for the same custom_ids in a file that has not changed is not read
         again (a job's steps ask the same every time)."""
         value_set = pa.array(custom_ids, pa.string())
-        wanted = np.unique(custom_id_keys(value_set))
         token = _digest(value_set)
+        if self._wanted is None or self._wanted[0] != token:
+            self._wanted = (token, np.unique(custom_id_keys(value_set)))
+        wanted = self._wanted[1]
         parts, unreadable = [], set()
         rdir = self.root / "results"
         for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
