@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, ValuesView
 from typing import Any
 
 import anthropic
+import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
@@ -34,6 +35,7 @@ from dsbatch._records import IN_FLIGHT, BatchState, Manifest
 from dsbatch._recovery import job_records
 from dsbatch._run import JobLoop
 from dsbatch._status import JobStatus, job_status
+from dsbatch._store import custom_id_key, custom_id_keys
 
 __all__ = ["Job", "jobs"]
 
@@ -142,13 +144,15 @@ class Job:
     def _local_loop(self, options: MapOptions) -> JobLoop:
         """A loop for this job (no origin check: ``_loop`` makes it before any call). The
         request bodies are read only when a step needs them: a status needs their ids."""
+        requests = self._requests()
         return JobLoop(
             self._backend,
             self._job,
-            self._requests(),
+            requests,
             options,
             origin=self._manifest.origin,
             models=self._job.request_models(),
+            needed=requests.custom_ids(),
         )
 
     def _check_origin(self, options: MapOptions) -> None:
@@ -407,29 +411,47 @@ class _Requests(Mapping[str, bytes]):
     """A job's requests, read from its file as they are needed: listing, status and cancel read
     their custom_ids alone (one column), and a step reads the row groups of the requests it
     sends, one at a time (the file is in the order batches are cut), so a job of a million
-    requests never holds every body in memory."""
+    requests never holds every body in memory. The custom_ids stay one Arrow array, found by
+    the sorted 64-bit keys the results index uses (``custom_id_keys``): a dict of a million
+    ids would cost more than the bodies a step holds."""
 
     def __init__(self, job: JobLedger) -> None:
         self._job = job
-        self._ids: list[str] | None = None
-        self._at: dict[str, int] | None = None  # custom_id -> its row in the file
+        self._ids: pa.Array | None = None
+        self._keys: np.ndarray | None = None  # the ids' keys, sorted
+        self._rows: np.ndarray | None = None  # the file's row of each key
         self._starts: list[int] = []  # the first row of each row group
         self._group: tuple[int, list[bytes]] = (0, [])  # (its first row, its bodies)
 
-    def _custom_ids(self) -> list[str]:
+    def custom_ids(self) -> pa.Array:
+        """Every custom_id, in the file's order."""
         if self._ids is None:
             ids = self._job.request_ids()
             if ids is None:  # unreadable: reading the bodies says why, naming the file
-                self._ids = list(self._job.read_requests())
-            else:
-                self._ids = ids.to_pylist()
+                ids = pa.array(list(self._job.read_requests()), pa.string())
+            self._ids = ids
         return self._ids
 
-    def __getitem__(self, custom_id: str) -> bytes:
-        if self._at is None:
-            self._at = {c: i for i, c in enumerate(self._custom_ids())}
+    def _row(self, custom_id: str) -> int:
+        if self._keys is None or self._rows is None:
+            keys = custom_id_keys(self.custom_ids())
+            self._rows = np.argsort(keys, kind="stable")
+            self._keys = keys[self._rows]
             self._starts = list(itertools.accumulate(self._job.request_groups(), initial=0))
-        at = self._at[custom_id]
+        key = custom_id_key(custom_id)
+        first = int(np.searchsorted(self._keys, key, side="left"))
+        ids = self.custom_ids()
+        # Ids sharing a key (a request and its samples) are told apart by the ids themselves.
+        for at in range(first, len(self._keys)):
+            if self._keys[at] != key:
+                break
+            row = int(self._rows[at])
+            if ids[row].as_py() == custom_id:
+                return row
+        raise KeyError(custom_id)
+
+    def __getitem__(self, custom_id: str) -> bytes:
+        at = self._row(custom_id)
         start, bodies = self._group
         if not 0 <= at - start < len(bodies):  # in another row group than the last one read
             group = bisect.bisect_right(self._starts, at) - 1
@@ -438,10 +460,12 @@ class _Requests(Mapping[str, bytes]):
         return bodies[at - start]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._custom_ids())
+        ids = self.custom_ids()
+        for offset in range(0, len(ids), _ID_CHUNK):
+            yield from ids.slice(offset, _ID_CHUNK).to_pylist()
 
     def __len__(self) -> int:
-        return len(self._custom_ids())
+        return len(self.custom_ids())
 
     def values(self) -> ValuesView[bytes]:
         return _RequestValues(self)
@@ -450,6 +474,10 @@ class _Requests(Mapping[str, bytes]):
         """Every body in the file's order, a row group at a time."""
         for group in range(len(self._job.request_groups())):
             yield from self._job.read_request_group(group)
+
+
+# Ids made Python strings at a time when iterating a job's requests.
+_ID_CHUNK = 65_536
 
 
 class _RequestValues(ValuesView[bytes]):

@@ -90,13 +90,15 @@ class JobLoop:
         options: MapOptions,
         origin: str,
         models: Mapping[str, str | None] | None = None,
+        needed: pa.Array | None = None,
     ) -> None:
         self.backend = backend
         self.job = job
         self.bodies = bodies
         self.options = options
         self.origin = origin
-        self.needed = pa.array(list(bodies), pa.string())
+        # The job's distinct custom_ids (``needed``: the keys of ``bodies``, as Arrow).
+        self.needed = pa.array(list(bodies), pa.string()) if needed is None else needed
         self._view: View | None = None  # the last step's, taken under the cache lock
         self.last_view: View | None = None  # what the last step saw (for status)
         self.holder = Holder.new()  # this call: it holds the intents it writes (``_lease``)

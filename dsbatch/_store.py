@@ -39,7 +39,14 @@ import xxhash
 from dsbatch._errors import LedgerError
 from dsbatch._files import append_entry, arrow_bytes, atomic_write, read_arrow, read_entries
 
-__all__ = ["PREVIEW_PREFIX", "RESULT_SCHEMA", "ResultsStore", "custom_id_keys", "is_preview"]
+__all__ = [
+    "PREVIEW_PREFIX",
+    "RESULT_SCHEMA",
+    "ResultsStore",
+    "custom_id_key",
+    "custom_id_keys",
+    "is_preview",
+]
 
 log = logging.getLogger("dsbatch")
 
@@ -118,7 +125,18 @@ def custom_id_keys(custom_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return keys
 
 
+def custom_id_key(custom_id: str) -> int:
+    """``custom_id_keys`` of one custom_id, without making arrays of it."""
+    data = custom_id.encode()
+    head = data[len(_ID_PREFIX) : len(_ID_PREFIX) + 16]
+    if len(data) >= _ID_LENGTH and data.startswith(_PREFIX) and _HEX.issuperset(head):
+        return int(head, 16)
+    return xxhash.xxh3_64_intdigest(data)
+
+
 _ID_PREFIX = "dsb_"
+_PREFIX = _ID_PREFIX.encode()
+_HEX = frozenset(b"0123456789abcdef")
 _ID_LENGTH = len(_ID_PREFIX) + 32
 _PREFIX_BYTES = np.frombuffer(_ID_PREFIX.encode(), dtype=np.uint8)
 _NIBBLE = np.full(256, 255, dtype=np.uint8)

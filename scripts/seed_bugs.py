@@ -866,6 +866,12 @@ BUGS = [
         "        if self._wanted is None or self._wanted[0] != token:\n",
         "        if self._wanted is None:\n",
         "a second job in one process looks for the first job's ids: it buys what is stored"),
+    Bug("requests-first-of-shared-key", "dsbatch/_job.py",
+        "            if ids[row].as_py() == custom_id:\n", "            if True:\n",
+        "a sample's request is read as the first request sharing its key: wrong params sent"),
+    Bug("custom-id-key-differs", "dsbatch/_store.py",
+        "        return int(head, 16)\n", "        return int(head[:15], 16)\n",
+        "a job's requests are looked up under another key than the index's: none is found"),
 ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from datasets import Dataset
 from support import answers, run, sent
 
 import dsbatch._bodies
+import dsbatch._ledger
 import dsbatch._map
 from dsbatch._bodies import Bodies
 
@@ -85,3 +86,23 @@ def test_a_job_whose_bodies_spill_sends_and_answers_the_same(emu, monkeypatch, t
     # The same requests (the emulator's prompt cache is warm the second time: token counts differ)
     ids = [(s["custom_id"], s["status"]) for s in plain["dsbatch"]]
     assert [(s["custom_id"], s["status"]) for s in spilled["dsbatch"]] == ids
+
+
+def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monkeypatch):
+    # A request and its samples share their 64-bit key: each id still gets its own body, from
+    # any row group, and an id the job does not have is a KeyError, not a neighbour's body.
+    from dsbatch._job import _Requests
+    from dsbatch._ledger import Ledger
+
+    monkeypatch.setattr(dsbatch._ledger, "REQUEST_GROUP_ROWS", 4)
+    base = "dsb_" + "0123456789abcdef" * 2
+    ids = [base, *(f"{base}_s{i}" for i in range(1, 6)), "dsb_" + "f" * 32, "plain-id"]
+    job = Ledger(str(tmp_path)).job("f" * 32)
+    job.write_requests((c, f'{{"n":{n}}}'.encode(), "m") for n, c in enumerate(ids))
+    requests = _Requests(job)
+    for n, custom_id in reversed(list(enumerate(ids))):
+        assert requests[custom_id] == f'{{"n":{n}}}'.encode()
+    assert list(requests) == ids
+    assert requests.custom_ids().to_pylist() == ids
+    with pytest.raises(KeyError):
+        requests[f"{base}_s9"]
