@@ -44,6 +44,7 @@ from dsbatch._store import ResultsStore, is_preview
 
 __all__ = [
     "PRICES_ENV",
+    "PRICED_COLUMNS",
     "PRICE_KEYS",
     "PriceBook",
     "Pricer",
@@ -239,6 +240,10 @@ def _day(created_at: float | None) -> dt.date | None:
     return dt.datetime.fromtimestamp(created_at, dt.timezone.utc).date()
 
 
+# The result columns a price is worked out from.
+PRICED_COLUMNS = ["custom_id", "batch_id", "batch_created_at", *USAGE_FIELDS]
+
+
 class Pricer:
     """Prices the answers of one job: its requests' bodies tell each one's model, the stored
     result lines the TTL split of cache writes. What it worked out is kept (a batch's results
@@ -310,7 +315,9 @@ class Pricer:
         kinds = latest["type"].to_pylist()
         errors = latest["error_type"].to_pylist()
         succeeded = pc.equal(latest["type"], "succeeded").fill_null(False)
-        answered = iter(self._costs(latest.filter(succeeded)))
+        # Only the columns pricing reads are filtered: a million answers' text is not copied.
+        priced = latest.select(PRICED_COLUMNS)
+        answered = iter(self._costs(priced.filter(succeeded)))
         out: list[float | None] = []
         for kind, error in zip(kinds, errors, strict=True):
             if kind == "succeeded":
@@ -323,15 +330,7 @@ class Pricer:
 
     def _costs(self, rows: pa.Table) -> list[float | None]:
         """The cost of each succeeded result row."""
-        columns = [
-            rows[name].to_pylist()
-            for name in (
-                "custom_id",
-                "batch_id",
-                "batch_created_at",
-                *USAGE_FIELDS,
-            )
-        ]
+        columns = [rows[name].to_pylist() for name in PRICED_COLUMNS]
         out: list[float | None] = []
         # The prices of a model on a batch's day, looked up once (a batch is one day).
         found: dict[tuple[str | None, float | None], Prices | None] = {}

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from dsbatch._backend import Backend
 from dsbatch._batch import BatchKeeper
-from dsbatch._cost import PriceBook, Pricer
+from dsbatch._cost import PRICED_COLUMNS, PriceBook, Pricer
 from dsbatch._lease import Holder
 from dsbatch._ledger import JobLedger
 from dsbatch._plan import View, chunk_requests, decide, queued, stand_in_results, survey
@@ -300,7 +300,11 @@ class JobLoop:
         answered = pc.equal(latest["type"], "succeeded").fill_null(False)
         succeeded = pc.sum(answered).as_py() or 0
         # Priced only for the progress bar: every poll of a large job should stay cheap.
-        cost = self.pricer.total(latest.filter(answered)) if self.options.progress else None
+        cost = (
+            self.pricer.total(latest.select(PRICED_COLUMNS).filter(answered))
+            if self.options.progress
+            else None
+        )
         others = [(r, ids) for r, ids in view.waiting if r.job != self.job.fingerprint]
         for record, ids in others:
             if record.name not in self._said:
