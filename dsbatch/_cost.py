@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -40,7 +41,7 @@ from dsbatch._errors import LedgerError
 from dsbatch._models import BATCH_DISCOUNT, CHECKED, Prices, model_facts, parse_model
 from dsbatch._policy import LOST_ERROR
 from dsbatch._records import USAGE_FIELDS
-from dsbatch._store import ResultsStore, is_preview
+from dsbatch._store import PREVIEW_PREFIX, ResultsStore
 
 __all__ = [
     "PRICES_ENV",
@@ -303,8 +304,8 @@ class Pricer:
             known = self._sums.get(batch_id)
             if known is None or known[0] != count:
                 rows = answered.filter(pc.equal(answered["batch_id"], batch_id))
-                costs = self._costs(rows)
-                known = (count, None if None in costs else math.fsum(costs))  # type: ignore[arg-type]
+                costs, priced = self._costs(rows)
+                known = (count, math.fsum(costs.tolist()) if priced.all() else None)
                 self._sums[batch_id] = known
             total = None if total is None or known[1] is None else total + known[1]
         return total
@@ -312,56 +313,76 @@ class Pricer:
     def per_request(self, latest: pa.Table) -> pa.Array:
         """One cost per result (``latest``: one per request): its answer's if it succeeded, 0 for
         a request not billed, null when unknown (no price, or a lost batch's)."""
-        kinds = latest["type"].to_pylist()
-        errors = latest["error_type"].to_pylist()
+        n = latest.num_rows
         succeeded = pc.equal(latest["type"], "succeeded").fill_null(False)
         # Only the columns pricing reads are filtered: a million answers' text is not copied.
-        priced = latest.select(PRICED_COLUMNS)
-        answered = iter(self._costs(priced.filter(succeeded)))
-        out: list[float | None] = []
-        for kind, error in zip(kinds, errors, strict=True):
-            if kind == "succeeded":
-                out.append(next(answered))
-            elif kind in _NOT_BILLED and error != LOST_ERROR:
-                out.append(0.0)
-            else:
-                out.append(None)
-        return pa.array(out, pa.float64())
+        costs, known = self._costs(latest.select(PRICED_COLUMNS).filter(succeeded))
+        out = np.zeros(n, dtype=np.float64)
+        valid = np.zeros(n, dtype=bool)
+        answered = _flags(succeeded)
+        out[answered], valid[answered] = costs, known
+        not_billed = pc.and_(
+            pc.is_in(latest["type"], value_set=pa.array(_NOT_BILLED)).fill_null(False),
+            pc.not_equal(latest["error_type"], LOST_ERROR).fill_null(True),
+        )
+        valid |= _flags(not_billed)  # their cost stays 0
+        return pa.array(out, pa.float64(), mask=~valid)
 
-    def _costs(self, rows: pa.Table) -> list[float | None]:
-        """The cost of each succeeded result row."""
-        columns = [rows[name].to_pylist() for name in PRICED_COLUMNS]
-        out: list[float | None] = []
-        # The prices of a model on a batch's day, looked up once (a batch is one day).
-        found: dict[tuple[str | None, float | None], Prices | None] = {}
-        discounts: dict[str | None, float] = {}  # a preview's answers are at standard price
-        for custom_id, batch_id, created, tokens_in, tokens_out, read, written in zip(
-            *columns, strict=True
-        ):
-            key = (self.model(custom_id), created)
-            if key not in found:
-                found[key] = self.book.prices(key[0], _day(created))
-            prices = found[key]
-            if batch_id not in discounts:
-                discounts[batch_id] = 1.0 if is_preview(batch_id) else BATCH_DISCOUNT
-            if prices is None:
-                out.append(None)
-                continue
-            write_5m, write_1h = int(written or 0), 0
-            if write_5m:
-                write_5m, write_1h = self._split(batch_id, custom_id, write_5m)
-            out.append(
-                answer_cost(
-                    prices,
-                    input_tokens=int(tokens_in or 0),
-                    output_tokens=int(tokens_out or 0),
-                    cache_read=int(read or 0),
-                    write_5m=write_5m,
-                    write_1h=write_1h,
-                    discount=discounts[batch_id],
-                )
-            )
-        return out
+    def _costs(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """The cost of each succeeded result row, and whether it is known (its model has a
+        price). Worked out a column at a time: the prices of a model on a batch's day are
+        looked up once (a batch is one day), and only answers that wrote to the cache are read
+        one by one (their 5-minute / 1-hour split)."""
+        n = rows.num_rows
+        if n == 0:
+            return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=bool)
+        ids = rows["custom_id"].to_pylist()
+        table: list[Prices | None]
+        only = self._only_model
+        if only is not None:  # one model: a price per batch day
+            days = pc.dictionary_encode(_whole(rows["batch_created_at"]), null_encoding="encode")
+            table = [self.book.prices(only[0], _day(when)) for when in days.dictionary.to_pylist()]
+            which = np.asarray(days.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        else:
+            found: dict[tuple[str | None, float | None], int] = {}
+            table, which = [], np.empty(n, dtype=np.int64)
+            created = rows["batch_created_at"].to_pylist()
+            for row, (custom_id, when) in enumerate(zip(ids, created, strict=True)):
+                key = (self.model(custom_id), when)
+                at = found.get(key)
+                if at is None:
+                    at = found[key] = len(table)
+                    table.append(self.book.prices(key[0], _day(when)))
+                which[row] = at
+        tokens_in, tokens_out, read, written = (_counts(rows[name]) for name in USAGE_FIELDS)
+        write_5m, write_1h = written.copy(), np.zeros(n, dtype=np.int64)
+        wrote = np.flatnonzero(written)
+        batch_ids = rows["batch_id"].take(pa.array(wrote)).to_pylist()
+        for at, batch_id in zip(wrote.tolist(), batch_ids, strict=True):
+            write_5m[at], write_1h[at] = self._split(batch_id, ids[at], int(written[at]))
+        # Each row's price: the band above ``band_tokens`` for a longer prompt.
+        prompt = tokens_in + read + write_5m + write_1h
+        band = np.array(
+            [
+                p.band_tokens if p is not None and p.band_tokens is not None and p.above else -1
+                for p in table
+            ],
+            dtype=np.int64,
+        )[which]
+        above = (band >= 0) & (prompt > band)
+        per = [_rates(p, above=False) for p in table], [_rates(p, above=True) for p in table]
+        rates = np.where(above[:, None], np.array(per[1])[which], np.array(per[0])[which])
+        standard = (
+            tokens_in * rates[:, 0]
+            + tokens_out * rates[:, 1]
+            + read * rates[:, 2]
+            + write_5m * rates[:, 3]
+            + write_1h * rates[:, 4]
+        )
+        preview = _flags(pc.starts_with(rows["batch_id"], PREVIEW_PREFIX).fill_null(False))
+        discount = np.where(preview, 1.0, BATCH_DISCOUNT)
+        known = np.array([p is not None for p in table], dtype=bool)[which]
+        return discount * standard / _MILLION, known
 
     def _split(self, batch_id: str | None, custom_id: str, written: int) -> tuple[int, int]:
         """(5-minute, 1-hour) cache writes of one answer, as its result line reports them;
@@ -403,3 +424,32 @@ def _split_of(raw: str | None) -> tuple[int, int] | None:
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _rates(prices: Prices | None, *, above: bool) -> tuple[float, float, float, float, float]:
+    """USD per million input, output, cache-read, 5-minute and 1-hour write tokens (zeros for
+    an unknown price: its rows are marked unknown)."""
+    if prices is not None and above and prices.above is not None:
+        prices = prices.above
+    if prices is None:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    return (
+        prices.input,
+        prices.output,
+        prices.cache_read,
+        prices.cache_write_5m,
+        prices.cache_write_1h,
+    )
+
+
+def _counts(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A token count column as int64, null as 0."""
+    return np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _flags(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _whole(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

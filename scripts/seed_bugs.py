@@ -872,6 +872,15 @@ BUGS = [
     Bug("custom-id-key-differs", "dsbatch/_store.py",
         "        return int(head, 16)\n", "        return int(head[:15], 16)\n",
         "a job's requests are looked up under another key than the index's: none is found"),
+    Bug("costs-band-ignored", "dsbatch/_cost.py",
+        "        above = (band >= 0) & (prompt > band)\n", "        above = band < -1\n",
+        "a prompt past its model's band is priced at the lower band"),
+    Bug("costs-preview-discounted", "dsbatch/_cost.py",
+        "np.where(preview, 1.0, BATCH_DISCOUNT)", "np.where(preview, BATCH_DISCOUNT, 1.0)",
+        "a preview's answers are priced at the batch discount, and batches' at full price"),
+    Bug("costs-unbilled-unknown", "dsbatch/_cost.py",
+        "        valid |= _flags(not_billed)  # their cost stays 0\n", "",
+        "an errored or expired request's cost is unknown instead of 0"),
 ]  # fmt: skip
 
 

@@ -385,3 +385,56 @@ def test_answers_are_priced_on_the_day_their_batch_was_made(tmp_path):
     pricer = Pricer(Ledger(tmp_path).store, {"a": body, "b": body}, PriceBook())
     assert pricer.per_request(table).to_pylist() == [pytest.approx(0.10), pytest.approx(0.05)]
     assert pricer.total(table) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("one_model", [True, False])
+def test_each_answer_costs_exactly_what_answer_cost_says_row_by_row(tmp_path, one_model):
+    # Pricing works a column at a time; every figure must equal the one-answer formula to the
+    # last bit: two models (one without a price), two batch days, a prompt past Haiku 5.5's
+    # band, a preview at standard price, cache writes, and results that are not billed.
+    day = dt.datetime(2026, 11, 2, 12, tzinfo=dt.timezone.utc).timestamp()
+    haiku = json.dumps({"model": "claude-haiku-5-5"}).encode()
+    other = haiku if one_model else json.dumps({"model": "claude-mystery-1"}).encode()
+    rows, bodies = [], {}
+    for i in range(40):
+        custom_id = f"c{i}"
+        bodies[custom_id] = other if i % 5 == 4 else haiku
+        rows.append({
+            "custom_id": custom_id,
+            "type": ("succeeded", "succeeded", "succeeded", "errored", "expired")[i % 5 if i % 5 < 4 else 0],
+            "error_type": "batch_lost" if i == 13 else None,
+            "input_tokens": 7 * i + (100_001 if i % 7 == 0 else 3),
+            "output_tokens": 11 * i + 1,
+            "cache_read_input_tokens": 13 * i if i % 3 else None,
+            "cache_creation_input_tokens": 0,
+            "batch_id": "preview_x" if i % 6 == 0 else f"msgbatch_{i % 2}",
+            "batch_created_at": day + 86_400 * (i % 2),
+        })  # fmt: skip
+    schema = RESULT_SCHEMA.remove(RESULT_SCHEMA.get_field_index("raw"))
+    table = pa.Table.from_pylist(rows, schema=schema)
+    pricer = Pricer(Ledger(tmp_path).store, bodies, PriceBook(), default_model=MODEL)
+    book = PriceBook()
+    expected = []
+    for row in rows:
+        model = json.loads(bodies[row["custom_id"]])["model"]
+        prices = book.prices(model, dt.date(2026, 11, 2 + (row["batch_created_at"] > day)))
+        if row["type"] != "succeeded":
+            expected.append(None if row["error_type"] == "batch_lost" else 0.0)
+        elif prices is None:
+            expected.append(None)
+        else:
+            expected.append(
+                answer_cost(
+                    prices,
+                    input_tokens=row["input_tokens"],
+                    output_tokens=row["output_tokens"],
+                    cache_read=row["cache_read_input_tokens"] or 0,
+                    discount=1.0 if row["batch_id"] == "preview_x" else 0.5,
+                )
+            )
+    assert pricer.per_request(table).to_pylist() == expected  # exact, not approximately
+    assert sum(e is None for e in expected) == (1 if one_model else 9)
+    answered = table.filter(pa.compute.equal(table["type"], "succeeded"))
+    priced = [e for e, r in zip(expected, rows) if r["type"] == "succeeded"]
+    total = pricer.total(answered)
+    assert total == (None if None in priced else math.fsum(priced))
