@@ -401,7 +401,7 @@ def test_each_answer_costs_exactly_what_answer_cost_says_row_by_row(tmp_path, on
         bodies[custom_id] = other if i % 5 == 4 else haiku
         rows.append({
             "custom_id": custom_id,
-            "type": ("succeeded", "succeeded", "succeeded", "errored", "expired")[i % 5 if i % 5 < 4 else 0],
+            "type": "expired" if i == 21 else "errored" if i % 5 == 3 else "succeeded",
             "error_type": "batch_lost" if i == 13 else None,
             "input_tokens": 7 * i + (100_001 if i % 7 == 0 else 3),
             "output_tokens": 11 * i + 1,
