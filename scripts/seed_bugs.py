@@ -873,6 +873,9 @@ BUGS = [
     Bug("costs-band-ignored", "dsbatch/_cost.py",
         "        above = (band >= 0) & (prompt > band)\n", "        above = band < -1\n",
         "a prompt past its model's band is priced at the lower band"),
+    Bug("requests-take-trusts-first-of-key", "dsbatch/_job.py",
+        "        for i in np.flatnonzero(~same).tolist():\n", "        for i in []:\n",
+        "a step's bodies taken at once give a sample the first body sharing its key"),
 ]  # fmt: skip
 
 

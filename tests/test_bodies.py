@@ -106,3 +106,9 @@ def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monke
     assert requests.custom_ids().to_pylist() == ids
     with pytest.raises(KeyError):
         requests[f"{base}_s9"]
+    # All at once, in any order, across row groups: the same bodies.
+    shuffled = ids[::-1] + ids[3:5]
+    assert requests.take(shuffled) == [requests[c] for c in shuffled]
+    assert requests.take([]) == []
+    with pytest.raises(KeyError):
+        requests.take([ids[0], f"{base}_s9"])
