@@ -100,7 +100,7 @@ class Job:
                 f"job {job.fingerprint} in {ledger.root} has no readable manifest (it was made "
                 "by an older dsbatch, or the file is damaged): run the same dsbatch.map call "
                 "again to go on with it",
-                path=str(job.dir / "manifest.json"),
+                path=str(job.manifest_path),
             )
         return cls(job, manifest, client=client, cache_dir=cache_dir, poll_interval=poll_interval)
 
@@ -336,9 +336,9 @@ class Job:
         if missing:
             raise LedgerError(
                 f"job {self.fingerprint}: the row -> request files of {missing} are missing "
-                f"from {self._job.dir / 'rows'}: run the same dsbatch.map call again (it "
+                f"from {self._job.rows_dir}: run the same dsbatch.map call again (it "
                 "writes them back; nothing is bought again)",
-                path=str(self._job.dir / "rows"),
+                path=str(self._job.rows_dir),
             )
         splits = self._inputs(dataset) if options.parse is not None else None
         outputs = collect(self._job, results, ids, options.output, splits, self._requests(), cost)
