@@ -147,7 +147,8 @@ BUGS = [
         "claimed = {b for r in scan.records for b in [r.batch_id, *r.rejected] if b}",
         "a batch given back stays claimed: its real owner never finds it"),
     Bug("no-cache-lock", "dsbatch/_ledger.py",
-        'with hold_lock(self.root / "lock", f"the cache {self.root}", "waiting for the cache',
+        'with hold_lock(self.root / "lock", f"the cache {self.root}", '
+        '"waiting for the cache lock"):',
         "with suppress():",
         "the cache-wide lock is a no-op: two processes decide and send at once"),
     # -- the loop, submit and poll ---------------------------------------------------------------
