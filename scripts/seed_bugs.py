@@ -160,7 +160,7 @@ BUGS = [
         "a create whose answer was lost is created again without looking"),
     Bug("intent-dated-locally", "dsbatch/_batch.py",
         "server_at = self._server_now()",
-        "server_at = self.clock()",
+        "server_at = self.clock.now()",
         "intents dated by the local clock, not the server's: a skewed clock misses our batch"),
     Bug("connection-error-fatal", "dsbatch/_backend.py",
         "return status is None or status in _TRANSIENT or status >= 500",
@@ -355,7 +355,7 @@ BUGS = [
         'counts["in_flight"] = 0',
         "a job's status shows no request in flight"),
     Bug("wait-timeout-ignored", "dsbatch/_run.py",
-        "if deadline is not None and schedule.clock() + schedule.next_delay > deadline:",
+        "if deadline is not None and clock.now() + schedule.next_delay > deadline:",
         "if False:",
         "wait(timeout=...) waits until the job is done"),
     Bug("splits-in-stored-order", "dsbatch/_job.py",
@@ -698,8 +698,8 @@ BUGS = [
         "except (ZeroDivisionError,) as e:",
         "a dataset with a lambda transform makes map fail while keeping its inputs"),
     Bug("loaded-job-forgets-api-version", "dsbatch/_job.py",
-        "self._backend = Backend(client, api_version=manifest.api_version)",
-        "self._backend = Backend(client)",
+        "self._backend = Backend(client, api_version=manifest.api_version, clock=now)",
+        "self._backend = Backend(client, clock=now)",
         "a loaded job resends its requests under the client's API version, not theirs"),
     Bug("status-needs-the-jobs-code", "dsbatch/_job.py",
         "            if missing and not code:\n", "            if False:\n",
@@ -710,7 +710,7 @@ BUGS = [
         "listing jobs and their status read every request's params"),
     Bug("cancel-marks-after-canceling", "dsbatch/_job.py",
         '        self._manifest = self._job.update_manifest(self._manifest, mark)\n'
-        '        retrying = call_retrying(options.schedule, is_transient)\n'
+        '        retrying = call_retrying(options.schedule, options.clock, is_transient)\n'
         '        canceled = 0\n'
         '        for record in job_records(self._job):\n'
         '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
@@ -718,7 +718,7 @@ BUGS = [
         '                canceled += 1\n'
         '                log.info("dsbatch: canceling batch %s (%s)", '
         'info.id, info.processing_status)\n',
-        '        retrying = call_retrying(options.schedule, is_transient)\n'
+        '        retrying = call_retrying(options.schedule, options.clock, is_transient)\n'
         '        canceled = 0\n'
         '        for record in job_records(self._job):\n'
         '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
@@ -847,6 +847,22 @@ BUGS = [
     Bug("expired-not-retried", "dsbatch/_policy.py",
         '        pc.equal(kind, "expired"),\n', '        pc.equal(kind, "never"),\n',
         "expired requests are final: a batch that ran out of time loses its rows"),
+    # structure
+    Bug("keeper-on-system-clock", "dsbatch/_batch.py",
+        "        self.clock = clock\n", "        self.clock = Clock()\n",
+        "leases and missing-since moments are dated by the system's clock, not the call's"),
+    Bug("intents-on-system-clock", "dsbatch/_run.py",
+        "        now = self.options.clock.now()\n",
+        "        now = __import__(\"time\").time()\n",
+        "intents are dated by the system's clock, not the call's"),
+    Bug("timeout-on-system-clock", "dsbatch/_run.py",
+        "deadline = None if timeout is None else clock.now() + timeout",
+        "deadline = None if timeout is None else __import__(\"time\").time() + timeout",
+        "wait(timeout=...) counts on the system's clock: a virtual-clock wait never times out"),
+    Bug("retries-sleep-for-real", "dsbatch/_poll.py",
+        "        sleep=clock.sleep,\n        clock=clock.now,\n",
+        "        sleep=time.sleep,\n        clock=clock.now,\n",
+        "a call's retries sleep in real time, whatever clock the call was given"),
 ]  # fmt: skip
 
 
