@@ -128,7 +128,7 @@ class JobLoop:
 
     def run(self, timeout: float | None = None, *, progress: bool | None = None) -> bool:
         """Step and wait until the job is done (True), or until ``timeout`` seconds of the
-        schedule's clock would pass before the next look (False: nothing is lost, and running
+        call's clock would pass before the next look (False: nothing is lost, and running
         again goes on). ``timeout=0`` is one step. ``progress`` overrides the option."""
         schedule, clock = self.options.schedule, self.options.clock
         deadline = None if timeout is None else clock.now() + timeout
@@ -144,7 +144,9 @@ class JobLoop:
                     schedule.reset()
                 if deadline is not None and clock.now() + schedule.next_delay > deadline:
                     return False
-                clock.sleep(schedule.advance())
+                delay = schedule.advance()
+                if delay > 0:
+                    clock.sleep(delay)
         finally:
             bar.close()
             self.release()
