@@ -1,9 +1,13 @@
-"""The backend: the only module that talks to the Anthropic SDK.
+"""The backend: the only module that calls the Anthropic API, through the official ``anthropic``
+client. Other modules use the SDK without calling anything: its client type (``_map``, ``_job``,
+``_rerun``), its version (``_provenance``, ``_rerun``), its request types (``_sdk_schema``) and
+``transform_schema`` (``_structured``).
 
-Every call goes through the official ``anthropic`` client with the SDK's own retries off: dsbatch
-retries each call itself (``_retry``), on the job's injectable clock. ``create`` above all must
-not be retried blindly: the API has no idempotency key, so a retried create whose first answer
-was lost would be a second, billed batch. The caller reconciles with ``recent`` instead.
+Every call goes with the SDK's own retries off: dsbatch retries each call itself (``_retry``), on
+the call's clock (``_clock``, which also measures the server's clock skew here). ``create``
+above all must not be retried blindly: the API has no idempotency key, so a retried create whose
+first answer was lost would be a second, billed batch. The caller reconciles with ``recent``
+instead.
 """
 
 from __future__ import annotations

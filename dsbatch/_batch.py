@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsbatch._backend import Backend, is_transient
+from dsbatch._clock import Clock
 from dsbatch._errors import BatchAPIError, LedgerError
 from dsbatch._ingest import fetch_results, retry_download
 from dsbatch._lease import LEASE_SECONDS, Holder, holder_gone
@@ -51,6 +52,7 @@ class BatchKeeper:
         *,
         betas: Sequence[str],
         schedule: PollSchedule,
+        clock: Clock,
         holder: Holder,
         origin: str,
     ) -> None:
@@ -59,14 +61,14 @@ class BatchKeeper:
         self.ledger = job.ledger
         self.bodies = bodies
         self.betas = betas
-        self.clock = schedule.clock
+        self.clock = clock
         self.holder = str(holder)
         self.origin = origin
-        self.retrying = call_retrying(schedule, is_transient)
-        self.first_contact = first_contact_retrying(schedule, is_transient)
+        self.retrying = call_retrying(schedule, clock, is_transient)
+        self.first_contact = first_contact_retrying(schedule, clock, is_transient)
         # A create waits out rate limits (a full processing queue) without spending attempts.
-        self.creating = create_retrying(schedule, is_transient)
-        self.downloading = call_retrying(schedule, retry_download)
+        self.creating = create_retrying(schedule, clock, is_transient)
+        self.downloading = call_retrying(schedule, clock, retry_download)
         self._held: dict[tuple[str, int], BatchRecord] = {}  # intents this call has held
         # Untagged batches (recorded before origins were kept) this server does not know.
         self.unseen: set[str] = set()
@@ -74,7 +76,7 @@ class BatchKeeper:
         self._changes = 0
 
     def lease_until(self) -> float:
-        return self.clock() + LEASE_SECONDS
+        return self.clock.now() + LEASE_SECONDS
 
     def held(self, record: BatchRecord) -> BatchRecord:
         """Note an intent this call holds (to give it up when the call stops)."""
@@ -172,7 +174,7 @@ class BatchKeeper:
             not record.holder
             or record.holder == self.holder
             or record.lease_until is None
-            or self.clock() >= record.lease_until
+            or self.clock.now() >= record.lease_until
             or holder_gone(record.holder)
         )
 
@@ -275,7 +277,7 @@ class BatchKeeper:
     def _missing(self, job: JobLedger, record: BatchRecord, why: str) -> None:
         """The batch, or its results, was not found: gone only once missing for a while, as the
         stored record says (any call that found it again in between restarted that clock)."""
-        now = self.clock()
+        now = self.clock.now()
         job.note_missing(record, now)
         since = record.missing_since if record.missing_since is not None else now
         mine = self.backend.key_hash

@@ -1,16 +1,19 @@
 """Part of the ledger: how every file of the cache is written and read (atomically, and with
-errors that name the file)."""
+errors that name the file), and how its lock files are held."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+from filelock import FileLock, Timeout
 
 from dsbatch._errors import LedgerError
 
@@ -18,11 +21,14 @@ __all__ = [
     "append_entry",
     "arrow_bytes",
     "atomic_write",
+    "hold_lock",
     "read_arrow",
     "read_entries",
     "read_json",
     "write_json",
 ]
+
+log = logging.getLogger("dsbatch")
 
 
 def atomic_write(
@@ -108,3 +114,22 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
         if isinstance(entry, dict) and isinstance(entry.get("batch_id"), str):
             entries.append(entry)
     return entries
+
+
+@contextmanager
+def hold_lock(path: Path, what: str, waiting: str, *, patience: float = 0.0) -> Iterator[None]:
+    """Hold the lock file ``path``; after ``patience`` seconds of waiting, say so and wait on."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=patience)
+        except Timeout:
+            log.warning("dsbatch: %s", waiting)
+            lock.acquire()
+    except OSError as e:
+        raise LedgerError(f"cannot lock {what} ({path}): {e}", path=str(path)) from e
+    try:
+        yield
+    finally:
+        lock.release()

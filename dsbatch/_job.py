@@ -30,7 +30,7 @@ from dsbatch._inputs import InputsUnavailable, check_given, load_inputs
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._options import MapOptions
 from dsbatch._origin import describe, resolve_origin
-from dsbatch._poll import PollSchedule, call_retrying, poll_batch
+from dsbatch._poll import PollSchedule, call_retrying, poll_batch, poll_schedule
 from dsbatch._provenance import step_facts
 from dsbatch._records import IN_FLIGHT, BatchState, Manifest
 from dsbatch._recovery import job_records
@@ -69,7 +69,10 @@ class Job:
         self._cache_dir = cache_dir
         self._poll_interval = poll_interval
         self._manifest = manifest
-        self._backend = Backend(client, api_version=manifest.api_version)
+        # The server's clock skew is measured by the call's clock (a PollSchedule's, else the
+        # system's), the one its intents are dated by.
+        now = options.clock.now if options is not None else poll_schedule(poll_interval).clock
+        self._backend = Backend(client, api_version=manifest.api_version, clock=now)
         self._options = options
         # The job's requests, read from its file as steps need them (``_Requests``).
         self._bodies: _Requests | None = None
@@ -103,7 +106,7 @@ class Job:
                 f"job {job.fingerprint} in {ledger.root} has no readable manifest (it was made "
                 "by an older dsbatch, or the file is damaged): run the same dsbatch.map call "
                 "again to go on with it",
-                path=str(job.dir / "manifest.json"),
+                path=str(job.manifest_path),
             )
         return cls(job, manifest, client=client, cache_dir=cache_dir, poll_interval=poll_interval)
 
@@ -160,7 +163,7 @@ class Job:
         """A job goes on only against the server that made its batches (``_origin``)."""
         if self._origin_checked or not self._manifest.origin:
             return
-        retrying = call_retrying(options.schedule, is_transient)
+        retrying = call_retrying(options.schedule, options.clock, is_transient)
         here = resolve_origin(self._backend, self._job.ledger, retrying)
         if here != self._manifest.origin:
             raise BatchAPIError(
@@ -180,7 +183,7 @@ class Job:
         loop = self._loop(options) if refresh else self._local_loop(options)
         view = loop.survey()
         to_send = loop.to_send(view)
-        retrying = call_retrying(options.schedule, is_transient)
+        retrying = call_retrying(options.schedule, options.clock, is_transient)
 
         def poll(batch_id: str) -> Any:
             try:
@@ -233,7 +236,7 @@ class Job:
         # Marked first: a step of another call that reads the manifest meanwhile creates no
         # batch after this one looked at what is in flight.
         self._manifest = self._job.update_manifest(self._manifest, mark)
-        retrying = call_retrying(options.schedule, is_transient)
+        retrying = call_retrying(options.schedule, options.clock, is_transient)
         canceled = 0
         for record in job_records(self._job):
             if record.state is BatchState.SUBMITTED and record.batch_id:
@@ -341,9 +344,9 @@ class Job:
         if missing:
             raise LedgerError(
                 f"job {self.fingerprint}: the row -> request files of {missing} are missing "
-                f"from {self._job.dir / 'rows'}: run the same dsbatch.map call again (it "
+                f"from {self._job.rows_dir}: run the same dsbatch.map call again (it "
                 "writes them back; nothing is bought again)",
-                path=str(self._job.dir / "rows"),
+                path=str(self._job.rows_dir),
             )
         splits = self._inputs(dataset) if options.parse is not None else None
         outputs = collect(self._job, results, ids, options.output, splits, self._requests(), cost)

@@ -161,7 +161,7 @@ def map(  # noqa: A001 - the name mirrors Dataset.map on purpose
     )
     splits = dict(dataset) if isinstance(dataset, DatasetDict) else {_SINGLE: dataset}
     labelled = isinstance(dataset, DatasetDict)
-    backend = Backend(client)
+    backend = Backend(client, clock=options.clock.now)
     PriceBook(options.prices)  # a bad DSBATCH_PRICES file is refused before anything is written
     ledger = Ledger(options.cache_dir)
     digest = key = None
@@ -384,7 +384,7 @@ def find_origin(backend: Backend, ledger: Ledger, options: MapOptions) -> str:
     it does not know: a wrong base URL fails within seconds, naming it."""
     try:
         return resolve_origin(
-            backend, ledger, first_contact_retrying(options.schedule, is_transient)
+            backend, ledger, first_contact_retrying(options.schedule, options.clock, is_transient)
         )
     except Unreachable as e:
         raise BatchAPIError(

@@ -44,7 +44,7 @@ def _migrate_job(job: JobLedger) -> dict[str, float]:
     """Records, custom_ids files and manifest of one job; returns batch_id -> created_at."""
     created_at: dict[str, float] = {}
     journaled = {e["batch_id"] for e in job.ledger.journal()}
-    for path in sorted((job.dir / "batches").glob("*.json")):
+    for path in job.record_files():
         old = _load(path)
         if "job" in old:  # already migrated
             record = BatchRecord.from_json(old)
@@ -87,7 +87,7 @@ def _migrate_job(job: JobLedger) -> dict[str, float]:
     # The finished columns are rebuilt from the results; the manifest from the next call.
     shutil.rmtree(job.dir / "output", ignore_errors=True)
     shutil.rmtree(job.dir / "downloads", ignore_errors=True)
-    (job.dir / "manifest.json").unlink(missing_ok=True)
+    job.manifest_path.unlink(missing_ok=True)
     return created_at
 
 

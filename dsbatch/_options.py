@@ -20,6 +20,7 @@ from typing import Any
 import xxhash
 
 from dsbatch import _structured
+from dsbatch._clock import Clock
 from dsbatch._cost import check_prices, prices_key
 from dsbatch._describe import code_hash
 from dsbatch._join import OutputSpec
@@ -239,9 +240,13 @@ class MapOptions:
     num_proc: int | None = _opt(_num_proc, keep=False)
     # The poll schedule of this call, made once from poll_interval (it keeps its own backoff).
     schedule: PollSchedule = field(init=False, repr=False, compare=False)
+    # The time this call lives by (``_clock``): a PollSchedule's clock and sleep, else the system's.
+    clock: Clock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "schedule", poll_schedule(self.poll_interval))
+        schedule = poll_schedule(self.poll_interval)
+        object.__setattr__(self, "schedule", schedule)
+        object.__setattr__(self, "clock", Clock(now=schedule.clock, sleep=schedule.sleep))
 
     @classmethod
     def build(cls, **given: Any) -> MapOptions:

@@ -1,9 +1,8 @@
 """Poll: when to look at batches in flight again, and what looking at one finds.
 
-The clock and the sleep are injectable, so a test of a 24-hour batch runs in milliseconds. The
-clock is the job's: it times polls and retries, dates intents, and says how long a batch has
-been missing (a batch is gone only after ``MISSING_SECONDS`` of not being found, never after a
-few quick polls).
+The schedule says how long to wait; the job's ``Clock`` (``_clock``) tells the time and waits.
+The clock times polls and retries, dates intents, and says how long a batch has been missing (a
+batch is gone only after ``MISSING_SECONDS`` of not being found, never after a few quick polls).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dsbatch._backend import Backend, BatchInfo, Unreachable
+from dsbatch._clock import Clock
 from dsbatch._errors import BatchAPIError
 from dsbatch._retry import (
     Retrying,
@@ -59,8 +59,9 @@ class PollSchedule:
     """Wait ``initial`` seconds, then ``factor`` times longer each round, never over ``maximum``.
 
     Most batches end within an hour, so the default starts brisk and settles at a minute.
-    ``sleep`` and ``clock`` (epoch seconds) are injectable: tests pass the emulator's virtual
-    clock, ``PollSchedule(sleep=emu.advance, clock=emu.now)``.
+    ``sleep`` and ``clock`` (epoch seconds) are the time the call lives by, for its polls, its
+    retries and its leases: tests pass the emulator's virtual clock,
+    ``PollSchedule(sleep=emu.advance, clock=emu.now)``.
     """
 
     initial: float = 5.0
@@ -85,10 +86,15 @@ class PollSchedule:
         """How long the next ``wait`` will sleep."""
         return min(self._next, self.maximum)
 
-    def wait(self) -> float:
-        """Sleep until the next poll; returns how long it slept."""
+    def advance(self) -> float:
+        """How long to wait before the next poll; the wait after it is longer."""
         delay = min(self._next, self.maximum)
         self._next = min(self._next * self.factor, self.maximum)
+        return delay
+
+    def wait(self) -> float:
+        """Sleep (``sleep``) until the next poll; returns how long it slept."""
+        delay = self.advance()
         if delay > 0:
             self.sleep(delay)
         return delay
@@ -98,28 +104,30 @@ class PollSchedule:
         self._next = self.initial
 
 
-def call_retrying(schedule: PollSchedule, retry: Callable[[BaseException], bool]) -> Retrying:
-    """The retry policy of one kind of API call, on the schedule's clock and sleep: a fixed
+def call_retrying(
+    schedule: PollSchedule, clock: Clock, retry: Callable[[BaseException], bool]
+) -> Retrying:
+    """The retry policy of one kind of API call, waiting by ``clock``: a fixed
     ``poll_interval`` retries that often, the default backs off from 2 s to 2 min."""
     fixed = schedule.factor == 1.0
     return Retrying(
         stop=stop_after_attempt(_CALL_ATTEMPTS) | stop_after_delay(_CALL_PATIENCE),
         wait=wait_fixed(schedule.initial) if fixed else wait_exponential(2.0, 120.0),
         retry=retry_if_exception(retry),
-        sleep=schedule.sleep,
-        clock=schedule.clock,
+        sleep=clock.sleep,
+        clock=clock.now,
         before_sleep=_log_retry,
     )
 
 
 def first_contact_retrying(
-    schedule: PollSchedule, retry: Callable[[BaseException], bool]
+    schedule: PollSchedule, clock: Clock, retry: Callable[[BaseException], bool]
 ) -> Retrying:
     """``call_retrying`` for the first call of a job that never created a batch: a connection
     that cannot be made at all (refused, unknown host) fails within seconds
     (``_FIRST_CONTACT_ATTEMPTS`` tries, ``_FIRST_CONTACT_PATIENCE`` s); any other failure is
     waited out as usual."""
-    usual = call_retrying(schedule, retry)
+    usual = call_retrying(schedule, clock, retry)
     short_stop = stop_after_attempt(_FIRST_CONTACT_ATTEMPTS) | stop_after_delay(
         _FIRST_CONTACT_PATIENCE
     )
@@ -135,12 +143,14 @@ def first_contact_retrying(
     return dataclasses.replace(usual, stop=stop, wait=wait)
 
 
-def create_retrying(schedule: PollSchedule, retry: Callable[[BaseException], bool]) -> Retrying:
+def create_retrying(
+    schedule: PollSchedule, clock: Clock, retry: Callable[[BaseException], bool]
+) -> Retrying:
     """The retry policy of a create: as ``call_retrying``, except that a rate limit (429: the
     organisation's processing queue is full, or too many requests a minute) is waited out
     without spending the attempts kept for real failures, for up to a day. A 429 made nothing,
     so waiting on it never risks a second batch."""
-    policy = call_retrying(schedule, retry)
+    policy = call_retrying(schedule, clock, retry)
     return dataclasses.replace(
         policy,
         stop=stop_after_attempt(_CALL_ATTEMPTS, counting=_not_rate_limited)

@@ -128,7 +128,7 @@ def preview(
     labelled = isinstance(dataset, DatasetDict)
     splits = dict(dataset) if labelled else {_SINGLE: dataset}
     labels = {split: split if labelled else None for split in splits}
-    backend = Backend(client)
+    backend = Backend(client, clock=options.clock.now)
     prepared = prepare(splits, prompt, options, backend, labels)
     rendered = prepared.rendered
     ledger = Ledger(options.cache_dir)
@@ -237,8 +237,8 @@ def _buy(
         stop=stop_after_attempt(_ATTEMPTS),
         wait=wait_fixed(schedule.initial) if fixed else wait_exponential(1.0, 16.0),
         retry=retry_if_exception(_worth_retrying),
-        sleep=schedule.sleep,
-        clock=schedule.clock,
+        sleep=options.clock.sleep,
+        clock=options.clock.now,
     )
 
     def buy(custom_id: str) -> dict[str, Any]:

@@ -16,7 +16,6 @@ batch ever created. This module decides what to make of the two together, for th
 from __future__ import annotations
 
 import logging
-import re
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,12 @@ from typing import Any
 
 from dsbatch._errors import LedgerError
 from dsbatch._ledger import JobLedger, Ledger
+from dsbatch._ledger_job import mentioned_batch_ids
 from dsbatch._records import BatchRecord, record_from_journal
 
 __all__ = ["CacheRecords", "all_records", "batch_origins", "claimed_batch_ids", "job_records"]
 
 log = logging.getLogger("dsbatch")
-
-_BATCH_ID = re.compile(rb"msgbatch_[A-Za-z0-9]+")
 
 
 @dataclass
@@ -114,8 +112,7 @@ def claimed_batch_ids(ledger: Ledger, scan: CacheRecords | None = None) -> set[s
     scan = scan or all_records(ledger, "")
     claimed = {r.batch_id for r in scan.records if r.batch_id}
     for path in scan.damaged:
-        with suppress(OSError):
-            claimed.update(m.decode() for m in _BATCH_ID.findall(path.read_bytes()))
+        claimed.update(mentioned_batch_ids(path))
     return claimed
 
 

@@ -108,6 +108,7 @@ class JobLoop:
             bodies,
             betas=options.betas,
             schedule=options.schedule,
+            clock=options.clock,
             holder=self.holder,
             origin=origin,
         )
@@ -128,10 +129,10 @@ class JobLoop:
 
     def run(self, timeout: float | None = None, *, progress: bool | None = None) -> bool:
         """Step and wait until the job is done (True), or until ``timeout`` seconds of the
-        schedule's clock would pass before the next look (False: nothing is lost, and running
+        call's clock would pass before the next look (False: nothing is lost, and running
         again goes on). ``timeout=0`` is one step. ``progress`` overrides the option."""
-        schedule = self.options.schedule
-        deadline = None if timeout is None else schedule.clock() + timeout
+        schedule, clock = self.options.schedule, self.options.clock
+        deadline = None if timeout is None else clock.now() + timeout
         shown = self.options.progress if progress is None else progress
         bar = ProgressBar(shown, total=len(self.needed))
         try:
@@ -142,9 +143,11 @@ class JobLoop:
                     return True
                 if standing.sent:
                     schedule.reset()
-                if deadline is not None and schedule.clock() + schedule.next_delay > deadline:
+                if deadline is not None and clock.now() + schedule.next_delay > deadline:
                     return False
-                schedule.wait()
+                delay = schedule.advance()
+                if delay > 0:
+                    clock.sleep(delay)
         finally:
             bar.close()
             self.release()
@@ -263,7 +266,7 @@ class JobLoop:
                 max_bytes=self.options.max_batch_bytes,
             )
         )
-        now = self.options.schedule.clock()
+        now = self.options.clock.now()
         intents = [
             self.batches.held(
                 self.job.new_record(

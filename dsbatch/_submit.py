@@ -100,7 +100,7 @@ def submit(
         # Another call took the intent over while this create was on its way (this process
         # was stopped past its lease): the batch is paid for all the same, so it is recorded
         # and read; what it holds was bought twice, so it is canceled if it can still be.
-        late = job.record_late_batch(record, info.id, info.created_at)
+        late = _record_late_batch(job, record, info)
         log.warning(
             "dsbatch: batch %s was created after another call took batch #%d of job %s over: "
             "its %d requests were bought twice; it is recorded as batch #%d and canceled if it "
@@ -116,6 +116,19 @@ def submit(
         return info
     log.info("dsbatch: created %s (%d requests)", info.id, record.request_count)
     return info
+
+
+def _record_late_batch(job: JobLedger, record: BatchRecord, info: BatchInfo) -> BatchRecord:
+    """Record a batch that ``record``'s create made after another call had taken the intent
+    over (so it cannot be that record's): a new record of the same requests, in a slot of its
+    own, journaled like any batch: a batch paid for is never forgotten."""
+    ids = job.record_ids(record) or []
+    with job.ledger.locked():
+        late = job.new_record(
+            ids, intent_at=record.intent_at, key_hash=record.key_hash, origin=record.origin
+        )
+    job.mark_submitted(late, info.id, info.created_at)
+    return late
 
 
 def adopt(job: JobLedger, record: BatchRecord, info: BatchInfo, *, adopted: bool) -> None:

@@ -134,7 +134,7 @@ BUGS = [
         "            ids = _bound(ledger, record.job, needed)\n",
         "            continue  # nothing known to wait for\n",
         "a batch in flight whose ids file is lost is ignored: its requests are bought again"),
-    Bug("stale-foreign-record", "dsbatch/_ledger.py",
+    Bug("stale-foreign-record", "dsbatch/_ledger_job.py",
         "fresh = self.stored_record(record.seq)",
         "fresh = BatchRecord.from_json(record.to_json())",
         "a batch is moved from a stale copy of its record, not the one stored"),
@@ -147,7 +147,8 @@ BUGS = [
         "claimed = {b for r in scan.records for b in [r.batch_id, *r.rejected] if b}",
         "a batch given back stays claimed: its real owner never finds it"),
     Bug("no-cache-lock", "dsbatch/_ledger.py",
-        'with _lock(self.root / "lock", f"the cache {self.root}", "waiting for the cache lock"):',
+        'with hold_lock(self.root / "lock", f"the cache {self.root}", '
+        '"waiting for the cache lock"):',
         "with suppress():",
         "the cache-wide lock is a no-op: two processes decide and send at once"),
     # -- the loop, submit and poll ---------------------------------------------------------------
@@ -159,7 +160,7 @@ BUGS = [
         "a create whose answer was lost is created again without looking"),
     Bug("intent-dated-locally", "dsbatch/_batch.py",
         "server_at = self._server_now()",
-        "server_at = self.clock()",
+        "server_at = self.clock.now()",
         "intents dated by the local clock, not the server's: a skewed clock misses our batch"),
     Bug("connection-error-fatal", "dsbatch/_backend.py",
         "return status is None or status in _TRANSIENT or status >= 500",
@@ -173,21 +174,21 @@ BUGS = [
         "return self.batches == 0 and self.sent == 0", "return self.batches == 0",
         "run() stops right after sending the first batches"),
     # -- the ledger ------------------------------------------------------------------------------
-    Bug("rejected-not-recorded", "dsbatch/_ledger.py",
+    Bug("rejected-not-recorded", "dsbatch/_ledger_job.py",
         "            fresh.rejected.append(given_back)\n", "",
         "mark_rejected forgets the batch it gave back"),
-    Bug("ids-digest-unchecked", "dsbatch/_ledger.py",
+    Bug("ids-digest-unchecked", "dsbatch/_ledger_job.py",
         "len(ids) != record.request_count or ids_digest(ids) != record.ids_digest",
         "len(ids) != record.request_count",
         "an ids file is not cross-checked with its record's digest"),
     Bug("sweep-fresh-tmp", "dsbatch/_ledger.py",
         "cutoff = time.time() - _STALE_TMP_SECONDS", "cutoff = time.time()",
         "opening the cache deletes a live writer's temporary files"),
-    Bug("intent-not-saved", "dsbatch/_ledger.py",
+    Bug("intent-not-saved", "dsbatch/_ledger_job.py",
         "            lease_until=lease_until,\n        )\n        self.save(record)\n",
         "            lease_until=lease_until,\n        )\n",
         "the intent is saved only at the create, outside the cache lock (seqs collide)"),
-    Bug("journal-not-appended", "dsbatch/_ledger.py",
+    Bug("journal-not-appended", "dsbatch/_ledger_job.py",
         '        self.change(record, apply, expect=("state", "holder"))\n'
         "        self.ledger.journal_append(record)\n",
         '        self.change(record, apply, expect=("state", "holder"))\n',
@@ -246,7 +247,7 @@ BUGS = [
         "    except ProcessLookupError:\n        return True",
         "    except ProcessLookupError:\n        return False",
         "the intent of a killed process is waited for until its lease runs out"),
-    Bug("move-not-checked", "dsbatch/_ledger.py",
+    Bug("move-not-checked", "dsbatch/_ledger_job.py",
         "if fresh is None or any(getattr(fresh, f) != getattr(record, f) for f in expect):",
         "if fresh is None:",
         "a move made on a stale copy of a record overwrites another call's move"),
@@ -354,7 +355,7 @@ BUGS = [
         'counts["in_flight"] = 0',
         "a job's status shows no request in flight"),
     Bug("wait-timeout-ignored", "dsbatch/_run.py",
-        "if deadline is not None and schedule.clock() + schedule.next_delay > deadline:",
+        "if deadline is not None and clock.now() + schedule.next_delay > deadline:",
         "if False:",
         "wait(timeout=...) waits until the job is done"),
     Bug("splits-in-stored-order", "dsbatch/_job.py",
@@ -695,8 +696,8 @@ BUGS = [
         "except (ZeroDivisionError,) as e:",
         "a dataset with a lambda transform makes map fail while keeping its inputs"),
     Bug("loaded-job-forgets-api-version", "dsbatch/_job.py",
-        "self._backend = Backend(client, api_version=manifest.api_version)",
-        "self._backend = Backend(client)",
+        "self._backend = Backend(client, api_version=manifest.api_version, clock=now)",
+        "self._backend = Backend(client, clock=now)",
         "a loaded job resends its requests under the client's API version, not theirs"),
     Bug("status-needs-the-jobs-code", "dsbatch/_job.py",
         "            if missing and not code:\n", "            if False:\n",
@@ -707,7 +708,7 @@ BUGS = [
         "listing jobs and their status read every request's params"),
     Bug("cancel-marks-after-canceling", "dsbatch/_job.py",
         '        self._manifest = self._job.update_manifest(self._manifest, mark)\n'
-        '        retrying = call_retrying(options.schedule, is_transient)\n'
+        '        retrying = call_retrying(options.schedule, options.clock, is_transient)\n'
         '        canceled = 0\n'
         '        for record in job_records(self._job):\n'
         '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
@@ -715,7 +716,7 @@ BUGS = [
         '                canceled += 1\n'
         '                log.info("dsbatch: canceling batch %s (%s)", '
         'info.id, info.processing_status)\n',
-        '        retrying = call_retrying(options.schedule, is_transient)\n'
+        '        retrying = call_retrying(options.schedule, options.clock, is_transient)\n'
         '        canceled = 0\n'
         '        for record in job_records(self._job):\n'
         '            if record.state is BatchState.SUBMITTED and record.batch_id:\n'
@@ -772,7 +773,7 @@ BUGS = [
     Bug("output-not-mapped", "dsbatch/_collect.py",
         "mapped_from=outputs.files.get(split),", "mapped_from=None,",
         "the new columns are an in-memory copy: a pickle or num_proc map copies them"),
-    Bug("output-file-not-by-digest", "dsbatch/_ledger.py",
+    Bug("output-file-not-by-digest", "dsbatch/_ledger_data.py",
         'return self.dir / "output" / _file_name(split) / f"{digest}.arrow"',
         'return self.dir / "output" / _file_name(split) / "current.arrow"',
         "a later call's columns replace the file an earlier output's pickle names"),
@@ -876,6 +877,22 @@ BUGS = [
     Bug("requests-take-trusts-first-of-key", "dsbatch/_job.py",
         "        for i in np.flatnonzero(~same).tolist():\n", "        for i in []:\n",
         "a step's bodies taken at once give a sample the first body sharing its key"),
+    # -- structure branch (issue 15: the ledger split, a clock of its own) ---------------------
+    Bug("keeper-on-system-clock", "dsbatch/_batch.py",
+        "        self.clock = clock\n", "        self.clock = Clock()\n",
+        "leases and missing-since moments are dated by the system's clock, not the call's"),
+    Bug("intents-on-system-clock", "dsbatch/_run.py",
+        "        now = self.options.clock.now()\n",
+        "        now = __import__(\"time\").time()\n",
+        "intents are dated by the system's clock, not the call's"),
+    Bug("timeout-on-system-clock", "dsbatch/_run.py",
+        "deadline = None if timeout is None else clock.now() + timeout",
+        "deadline = None if timeout is None else __import__(\"time\").time() + timeout",
+        "wait(timeout=...) counts on the system's clock: a virtual-clock wait never times out"),
+    Bug("retries-sleep-for-real", "dsbatch/_poll.py",
+        "        sleep=clock.sleep,\n        clock=clock.now,\n",
+        "        sleep=time.sleep,\n        clock=clock.now,\n",
+        "a call's retries sleep in real time, whatever clock the call was given"),
 ]  # fmt: skip
 
 

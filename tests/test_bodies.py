@@ -9,7 +9,7 @@ from datasets import Dataset
 from support import answers, run, sent
 
 import dsbatch._bodies
-import dsbatch._ledger
+import dsbatch._ledger_data
 import dsbatch._map
 from dsbatch._bodies import Bodies
 
@@ -94,7 +94,7 @@ def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monke
     from dsbatch._job import _Requests
     from dsbatch._ledger import Ledger
 
-    monkeypatch.setattr(dsbatch._ledger, "REQUEST_GROUP_ROWS", 4)
+    monkeypatch.setattr(dsbatch._ledger_data, "REQUEST_GROUP_ROWS", 4)
     base = "dsb_" + "0123456789abcdef" * 2
     ids = [base, *(f"{base}_s{i}" for i in range(1, 6)), "dsb_" + "f" * 32, "plain-id"]
     job = Ledger(str(tmp_path)).job("f" * 32)

@@ -15,6 +15,7 @@ from support import MODEL, echo, prompt, run
 import dsbatch
 from dsbatch import BatchAPIError
 from dsbatch._backend import Unreachable
+from dsbatch._clock import Clock
 from dsbatch._errors import BatchAPIError as _BatchAPIError
 from dsbatch._poll import first_contact_retrying
 from dsbatch.testing import Emulator, Faults, HttpFault
@@ -141,7 +142,8 @@ def test_once_a_batch_exists_an_unreachable_api_is_waited_out_as_an_outage():
 
 def test_on_first_contact_only_an_unreachable_api_gives_up_early():
     time = VirtualTime()
-    retrying = first_contact_retrying(time.schedule(), lambda e: True)
+    clock = Clock(now=lambda: time.now, sleep=time.sleep)
+    retrying = first_contact_retrying(time.schedule(), clock, lambda e: True)
     calls = {"n": 0}
 
     def unavailable() -> None:

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 from support import MODEL, cache_root, echo, ids_of, prompt, run, sent, virtual
 
 import dsbatch
-import dsbatch._ledger
+import dsbatch._ledger_data
 from dsbatch import BatchAPIError, PromptError, RequestTooLargeError, RowFailedError
 from dsbatch.testing import Emulator, Faults, HttpFault
 
@@ -498,7 +498,7 @@ def test_requests_read_back_a_row_group_at_a_time_are_each_sent_with_their_own_p
 ):
     """A job reads its requests back from its file by row group: with groups of 3, batches of 4
     and retries scattered over the groups, every request goes out with its own params."""
-    monkeypatch.setattr(dsbatch._ledger, "REQUEST_GROUP_ROWS", 3)
+    monkeypatch.setattr(dsbatch._ledger_data, "REQUEST_GROUP_ROWS", 3)
     emu.faults = Faults(errored=0.3)
     texts = [f"row {i}" for i in range(11)]
     out = run(Dataset.from_dict({"text": texts}), emu, max_batch_requests=4, max_attempts=4)

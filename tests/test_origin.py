@@ -13,6 +13,7 @@ from support import MODEL, answers, cache_root, echo, ids_of, job_dirs, prompt, 
 
 import dsbatch
 from dsbatch import _origin
+from dsbatch._clock import Clock
 from dsbatch._ledger import Ledger
 from dsbatch._origin import ANTHROPIC, EMULATOR, resolve_origin
 from dsbatch._poll import PollSchedule, call_retrying
@@ -112,7 +113,7 @@ class _Server:
 
 def _resolve(server, tmp_path):
     schedule = PollSchedule(initial=0, factor=1, maximum=0, sleep=lambda s: None)
-    retrying = call_retrying(schedule, lambda e: False)
+    retrying = call_retrying(schedule, Clock(sleep=lambda s: None), lambda e: False)
     return resolve_origin(server, Ledger(tmp_path / "cache"), retrying)  # type: ignore[arg-type]
 
 

@@ -37,6 +37,7 @@ from dsbatch import _origin, _store
 from dsbatch._backend import Backend
 from dsbatch._batch import BatchKeeper
 from dsbatch._cli import main
+from dsbatch._clock import Clock
 from dsbatch._lease import LEASE_SECONDS, Holder
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._origin import ANTHROPIC
@@ -168,6 +169,7 @@ def test_an_intent_whose_holder_renewed_its_lease_is_not_taken_over_on_a_stale_r
             {},
             betas=(),
             schedule=virtual(emu),
+            clock=Clock(now=emu.now, sleep=emu.advance),
             holder=Holder.new(),
             origin="emulator",
         )

@@ -1,0 +1,249 @@
+"""Part of the ledger: the data files of one job, under ``jobs/<fingerprint>/``.
+
+What the job asks and what it made, each written whole (``_files``) and read back with errors
+that name the file::
+
+    requests.parquet      custom_id -> canonical params, the exact bodies sent, and each one's
+                          model, in row groups of ``REQUEST_GROUP_ROWS`` (the order batches are
+                          cut in)
+    rows/<split>.arrow    row -> custom_id of each split (null: skipped)
+    prefix_groups.arrow   custom_id -> its shared prompt prefix (``_priming``)
+    inputs/<split>.pkl    the input rows, or a reference to their files (``_inputs``)
+    output/<split>/<digest>.arrow   the finished new columns
+
+The job's manifest and batch records are ``JobLedger``'s (``_ledger_job``), which is a
+``JobData``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from dsbatch._errors import LedgerError
+from dsbatch._files import arrow_bytes, atomic_write, read_arrow
+
+__all__ = ["REQUEST_GROUP_ROWS", "JobData"]
+
+log = logging.getLogger("dsbatch")
+
+_T = TypeVar("_T")
+
+# Requests per row group of a job's requests file: what a step reads to send a batch's part.
+REQUEST_GROUP_ROWS = 16_384
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
+
+
+def _file_name(split: str) -> str:
+    """A file name for a split: the name itself when it is safe, else a hash of it."""
+    if _SAFE_NAME.fullmatch(split):
+        return split
+    return "split-" + xxhash.xxh3_64_hexdigest(split.encode())
+
+
+class JobData:
+    """The data files of one job in the folder ``dir``: its requests, row maps, prefix groups,
+    inputs and finished columns."""
+
+    def __init__(self, dir: Path, fingerprint: str) -> None:
+        self.dir = dir
+        self.fingerprint = fingerprint
+        self.rows_dir = dir / "rows"
+
+    # -- requests and rows --------------------------------------------------------------------
+    def has_requests(self) -> bool:
+        return (self.dir / "requests.parquet").exists()
+
+    def write_requests(self, requests: Iterable[tuple[str, bytes, str | None]]) -> None:
+        """Keep every request: (custom_id, params, model), the model beside the params (read
+        alone, without them, to price its answer). Written a row group at a time
+        (``REQUEST_GROUP_ROWS``), in the order given, which is the order batches are cut in: a
+        step reads the groups of the batch it sends (``read_request_group``), and no copy of
+        every body is ever made."""
+        schema = pa.schema(
+            [("custom_id", pa.string()), ("params", pa.binary()), ("model", pa.string())]
+        )
+
+        def write(f: BinaryIO) -> None:
+            with pq.ParquetWriter(f, schema) as writer:
+                it = iter(requests)
+                while group := list(itertools.islice(it, REQUEST_GROUP_ROWS)):
+                    ids, bodies, models = zip(*group, strict=True)
+                    columns = [
+                        pa.array(ids, pa.string()),
+                        pa.array(bodies, pa.binary()),
+                        pa.array(models, pa.string()),
+                    ]
+                    writer.write_table(
+                        pa.table(columns, schema=schema), row_group_size=REQUEST_GROUP_ROWS
+                    )
+
+        atomic_write(self.dir / "requests.parquet", write)
+
+    def _requests_file(self, read: Callable[[Path], _T]) -> _T:
+        """What ``read`` gets of the job's requests file; a LedgerError naming it if it cannot."""
+        path = self.dir / "requests.parquet"
+        try:
+            return read(path)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(
+                f"cannot read the requests of job {self.fingerprint} ({path}): {e}",
+                path=str(path),
+            ) from e
+
+    def request_groups(self) -> list[int]:
+        """The number of requests in each row group of the requests file."""
+        meta = self._requests_file(pq.read_metadata)
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    def read_request_group(self, group: int) -> list[bytes]:
+        """The params of the requests of one row group of the requests file, in its order."""
+        table = self._requests_file(
+            lambda path: pq.ParquetFile(path).read_row_group(group, columns=["params"])
+        )
+        return table["params"].to_pylist()
+
+    def read_requests(self) -> dict[str, bytes]:
+        """custom_id -> the exact params sent, of every request of the job."""
+        table = self._requests_file(pq.read_table)
+        return dict(zip(table["custom_id"].to_pylist(), table["params"].to_pylist(), strict=True))
+
+    def request_ids(self) -> pa.Array | None:
+        """Every custom_id the job asks for (None if its requests file cannot be read): a bound
+        on what any of its batches holds."""
+        try:
+            table = pq.read_table(self.dir / "requests.parquet", columns=["custom_id"])
+        except (OSError, pa.ArrowInvalid):
+            return None
+        return table["custom_id"].combine_chunks()
+
+    def request_models(self) -> dict[str, str | None] | None:
+        """custom_id -> the model of every request of the job, read without the params; None
+        when the requests file holds no models (a job of an older dsbatch) or cannot be read."""
+        try:
+            table = pq.read_table(self.dir / "requests.parquet", columns=["custom_id", "model"])
+        except (OSError, pa.ArrowInvalid, KeyError):
+            return None
+        return dict(zip(table["custom_id"].to_pylist(), table["model"].to_pylist(), strict=True))
+
+    def write_rows(self, split: str, custom_ids: Sequence[str | None]) -> None:
+        """Row -> custom_id of one split, so the job can be collected without its dataset."""
+        path = self.rows_dir / f"{_file_name(split)}.arrow"
+        table = pa.table({"custom_id": pa.array(custom_ids, pa.string())})
+        atomic_write(path, arrow_bytes(table))
+
+    def read_rows(self, split: str) -> pa.Array | None:
+        path = self.rows_dir / f"{_file_name(split)}.arrow"
+        if not path.exists():
+            return None
+        try:
+            return read_arrow(path)["custom_id"].combine_chunks()
+        except (OSError, pa.ArrowInvalid) as e:
+            raise LedgerError(f"cannot read {path}: {e}", path=str(path)) from e
+
+    # -- prompt-cache prefix groups (``_prefix``, ``_priming``) -------------------------------
+    def write_prefix_groups(self, groups: Mapping[str, int]) -> None:
+        """custom_id -> prefix group of the requests that carry a breakpoint of dsbatch's."""
+        table = pa.table(
+            {
+                "custom_id": pa.array(list(groups), pa.string()),
+                "group": pa.array(list(groups.values()), pa.int32()),
+            }
+        )
+        atomic_write(self.dir / "prefix_groups.arrow", arrow_bytes(table))
+
+    def read_prefix_groups(self) -> dict[str, int]:
+        """The prefix groups; empty when there are none (or the file cannot be read: then
+        nothing is held back for a primer, and nothing is lost but cache hits)."""
+        path = self.dir / "prefix_groups.arrow"
+        if not path.exists():
+            return {}
+        try:
+            table = read_arrow(path)
+            return dict(
+                zip(table["custom_id"].to_pylist(), table["group"].to_pylist(), strict=True)
+            )
+        except (OSError, pa.ArrowInvalid, KeyError) as e:
+            log.warning("dsbatch: %s cannot be read (%s); no request waits for a primer", path, e)
+            return {}
+
+    # -- inputs: what the job was run on (``_inputs``) ----------------------------------------
+    def write_input(self, split: str, obj: Any) -> None:
+        """Keep one split's input (pickled: a dataset read from files pickles as a reference
+        to them, one built in memory as its rows)."""
+        path = self.dir / "inputs" / f"{_file_name(split)}.pkl"
+        atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def read_input(self, split: str) -> Any:
+        """One split's kept input; None when it was never kept; LedgerError when damaged."""
+        path = self.dir / "inputs" / f"{_file_name(split)}.pkl"
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # unpickling can fail in many ways; all mean the same here
+            raise LedgerError(f"cannot read the kept input {path}: {e}", path=str(path)) from e
+
+    # -- output -------------------------------------------------------------------------------
+    def write_output(self, split: str, table: pa.Table) -> str:
+        """Store a split's finished columns; returns a digest that changes when they do. The
+        file is named by its digest (``output_file``), in the Arrow stream format ``datasets``
+        maps its own files from: a dataset that maps it keeps reading what it mapped, whatever
+        a later call stores. The split's older outputs are removed."""
+
+        def stream(out: Any) -> None:  # out: has write(bytes)
+            with pa.ipc.new_stream(pa.PythonFile(out, mode="w"), table.schema) as writer:
+                writer.write_table(table)
+
+        # Two passes, the digest (for the name) then the file: neither holds a copy in memory.
+        hashed = _Hashing()
+        stream(hashed)
+        digest = hashed.hash.hexdigest()
+        path = self.output_file(split, digest)
+        atomic_write(path, stream)
+        for old in path.parent.glob("*.arrow"):
+            if old != path:
+                with suppress(OSError):  # mapped elsewhere (Windows): removed next time
+                    old.unlink()
+        return digest
+
+    def output_file(self, split: str, digest: str) -> Path:
+        """Where a split's finished columns of this digest are stored."""
+        return self.dir / "output" / _file_name(split) / f"{digest}.arrow"
+
+    def read_output(self, split: str, digest: str) -> pa.Table | None:
+        """A split's finished columns of this digest, memory-mapped; None when missing or
+        damaged (they are rebuilt)."""
+        path = self.output_file(split, digest)
+        if not path.exists():
+            return None
+        try:
+            with pa.memory_map(str(path)) as source:
+                return pa.ipc.open_stream(source).read_all()
+        except (OSError, pa.ArrowInvalid) as e:
+            log.warning("dsbatch: the output %s is damaged (%s); rebuilding it", path, e)
+            return None
+
+
+class _Hashing:
+    """A file that keeps nothing: the xxh3 of what is written to it."""
+
+    def __init__(self) -> None:
+        self.hash = xxhash.xxh3_64()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return len(data)
