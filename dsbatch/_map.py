@@ -4,11 +4,13 @@ it and collect its result, or return it at once (``wait=False``)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -247,13 +249,14 @@ def _start(
         if options.dry_run:
             return plan
         check_budget(plan, options.budget_usd)  # type: ignore[arg-type]
+    # (custom_id, body, its model) of every request, as the requests file keeps them; the
+    # models seen are the call's facts.
+    models: set[str | None] = set()
+    requests = _with_models(rendered.bodies, options.model, models)
     if manifest is None or not manifest.options or not job.has_requests():
         if prepared.groups:  # before the requests: a job with its requests has its groups
             job.write_prefix_groups(prepared.groups)
-        job.write_requests(
-            (custom_id, body, model_of(body, options.model))
-            for custom_id, body in rendered.bodies.items()
-        )
+        job.write_requests(requests)
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
         inputs = keep_inputs(job, splits)
@@ -277,6 +280,7 @@ def _start(
     )
 
     kept = options.to_json()
+    collections.deque(requests, maxlen=0)  # the models of the requests not written above
     facts = call_facts(
         prompt,
         model=options.model,
@@ -287,7 +291,7 @@ def _start(
         betas=list(options.betas),
         response_format=options.response_format,
         api_version=backend.api_version,
-        bodies=rendered.bodies,
+        models=models,
     )
     resume = manifest is not None and manifest.state == "canceled" and options.resend_canceled
     version = backend.api_version
@@ -377,6 +381,25 @@ def prepare(
             log.info("dsbatch: %s", caching.describe(prepared.groups))
     check_sizes(rendered.bodies, max_bytes=options.max_batch_bytes, first_row=rendered.first_row)
     return prepared
+
+
+def _with_models(
+    bodies: Mapping[str, bytes], default: str | None, seen: set[str | None]
+) -> Iterator[tuple[str, bytes, str | None]]:
+    """(custom_id, body, ``model_of(body, default)``) of every body, adding each model to
+    ``seen``. A body naming ``model`` once, as the default, is known without parsing (the key
+    made once, not per body)."""
+    named = None if default is None else b'"model":' + json.dumps(default).encode()
+    for custom_id, body in bodies.items():
+        at = -1 if named is None else body.find(named)
+        # The default's, and the only "model" key when no other is before or after it.
+        if at >= 0 and body.find(b'"model":', 0, at) < 0 and body.find(b'"model":', at + 1) < 0:
+            seen.add(default)
+            yield custom_id, body, default
+            continue
+        model = model_of(body, default)
+        seen.add(model)
+        yield custom_id, body, model
 
 
 def find_origin(backend: Backend, ledger: Ledger, options: MapOptions) -> str:

@@ -208,7 +208,7 @@ BUGS = [
         "            self.max_attempts,\n", "",
         "the finished output is served after max_attempts grew"),
     Bug("betas-not-in-custom-id", "dsbatch/_render.py",
-        "custom_id = custom_id_for(body, shape.betas)", "custom_id = custom_id_for(body)",
+        "custom_id_for(body, shape.betas) if shape.betas", "custom_id_for(body) if shape.betas",
         "the same request with and without betas shares a custom_id (and an answer)"),
     Bug("api-version-check-skipped", "dsbatch/_requests.py",
         "r.since is None or api_version >= r.since", "r.since is None or api_version > r.since",
@@ -846,6 +846,25 @@ BUGS = [
     Bug("expired-not-retried", "dsbatch/_policy.py",
         '        pc.equal(kind, "expired"),\n', '        pc.equal(kind, "never"),\n',
         "expired requests are final: a batch that ran out of time loses its rows"),
+    # -- render2 (issue 15: dsbatch's own work in render, submit, join) -------------------------
+    Bug("render2-template-count-all", "dsbatch/_render.py",
+        "(label, idx)\n            rendered.from_template += made",
+        "(label, idx)\n            rendered.from_template += 1",
+        "a job of text and other rows is planned as if every body came from its template"),
+    Bug("render2-apply-fast-ignores-targets", "dsbatch/_prefix.py",
+        "            and all(id(t) in kept for t in self.templates)\n", "",
+        "a breakpoint render placed that the plan removes stays in the bytes sent"),
+    Bug("render2-models-nested-default", "dsbatch/_map.py",
+        "if at >= 0 and body.find(b'\"model\":', 0, at) < 0", "if at >= 0 and True",
+        "a request naming another model, with the default's name nested in a tool, is priced "
+        "and recorded as the default"),
+    Bug("render2-bodies-add-overwrites", "dsbatch/_bodies.py",
+        "            if custom_id in memory:\n                return False\n", "",
+        "a request's body is replaced by a later row's (the first row it names is wrong)"),
+    Bug("render2-parallel-all-templated", "dsbatch/_parallel.py",
+        "every_templated = every_templated and part.from_template == len(part.bodies)",
+        "every_templated = True",
+        "num_proc: a job of text and other rows is planned as if all were made from a template"),
 ]  # fmt: skip
 
 
