@@ -477,7 +477,7 @@ BUGS = [
         "return isinstance(model, str) and _always_thinks(model.encode())", "return False",
         "a model that always thinks (Opus 5.5, Fable 5.1) gets no thinking column"),
     Bug("thinking-column-everywhere", "dsbatch/_collect.py",
-        "thinks = spec.thinking_column is not None and any_thinks(bodies.values())",
+        "thinks = spec.thinking_column is not None and _thinks(job, bodies)",
         "thinks = spec.thinking_column is not None",
         "a job that does not think gets a thinking column of nulls"),
     Bug("conversation-of-failed-row", "dsbatch/_join.py",
@@ -865,6 +865,12 @@ BUGS = [
         "every_templated = every_templated and part.from_template == len(part.bodies)",
         "every_templated = True",
         "num_proc: a job of text and other rows is planned as if all were made from a template"),
+    Bug("render2-thinks-ignores-models", "dsbatch/_collect.py",
+        'if any(request_thinks({"model": model}) for model in models):', "if False:",
+        "a job of a model that always thinks gets no thinking column"),
+    Bug("render2-attempts-of-skipped", "dsbatch/_join.py",
+        ".take(at).fill_null(0)", ".take(at).fill_null(1)",
+        "a skipped row's status says its request was sent once"),
 ]  # fmt: skip
 
 

@@ -248,3 +248,59 @@ def test_rendered_in_two_processes_the_plan_is_the_plan_of_one(mixed):
         planned.append((list(rendered.bodies.items()), rendered.row_custom_ids, groups))
     assert planned[0] == planned[1]
     assert len(planned[0][2]) == 8
+
+
+# -- the join: whether a job thinks, read in Arrow from its requests file ------------------------
+
+THINKING_CASES = [
+    # (bodies, thinks)
+    ([b'{"max_tokens":9,"messages":[],"model":"claude-haiku-4-5"}'], False),
+    ([b'{"model":"claude-haiku-4-5","thinking":{"budget_tokens":1024,"type":"enabled"}}'], True),
+    ([b'{"model":"claude-opus-4-6","thinking":{"type":"adaptive"}}'], True),
+    ([b'{"model":"claude-haiku-4-5","thinking":{"type":"disabled"}}'], False),
+    # A "thinking" object nested in a tool's schema asks for nothing.
+    ([b'{"model":"claude-haiku-4-5","tools":[{"input_schema":{"thinking":{"type":"enabled"}}}]}'],
+     False),
+    ([b'{"max_tokens":9,"model":"claude-opus-5-5"}'], True),  # a model that always thinks
+    # ... named only inside a tool's schema: not the request's model.
+    ([b'{"model":"claude-haiku-4-5","tools":[{"input_schema":{"model":"claude-opus-5-5"}}]}'],
+     False),
+    ([b'{"model":"claude-haiku-4-5"}'] * 3 + [b'{"model":"claude-fable-5-1"}'], True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bodies", "thinks"), THINKING_CASES)
+@pytest.mark.parametrize("models_kept", [True, False])
+def test_whether_a_job_thinks_is_any_thinks_of_its_bodies(tmp_path, bodies, thinks, models_kept):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dsbatch._collect import _thinks
+    from dsbatch._ledger import Ledger
+    from dsbatch._reasoning import any_thinks
+
+    job = Ledger(tmp_path).job("job-a")
+    requests = {f"id{i}": body for i, body in enumerate(bodies)}
+    job.write_requests((c, b, model_of(b, MODEL)) for c, b in requests.items())
+    if not models_kept:  # a requests file of an older dsbatch: no model column
+        path = job.dir / "requests.parquet"
+        pq.write_table(pq.read_table(path).drop_columns(["model"]), path)
+        assert job.request_params() is None
+    else:
+        assert isinstance(job.request_params(), pa.Table)
+    assert any_thinks(requests.values()) is thinks
+    assert _thinks(job, requests) is thinks
+
+
+@pytest.mark.parametrize(
+    "attempts", [{"a": 2, "b": 1, "": 5, "z": 3}, {}, {"a": 1}], ids=["some", "none", "one"]
+)
+def test_the_attempts_column_is_each_rows_count_and_0_for_a_skipped_row(attempts):
+    import pyarrow as pa
+
+    from dsbatch._join import _attempts_of
+
+    ids = pa.array(["a", None, "b", "c", "", "a"], pa.string())
+    expected = [attempts.get(c, 0) if c else 0 for c in ids.to_pylist()]
+    got = _attempts_of(ids, attempts)
+    assert got.type == pa.int64() and got.to_pylist() == expected
