@@ -33,7 +33,7 @@ from dsbatch._plan import check_sizes, job_fingerprint
 from dsbatch._poll import PollSchedule, first_contact_retrying
 from dsbatch._prefix import TemplateMarks, plan_prefix_caching
 from dsbatch._provenance import call_facts
-from dsbatch._reasoning import any_thinks
+from dsbatch._reasoning import any_thinks, request_thinks
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, RequestShape
 from dsbatch._rerun import call_digest, remember, rerun_key, served
@@ -368,7 +368,7 @@ def prepare(
         text_only=options.conversation_column is not None,
         num_proc=options.num_proc,
     )
-    if options.thinking_column is not None and any_thinks(rendered.bodies.values()):
+    if options.thinking_column is not None and _thinks(rendered):
         options.check_columns(
             {labels[s] or "": ds.column_names for s, ds in splits.items()}, thinks=True
         )
@@ -381,6 +381,17 @@ def prepare(
             log.info("dsbatch: %s", caching.describe(prepared.groups))
     check_sizes(rendered.bodies, max_bytes=options.max_batch_bytes, first_row=rendered.first_row)
     return prepared
+
+
+def _thinks(rendered: Rendered) -> bool:
+    """Whether any request thinks (``any_thinks``). When every body was made from a text
+    template, its params but the messages are the template's: the templates are read instead."""
+    if rendered.templates and rendered.from_template == len(rendered.bodies):
+        return any(
+            request_thinks(json.loads(head + b"null" + tail))
+            for head, tail in set(rendered.templates)
+        )
+    return any_thinks(rendered.bodies.values())
 
 
 def _with_models(

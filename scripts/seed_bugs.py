@@ -871,6 +871,10 @@ BUGS = [
     Bug("render2-attempts-of-skipped", "dsbatch/_join.py",
         ".take(at).fill_null(0)", ".take(at).fill_null(1)",
         "a skipped row's status says its request was sent once"),
+    Bug("render2-thinks-template-only", "dsbatch/_map.py",
+        "if rendered.templates and rendered.from_template == len(rendered.bodies):",
+        "if rendered.templates:",
+        "a row whose own params ask for thinking, among text rows, gets no thinking column"),
 ]  # fmt: skip
 
 

@@ -304,3 +304,31 @@ def test_the_attempts_column_is_each_rows_count_and_0_for_a_skipped_row(attempts
     expected = [attempts.get(c, 0) if c else 0 for c in ids.to_pylist()]
     got = _attempts_of(ids, attempts)
     assert got.type == pa.int64() and got.to_pylist() == expected
+
+
+TOOL = {"name": "t", "input_schema": {"type": "object", "properties": {"thinking": {}}}}
+
+
+@pytest.mark.parametrize(
+    ("defaults", "prompt", "thinks"),
+    [
+        (DEFAULTS, _as_text, False),
+        ({**DEFAULTS, "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+         _as_text, True),
+        ({**DEFAULTS, "thinking": {"type": "disabled"}}, _as_text, False),
+        ({**DEFAULTS, "model": "claude-opus-5-5"}, _as_text, True),
+        ({**DEFAULTS, "tools": [TOOL]}, _as_text, False),
+        # One row of another shape asks for thinking itself: every body is read.
+        (DEFAULTS, lambda r: r["t"] if r["t"] != "café" else {
+            "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": [{"role": "user", "content": "café"}]}, True),
+    ],
+)  # fmt: skip
+def test_whether_a_rendering_thinks_is_any_thinks_of_its_bodies(defaults, prompt, thinks):
+    from dsbatch._map import _thinks
+    from dsbatch._reasoning import any_thinks
+
+    rendered = _render({"a": TRICKY, "b": TRICKY[:2]}, prompt, defaults=defaults, samples=2)
+    assert any_thinks(rendered.bodies.values()) is thinks
+    assert _thinks(rendered) is thinks
+    assert _thinks(Rendered()) is False
