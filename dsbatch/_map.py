@@ -252,7 +252,7 @@ def _start(
     # (custom_id, body, its model) of every request, as the requests file keeps them; the
     # models seen are the call's facts.
     models: set[str | None] = set()
-    requests = _with_models(rendered.bodies, options.model, models)
+    requests = _with_models(rendered, options.model, models)
     if manifest is None or not manifest.options or not job.has_requests():
         if prepared.groups:  # before the requests: a job with its requests has its groups
             job.write_prefix_groups(prepared.groups)
@@ -395,11 +395,21 @@ def _thinks(rendered: Rendered) -> bool:
 
 
 def _with_models(
-    bodies: Mapping[str, bytes], default: str | None, seen: set[str | None]
+    rendered: Rendered, default: str | None, seen: set[str | None]
 ) -> Iterator[tuple[str, bytes, str | None]]:
     """(custom_id, body, ``model_of(body, default)``) of every body, adding each model to
     ``seen``. A body naming ``model`` once, as the default, is known without parsing (the key
-    made once, not per body)."""
+    made once, not per body); bodies all made from one text template have its model."""
+    bodies, templates = rendered.bodies, set(rendered.templates)
+    if len(templates) == 1 and rendered.from_template == len(bodies):
+        # Only the messages differ, and a text there is a JSON string ("model": cannot occur
+        # in it, its quotes escaped): the model of one is the model of all.
+        ((head, tail),) = templates
+        model = model_of(head + b"[]" + tail, default)
+        seen.add(model)
+        for custom_id, body in bodies.items():
+            yield custom_id, body, model
+        return
     named = None if default is None else b'"model":' + json.dumps(default).encode()
     for custom_id, body in bodies.items():
         at = -1 if named is None else body.find(named)

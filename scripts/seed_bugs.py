@@ -875,6 +875,9 @@ BUGS = [
         "if rendered.templates and rendered.from_template == len(rendered.bodies):",
         "if rendered.templates:",
         "a row whose own params ask for thinking, among text rows, gets no thinking column"),
+    Bug("render2-models-template-default", "dsbatch/_map.py",
+        'model = model_of(head + b"[]" + tail, default)', "model = default",
+        "requests of a template whose params name another model are priced as the default's"),
 ]  # fmt: skip
 
 

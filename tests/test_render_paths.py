@@ -200,7 +200,9 @@ BODIES = [
 def test_the_model_kept_with_each_request_is_model_of_its_body(default):
     seen: set[str | None] = set()
     bodies = {f"id{i}": body for i, body in enumerate(BODIES)}
-    kept = list(_with_models(bodies, default, seen))
+    rendered = Rendered()
+    rendered.bodies.update(bodies)
+    kept = list(_with_models(rendered, default, seen))
     assert kept == [(c, b, model_of(b, default)) for c, b in bodies.items()]
     assert seen == {model_of(b, default) for b in BODIES}
     assert _models(default, seen) == ["claude-haiku-4-5", "claude-opus-4-5"]
@@ -332,3 +334,16 @@ def test_whether_a_rendering_thinks_is_any_thinks_of_its_bodies(defaults, prompt
     assert any_thinks(rendered.bodies.values()) is thinks
     assert _thinks(rendered) is thinks
     assert _thinks(Rendered()) is False
+
+
+@pytest.mark.parametrize("default", [MODEL, "claude-opus-4-5", None])
+@pytest.mark.parametrize("model", [MODEL, "claude-opus-4-5"])
+@pytest.mark.parametrize("prompt", [_as_text, _mixed])
+def test_the_model_of_requests_made_from_one_template_is_model_of_each_body(default, model, prompt):
+    rendered = _render(
+        {"a": ["list 0", *TRICKY]}, prompt, defaults={**DEFAULTS, "model": model}, samples=2
+    )
+    seen: set[str | None] = set()
+    kept = list(_with_models(rendered, default, seen))
+    assert kept == [(c, b, model_of(b, default)) for c, b in rendered.bodies.items()]
+    assert seen == {model} and len(kept) == 22
