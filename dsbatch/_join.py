@@ -146,20 +146,12 @@ def output_table(
             _arr(taken["output_tokens"]),
             _zero_if_succeeded(taken["cache_read_input_tokens"], succeeded),
             _zero_if_succeeded(taken["cache_creation_input_tokens"], succeeded),
-            _attempts_of(ids, attempts),
+            pa.array([attempts.get(c, 0) if c else 0 for c in ids.to_pylist()], pa.int64()),
             fan(cost) if cost is not None else pa.nulls(len(ids), pa.float64()),
         ],
         fields=list(STATUS_TYPE),
     )
     return pa.table(columns)
-
-
-def _attempts_of(ids: pa.Array, attempts: Mapping[str, int]) -> pa.Array:
-    """How many times each row's request was sent (0 for a skipped row), looked up in Arrow."""
-    sent = pa.table({"id": pa.array(list(attempts), pa.string()), "n": list(attempts.values())})
-    sent = sent.filter(pc.not_equal(sent["id"], ""))  # an empty id names no request
-    at = pc.index_in(ids, value_set=sent["id"].combine_chunks())
-    return sent["n"].combine_chunks().cast(pa.int64()).take(at).fill_null(0)
 
 
 def _per_request(

@@ -294,20 +294,6 @@ def test_whether_a_job_thinks_is_any_thinks_of_its_bodies(tmp_path, bodies, thin
     assert _thinks(job, requests) is thinks
 
 
-@pytest.mark.parametrize(
-    "attempts", [{"a": 2, "b": 1, "": 5, "z": 3}, {}, {"a": 1}], ids=["some", "none", "one"]
-)
-def test_the_attempts_column_is_each_rows_count_and_0_for_a_skipped_row(attempts):
-    import pyarrow as pa
-
-    from dsbatch._join import _attempts_of
-
-    ids = pa.array(["a", None, "b", "c", "", "a"], pa.string())
-    expected = [attempts.get(c, 0) if c else 0 for c in ids.to_pylist()]
-    got = _attempts_of(ids, attempts)
-    assert got.type == pa.int64() and got.to_pylist() == expected
-
-
 TOOL = {"name": "t", "input_schema": {"type": "object", "properties": {"thinking": {}}}}
 
 
@@ -347,3 +333,21 @@ def test_the_model_of_requests_made_from_one_template_is_model_of_each_body(defa
     kept = list(_with_models(rendered, default, seen))
     assert kept == [(c, b, model_of(b, default)) for c, b in rendered.bodies.items()]
     assert seen == {model} and len(kept) == 22
+
+
+def test_a_thinking_request_in_a_later_row_group_of_the_requests_file_is_found(
+    tmp_path, monkeypatch
+):
+    from dsbatch import _ledger
+    from dsbatch._collect import _thinks
+    from dsbatch._ledger import Ledger
+
+    monkeypatch.setattr(_ledger, "REQUEST_GROUP_ROWS", 2)
+    plain = b'{"model":"claude-haiku-4-5","tools":[{"input_schema":{"thinking":{}}}]}'
+    thinking = b'{"model":"claude-haiku-4-5","thinking":{"type":"adaptive"}}'
+    for at, thinks in ((None, False), (0, True), (4, True)):
+        job = Ledger(tmp_path / str(at)).job("job-a")
+        bodies = [thinking if i == at else plain for i in range(5)]
+        job.write_requests((f"id{i}", b, MODEL) for i, b in enumerate(bodies))
+        assert job.request_params()["params"].num_chunks == 3
+        assert _thinks(job, {}) is thinks
