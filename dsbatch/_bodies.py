@@ -59,6 +59,23 @@ class Bodies(MutableMapping[str, bytes]):
             return
         self._where[custom_id] = self._append(body)
 
+    def add(self, custom_id: str, body: bytes) -> bool:
+        """Set a body not yet held (True), or leave the one held (False): render's one call per
+        row for its check and its store."""
+        if self._where is None:
+            memory = self._memory
+            if custom_id in memory:
+                return False
+            memory[custom_id] = body
+            self._held += len(body)
+            if self._held > self._spill_bytes:
+                self._spill()
+            return True
+        if custom_id in self._where:
+            return False
+        self._where[custom_id] = self._append(body)
+        return True
+
     def __getitem__(self, custom_id: str) -> bytes:
         if self._where is None:
             return self._memory[custom_id]

@@ -28,7 +28,7 @@ from dsbatch._join import MissingResult, OutputSpec, output_table
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._policy import FAILED_STATUSES, attempts, latest_results
 from dsbatch._provenance import BATCHES_KEY, batches_answering, stamp
-from dsbatch._reasoning import any_thinks, thinking_texts
+from dsbatch._reasoning import any_thinks, request_thinks, thinking_texts
 from dsbatch._records import Manifest
 from dsbatch._samples import failed_mask, reshape, sample_ids
 
@@ -43,6 +43,8 @@ _FAILED_AS = {
     "answer is in the output column)",
 }
 _SHOWN_ROWS = 5
+# What a canonical request that asks for thinking holds (a "thinking" key with an object).
+_THINKING_OBJECT = b'"thinking":{'
 
 
 @dataclass
@@ -92,7 +94,7 @@ def collect(
     request's result."""
     latest = latest_results(results)
     sent = attempts(results)
-    thinks = spec.thinking_column is not None and any_thinks(bodies.values())
+    thinks = spec.thinking_column is not None and _thinks(job, bodies)
     costs = cost(latest) if cost is not None else None
     tables: dict[str, pa.Table] = {}
     asked_by_split: list[pa.Array] = []
@@ -147,6 +149,29 @@ def collect(
         outputs.tables[split], outputs.digests[split] = stored, digest
         outputs.files[split] = str(job.output_file(split, digest))
     return outputs
+
+
+def _thinks(job: JobLedger, bodies: Mapping[str, bytes]) -> bool:
+    """Whether any request of the job thinks (``_reasoning.any_thinks`` of its bodies), read in
+    Arrow from its requests file: a model that always thinks, or one of the few bodies naming
+    a ``thinking`` object, parsed."""
+    table = job.request_params()
+    if table is None:  # no models kept (an older dsbatch): every body read
+        return any_thinks(bodies.values())
+    # Every request names its model (render refuses one without): the file keeps it.
+    models = pc.unique(table["model"].combine_chunks().drop_null()).to_pylist()
+    if any(request_thinks({"model": model}) for model in models):
+        return True
+    for chunk in table["params"].chunks:
+        # Its bytes searched at once (Arrow's per-value search is slower); a hit, rare, has
+        # the bodies that hold it parsed.
+        data = chunk.buffers()[2]
+        if data is None or data.to_pybytes().find(_THINKING_OBJECT) < 0:
+            continue
+        named = chunk.filter(pc.match_substring(chunk, _THINKING_OBJECT.decode()).fill_null(False))
+        if any(request_thinks(json.loads(body)) for body in named.to_pylist()):
+            return True
+    return False
 
 
 def _repeated(dataset: Dataset, times: int) -> Iterator[dict[str, Any]]:

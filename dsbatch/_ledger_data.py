@@ -137,6 +137,15 @@ class JobData:
             return None
         return dict(zip(table["custom_id"].to_pylist(), table["model"].to_pylist(), strict=True))
 
+    def request_params(self) -> pa.Table | None:
+        """The params and model of every request, as Arrow columns (no Python object per
+        request); None when the requests file holds no models (a job of an older dsbatch) or
+        cannot be read."""
+        try:
+            return pq.read_table(self.dir / "requests.parquet", columns=["params", "model"])
+        except (OSError, pa.ArrowInvalid, KeyError):
+            return None
+
     def write_rows(self, split: str, custom_ids: Sequence[str | None]) -> None:
         """Row -> custom_id of one split, so the job can be collected without its dataset."""
         path = self.rows_dir / f"{_file_name(split)}.arrow"

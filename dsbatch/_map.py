@@ -4,11 +4,13 @@ it and collect its result, or return it at once (``wait=False``)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,7 +33,7 @@ from dsbatch._plan import check_sizes, job_fingerprint
 from dsbatch._poll import PollSchedule, first_contact_retrying
 from dsbatch._prefix import TemplateMarks, plan_prefix_caching
 from dsbatch._provenance import call_facts
-from dsbatch._reasoning import any_thinks
+from dsbatch._reasoning import any_thinks, request_thinks
 from dsbatch._records import Manifest
 from dsbatch._render import Rendered, RequestShape
 from dsbatch._rerun import call_digest, remember, rerun_key, served
@@ -247,13 +249,14 @@ def _start(
         if options.dry_run:
             return plan
         check_budget(plan, options.budget_usd)  # type: ignore[arg-type]
+    # (custom_id, body, its model) of every request, as the requests file keeps them; the
+    # models seen are the call's facts.
+    models: set[str | None] = set()
+    requests = _with_models(rendered, options.model, models)
     if manifest is None or not manifest.options or not job.has_requests():
         if prepared.groups:  # before the requests: a job with its requests has its groups
             job.write_prefix_groups(prepared.groups)
-        job.write_requests(
-            (custom_id, body, model_of(body, options.model))
-            for custom_id, body in rendered.bodies.items()
-        )
+        job.write_requests(requests)
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
         inputs = keep_inputs(job, splits)
@@ -277,6 +280,7 @@ def _start(
     )
 
     kept = options.to_json()
+    collections.deque(requests, maxlen=0)  # the models of the requests not written above
     facts = call_facts(
         prompt,
         model=options.model,
@@ -287,7 +291,7 @@ def _start(
         betas=list(options.betas),
         response_format=options.response_format,
         api_version=backend.api_version,
-        bodies=rendered.bodies,
+        models=models,
     )
     resume = manifest is not None and manifest.state == "canceled" and options.resend_canceled
     version = backend.api_version
@@ -364,7 +368,7 @@ def prepare(
         text_only=options.conversation_column is not None,
         num_proc=options.num_proc,
     )
-    if options.thinking_column is not None and any_thinks(rendered.bodies.values()):
+    if options.thinking_column is not None and _thinks(rendered):
         options.check_columns(
             {labels[s] or "": ds.column_names for s, ds in splits.items()}, thinks=True
         )
@@ -377,6 +381,46 @@ def prepare(
             log.info("dsbatch: %s", caching.describe(prepared.groups))
     check_sizes(rendered.bodies, max_bytes=options.max_batch_bytes, first_row=rendered.first_row)
     return prepared
+
+
+def _thinks(rendered: Rendered) -> bool:
+    """Whether any request thinks (``any_thinks``). When every body was made from a text
+    template, its params but the messages are the template's: the templates are read instead."""
+    if rendered.templates and rendered.from_template == len(rendered.bodies):
+        return any(
+            request_thinks(json.loads(head + b"null" + tail))
+            for head, tail in set(rendered.templates)
+        )
+    return any_thinks(rendered.bodies.values())
+
+
+def _with_models(
+    rendered: Rendered, default: str | None, seen: set[str | None]
+) -> Iterator[tuple[str, bytes, str | None]]:
+    """(custom_id, body, ``model_of(body, default)``) of every body, adding each model to
+    ``seen``. A body naming ``model`` once, as the default, is known without parsing (the key
+    made once, not per body); bodies all made from one text template have its model."""
+    bodies, templates = rendered.bodies, set(rendered.templates)
+    if len(templates) == 1 and rendered.from_template == len(bodies):
+        # Only the messages differ, and a text there is a JSON string ("model": cannot occur
+        # in it, its quotes escaped): the model of one is the model of all.
+        ((head, tail),) = templates
+        model = model_of(head + b"[]" + tail, default)
+        seen.add(model)
+        for custom_id, body in bodies.items():
+            yield custom_id, body, model
+        return
+    named = None if default is None else b'"model":' + json.dumps(default).encode()
+    for custom_id, body in bodies.items():
+        at = -1 if named is None else body.find(named)
+        # The default's, and the only "model" key when no other is before or after it.
+        if at >= 0 and body.find(b'"model":', 0, at) < 0 and body.find(b'"model":', at + 1) < 0:
+            seen.add(default)
+            yield custom_id, body, default
+            continue
+        model = model_of(body, default)
+        seen.add(model)
+        yield custom_id, body, model
 
 
 def find_origin(backend: Backend, ledger: Ledger, options: MapOptions) -> str:

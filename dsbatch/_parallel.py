@@ -75,12 +75,14 @@ def render_splits(
     tasks = list(_tasks(payload, splits, labels, processes))
     ids: dict[str, list[str | None]] = {split: [] for split in splits}
     templated: set[str] = set()
+    every_templated = True  # every body of every shard made from its text template
     marks = shape.mark if isinstance(shape.mark, TemplateMarks) else None
     # Leaving the block stops the pool, also when a shard raised: no worker renders on.
     with multiprocess.Pool(processes) as pool:
         for (_, split, _, _, _), result in zip(tasks, pool.imap(_render_shard, tasks)):
             part, made = pickle.loads(result)
             ids[split].extend(part.row_custom_ids[split])
+            every_templated = every_templated and part.from_template == len(part.bodies)
             for custom_id, body in part.bodies.items():
                 # In shard order: a request keeps the first row that asked for it.
                 if custom_id not in rendered.bodies:
@@ -93,6 +95,8 @@ def render_splits(
             if marks is not None:
                 marks.made.update(made)
     rendered.row_custom_ids.update(ids)
+    if every_templated:
+        rendered.from_template = len(rendered.bodies)
 
 
 def _tasks(

@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
@@ -470,12 +470,25 @@ class PrefixCaching:
         """Place the breakpoints in ``rendered`` (bodies, custom_ids, row maps); returns
         custom_id -> prefix group (numbered in order of first request) of every request that
         got one."""
-        old, rendered.bodies = rendered.bodies, rendered.bodies.empty_like()
-        bodies, first_row = rendered.bodies, {}
-        renamed: dict[str, str] = {}
         groups: dict[str, int] = {}
         numbers: dict[int, int] = {}
         kept = {id(t) for t in self.templates if t.target == (t.head, t.tail)}
+        if (
+            self.template_of
+            and all(id(t) in kept for t in self.templates)
+            and self.template_of.keys() == set(rendered.bodies)
+        ):
+            # Every request was rendered from a template with its breakpoints already (the
+            # common case): no body, id or row changes, only the groups are read.
+            for key, made in self.template_of.items():
+                if made.group is not None:
+                    groups[key] = numbers.setdefault(made.group, len(numbers))
+            self.template_of = {}
+            self.groups = [node for node, _ in sorted(numbers.items(), key=lambda item: item[1])]
+            return groups
+        old, rendered.bodies = rendered.bodies, rendered.bodies.empty_like()
+        bodies, first_row = rendered.bodies, {}
+        renamed: dict[str, str] = {}
         for key in list(old):
             body = old.pop(key)  # one body in memory at a time, not two of each
             new_key = key
@@ -541,7 +554,16 @@ def plan_prefix_caching(
     paths: dict[str, list[_Block]] = {}  # custom_id -> its markable blocks
     template_of: dict[str, _Template] = {}
     last: _Template | None = None
-    for key, body in rendered.bodies.items():
+    bodies: Iterable[tuple[str, bytes]] = rendered.bodies.items()
+    if len(templates) == 1 and rendered.from_template == len(rendered.bodies):
+        # Every body was made from the one template (render counted them): its shared part is
+        # known without reading a body, and no body's messages hold a breakpoint (a text is a
+        # JSON string there, its quotes escaped).
+        (only,) = templates
+        only.requests = len(rendered.bodies)
+        template_of = dict.fromkeys(rendered.bodies, only)
+        bodies = ()
+    for key, body in bodies:
         found = None
         if last is not None and (middle := last.middle(body)) is not None:
             found = last, middle

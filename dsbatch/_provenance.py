@@ -20,7 +20,7 @@ import datetime as dt
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -67,19 +67,11 @@ def prompt_digest(prompt: Callable[..., Any]) -> str | None:
         return _digest(code.co_code + repr(code.co_consts).encode())
 
 
-def _models(default: str | None, bodies: Mapping[str, bytes]) -> list[str]:
-    """The models the requests name (the prompt may override ``model=``). A body holding the
-    default model's key and value is taken as asking it, without parsing it."""
-    marker = None if default is None else b'"model":' + json.dumps(default).encode()
-    models: set[str] = set()
-    for body in bodies.values():
-        if marker is not None and marker in body:
-            models.add(default)  # type: ignore[arg-type]
-            continue
-        model = json.loads(body).get("model")
-        if isinstance(model, str):
-            models.add(model)
-    return sorted(models) if models or default is None else [default]
+def _models(default: str | None, models: Iterable[str | None]) -> list[str]:
+    """The models the requests name (the prompt may override ``model=``), from the model of
+    each request (``_cost.model_of``, as the requests file keeps it)."""
+    named = sorted({m for m in models if isinstance(m, str)})
+    return named if named or default is None else [default]
 
 
 def call_facts(
@@ -93,7 +85,7 @@ def call_facts(
     betas: list[str],
     response_format: type | None,
     api_version: str,
-    bodies: Mapping[str, bytes],
+    models: Iterable[str | None],
 ) -> dict[str, Any]:
     """What one ``dsbatch.map`` call was, as a job keeps it (no secret: the prompt, params and
     system prompt only as hashes; no API key)."""
@@ -102,7 +94,7 @@ def call_facts(
     import dsbatch
 
     return {
-        "models": _models(model, bodies),
+        "models": _models(model, models),
         "prompt_sha256": prompt_digest(prompt),
         "params_sha256": _json_digest(params),
         "system_sha256": _json_digest(system),

@@ -110,6 +110,9 @@ class Rendered:
     # The bytes before and after the messages of each text template rows were made from
     # (``_prefix`` reads what they share once).
     templates: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # How many of ``bodies`` were made from one of ``templates`` (all of them: ``_prefix`` then
+    # knows each body's shared part without reading the bodies).
+    from_template: int = 0
 
     @property
     def rows(self) -> int:
@@ -139,6 +142,7 @@ def render_split(
     first_row = rendered.first_row
     checker = shape.checker()
     template: _TextTemplate | None = None
+    hexdigest = xxhash.xxh3_128_hexdigest
     for idx, row in enumerate(iter_rows(dataset), start):
         try:
             answer = prompt(row, idx) if with_indices else prompt(row)
@@ -151,8 +155,9 @@ def render_split(
         if answer is None:
             ids.append(None)
             continue
+        made = isinstance(answer, str)
         try:
-            if isinstance(answer, str):
+            if made:
                 # The common case: the shape is checked once, each row only for its text.
                 if template is None:
                     template = _TextTemplate(shape, checker)
@@ -171,11 +176,17 @@ def render_split(
             ) from None
         except (TypeError, ValueError) as e:
             raise PromptError(f"the request is not valid JSON: {e}", row=idx, split=label) from e
-        custom_id = custom_id_for(body, shape.betas)
-        if custom_id not in bodies:
-            for sample in range(samples):
+        # custom_id_for, inlined: the hash of the body alone when the job has no betas.
+        custom_id = (
+            custom_id_for(body, shape.betas) if shape.betas else CUSTOM_ID_PREFIX + hexdigest(body)
+        )
+        if bodies.add(custom_id, body):
+            first_row[custom_id] = (label, idx)
+            rendered.from_template += made
+            for sample in range(1, samples):
                 bodies[sample_custom_id(custom_id, sample)] = body
                 first_row[sample_custom_id(custom_id, sample)] = (label, idx)
+                rendered.from_template += made
         ids.append(custom_id)
     rendered.row_custom_ids[split] = ids
 
@@ -213,6 +224,9 @@ class _TextTemplate:
             raise PromptError("the request's params hold dsbatch's own placeholder text")
         self._head, self._tail = skeleton.split(hole)
         self._shape, self._checker = shape, checker
+        # The message around the text, joined to the head and tail once: [{"content":...,"role"..
+        self._open = self._head + b'[{"content":'
+        self._close = b',"role":"user"}]' + self._tail
 
     @property
     def parts(self) -> tuple[bytes, bytes]:
@@ -226,8 +240,7 @@ class _TextTemplate:
         # Byte for byte canonical_json(params): keys sorted ("content" < "role"), no spaces,
         # the text as JSONEncoder(ensure_ascii=False) writes a str (without its walk of a list
         # and a dict).
-        message = b'[{"content":' + encode_basestring(text).encode() + b',"role":"user"}]'
-        return self._head + message + self._tail
+        return self._open + encode_basestring(text).encode() + self._close
 
 
 def _to_params(answer: Any, shape: RequestShape, checker: RequestChecker) -> dict[str, Any]:
