@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -100,8 +101,12 @@ def output_table(
             latest, spec.response_format, spec.structured_output, status, error
         )
 
-    def fan(values: pa.Array) -> pa.Array:
-        return _arr(values.take(index))
+    # Rows asking for the requests in their order, each once (the usual job), take nothing:
+    # a copy of a million answers is the largest piece of a collect's memory.
+    in_order = _is_identity(index, latest.num_rows)
+
+    def fan(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+        return _arr(values if in_order else values.take(index))
 
     skipped = pc.is_null(ids)
     row_status = pc.if_else(skipped, "skipped", fan(status))
@@ -134,7 +139,8 @@ def output_table(
         columns[spec.conversation_column] = _arr(
             pc.if_else(kept, fan(per_request), pa.nulls(len(ids), per_request.type))
         )
-    taken = latest.take(index)
+    taken = latest.select(["type", "stop_reason", *USAGE_FIELDS])
+    taken = taken if in_order else taken.take(index)
     succeeded = pc.equal(taken["type"], "succeeded").fill_null(False)
     columns[spec.status_column] = pa.StructArray.from_arrays(
         [
@@ -156,7 +162,7 @@ def output_table(
 
 def _per_request(
     latest: pa.Table, *, tool_first: bool = False
-) -> tuple[pa.Array, pa.Array, pa.Array]:
+) -> tuple[pa.Array, pa.Array, pa.Array | pa.ChunkedArray]:
     """(status, error, answer text) of each distinct request; with ``tool_first`` (the forced
     tool of ``structured_output="tool"``) the tool call's input is the answer when there is one."""
     kind = _arr(latest["type"])
@@ -190,10 +196,17 @@ def _per_request(
     # Without text, a tool call's input is the answer (a forced tool still paid for it). Under
     # response_format's forced tool the call is the answer even after a sentence of prose: the
     # column then holds what the fields were read from, on every row alike.
-    text, tool_input = _arr(latest["text"]), _arr(latest["tool_input"])
-    answer = pc.coalesce(tool_input, text) if tool_first else pc.coalesce(text, tool_input)
-    response = pc.if_else(pc.equal(status, "succeeded"), answer, pa.nulls(len(kind), pa.string()))
-    return _arr(status), _arr(error), _arr(response)
+    text, tool_input = latest["text"], latest["tool_input"]  # not combined: fan takes once
+    # Copies only where they change something: most jobs have no tool calls, and every answer
+    # succeeded.
+    if tool_input.null_count == len(tool_input):
+        answer = text
+    else:
+        answer = pc.coalesce(tool_input, text) if tool_first else pc.coalesce(text, tool_input)
+    answered = pc.equal(status, "succeeded").fill_null(False)
+    if pc.all(answered).as_py() is not True:
+        answer = pc.if_else(answered, answer, pa.nulls(len(kind), pa.string()))
+    return _arr(status), _arr(error), answer
 
 
 def _structured_columns(
@@ -319,4 +332,14 @@ def _zero_if_succeeded(values: pa.ChunkedArray | pa.Array, succeeded: pa.Array) 
 
 
 def _arr(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if not isinstance(values, pa.ChunkedArray):
+        return values
+    # One chunk is that chunk (combining it would copy it).
+    return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+
+
+def _is_identity(index: pa.Array, n: int) -> bool:
+    """Whether ``index`` takes rows 0 .. n-1 in order."""
+    if len(index) != n or index.null_count:
+        return False
+    return bool((index.to_numpy(zero_copy_only=False) == np.arange(n)).all())

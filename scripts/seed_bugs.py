@@ -925,6 +925,15 @@ BUGS = [
     Bug("render2-models-template-default", "dsbatch/_map.py",
         'model = model_of(head + b"[]" + tail, default)', "model = default",
         "requests of a template whose params name another model are priced as the default's"),
+    Bug("join-in-order-assumed", "dsbatch/_join.py",
+        "    in_order = _is_identity(index, latest.num_rows)\n", "    in_order = True\n",
+        "answers are joined in the order results came back, not to their rows"),
+    Bug("join-failed-keeps-text", "dsbatch/_join.py",
+        "    if pc.all(answered).as_py() is not True:\n", "    if False:\n",
+        "a request that did not succeed shows the text of its result line as its answer"),
+    Bug("join-tool-input-skipped", "dsbatch/_join.py",
+        "    if tool_input.null_count == len(tool_input):\n", "    if True:\n",
+        "an answer that is a tool call (no text) is an empty row"),
 ]  # fmt: skip
 
 
