@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import sys
@@ -306,8 +307,8 @@ class Emulator:
     def results_of(self, batch_id: str, *, beta: bool = False) -> list[dict[str, Any]]:
         """The results lines of an ended batch, as dicts, in the order they are served
         (``beta``: as the beta endpoint serves them)."""
-        _, lines = self._store.results(batch_id, beta=beta)
-        return [{"custom_id": custom_id, "result": result} for custom_id, result in lines]
+        body = self._store.results(batch_id, beta=beta).body()
+        return [json.loads(line) for line in body.splitlines()]
 
     def reset_stats(self) -> None:
         """Forget calls, received requests and messages, and duplicates (fault draws keep
