@@ -49,6 +49,7 @@ _LINE_SCHEMA = pa.schema(
     ]
 )
 _PARSE = pj.ParseOptions(explicit_schema=_LINE_SCHEMA, unexpected_field_behavior="ignore")
+_BLOCK_BYTES = 1 << 23  # the JSON reader's block: 8 MB, parsed in parallel
 
 
 class IncompleteDownload(BatchAPIError):
@@ -76,7 +77,7 @@ def parse_results(
     raw = _raw_lines(buf)
     try:
         parsed = pj.read_json(
-            pa.BufferReader(buf), read_options=_read_options(buf.size), parse_options=_PARSE
+            pa.BufferReader(buf), read_options=_read_options(buf.size, raw), parse_options=_PARSE
         )
         if parsed.num_rows != len(raw) or parsed["custom_id"].null_count:
             raise pa.ArrowInvalid("a line is not a result")
@@ -145,9 +146,11 @@ def _tool_inputs(content: pa.Array, raw: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _read_options(size: int) -> pj.ReadOptions:
-    # Blocks must hold whole lines: one block as large as the data, up to 64 MB.
-    return pj.ReadOptions(block_size=max(1 << 20, min(size + 1, 1 << 26)))
+def _read_options(size: int, raw: pa.Array) -> pj.ReadOptions:
+    """Blocks of ``_BLOCK_BYTES`` parsed on every core, each large enough for the longest line
+    and its line end (a line is never split across blocks: the reader refuses that)."""
+    longest = pc.max(pc.binary_length(raw)).as_py() or 0
+    return pj.ReadOptions(block_size=min(size + 1, max(_BLOCK_BYTES, longest + 2)))
 
 
 def _raw_lines(buf: pa.Buffer) -> pa.Array:
@@ -160,7 +163,9 @@ def _raw_lines(buf: pa.Buffer) -> pa.Array:
         convert_options=pacsv.ConvertOptions(column_types={"raw": pa.large_string()}),
     )
     raw = table["raw"].combine_chunks()
-    return raw.filter(pc.not_equal(pc.utf8_trim_whitespace(raw), ""))
+    # Empty lines are skipped by the reader; only a line of spaces (e.g. "\r") is left to drop.
+    blank = pc.utf8_is_space(raw)
+    return raw.filter(pc.invert(blank)) if pc.any(blank).as_py() else raw
 
 
 def _parse_lenient(raw: pa.Array, batch_id: str, batch_created_at: float | None) -> pa.Table:
