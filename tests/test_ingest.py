@@ -240,3 +240,35 @@ def test_lines_spread_over_many_blocks_parse_as_one_block_does(monkeypatch):
     split = parse_results(data, batch_id="b")
     assert split.equals(whole) and split.num_rows == 320
     assert split["custom_id"].to_pylist() == [line["custom_id"] for line in lines]
+
+
+def test_lines_of_spaces_are_dropped_and_a_line_longer_than_a_block_still_reads_fast(monkeypatch):
+    from dsbatch import _ingest
+
+    long = _odd("long", content=[{"type": "text", "text": "word " * 2000}])
+    data = b"  \n" + jsonl(SUCCEEDED, long) + b" \t \r\n" + jsonl(EXPIRED)
+    monkeypatch.setattr(_ingest, "_BLOCK_BYTES", 1000)  # the long line is 10x a block
+    monkeypatch.setattr(_ingest, "_parse_lenient", None)  # the fast path only
+    table = parse_results(data, batch_id="b")
+    assert table["custom_id"].to_pylist() == ["first-prompt-in-my-batch", "long", "e"]
+    assert table["text"].to_pylist()[1] == "word " * 2000
+
+
+def test_a_download_cut_midway_leaves_no_file_and_a_whole_one_is_read_back(tmp_path):
+    from dsbatch._store import ResultsStore
+
+    store = ResultsStore(tmp_path)
+
+    def cut():
+        yield b'{"custom_id": "a"}\n'
+        raise RuntimeError("the connection dropped")
+
+    with pytest.raises(RuntimeError, match="dropped"):
+        store.store_download("msgbatch_1", cut())
+    assert list((tmp_path / "downloads").iterdir()) == []  # nothing half-written is left
+    buf = store.store_download("msgbatch_1", iter([b"x\n", b"y\n"]))
+    assert buf.to_pybytes() == b"x\ny\n"
+    (path,) = (tmp_path / "downloads").iterdir()
+    assert path.name.startswith("msgbatch_1.") and path.suffix == ".jsonl"
+    store.discard_download("msgbatch_1")
+    assert not path.exists()
