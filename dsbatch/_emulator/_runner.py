@@ -54,7 +54,9 @@ class Emulator:
     Message the fields of the beta schema (``diagnostics``, ``context_management``, usage
     ``iterations`` and ``speed``). Every answer carries the header ``x-dsbatch-emulator: 1``,
     which tells a client it is talking to an emulator, not the real API, and a ``request-id``
-    unique to the call.
+    unique to the call. As the API does, a batch's results file is written once, when the
+    batch ends (the beta form on its first download), and every download streams the same
+    bytes (past 1 MB from an unlinked temporary file, freed when the batch is deleted).
 
     Requests are validated as the API validates them: at create only the batch's structure (the
     body, the requests list, custom_id pattern and uniqueness, params being an object, no
