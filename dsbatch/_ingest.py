@@ -49,6 +49,7 @@ _LINE_SCHEMA = pa.schema(
     ]
 )
 _PARSE = pj.ParseOptions(explicit_schema=_LINE_SCHEMA, unexpected_field_behavior="ignore")
+_BLOCK_BYTES = 1 << 23  # the JSON reader's block: 8 MB, parsed in parallel
 
 
 class IncompleteDownload(BatchAPIError):
@@ -76,7 +77,7 @@ def parse_results(
     raw = _raw_lines(buf)
     try:
         parsed = pj.read_json(
-            pa.BufferReader(buf), read_options=_read_options(buf.size), parse_options=_PARSE
+            pa.BufferReader(buf), read_options=_read_options(buf.size, raw), parse_options=_PARSE
         )
         if parsed.num_rows != len(raw) or parsed["custom_id"].null_count:
             raise pa.ArrowInvalid("a line is not a result")
@@ -132,7 +133,7 @@ def _joined_text(content: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _tool_inputs(content: pa.Array, raw: pa.Array) -> pa.Array:
+def _tool_inputs(content: pa.Array, raw: pa.ChunkedArray) -> pa.Array:
     """The first tool call's input of each message, as JSON text (null without one)."""
     blocks = pc.list_flatten(content)
     is_tool = pc.equal(pc.struct_field(blocks, "type"), "tool_use").fill_null(False)
@@ -145,25 +146,30 @@ def _tool_inputs(content: pa.Array, raw: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _read_options(size: int) -> pj.ReadOptions:
-    # Blocks must hold whole lines: one block as large as the data, up to 64 MB.
-    return pj.ReadOptions(block_size=max(1 << 20, min(size + 1, 1 << 26)))
+def _read_options(size: int, raw: pa.ChunkedArray) -> pj.ReadOptions:
+    """Blocks of ``_BLOCK_BYTES`` parsed on every core, each large enough for the longest line
+    and its line end (a line is never split across blocks: the reader refuses that)."""
+    longest = pc.max(pc.binary_length(raw)).as_py() or 0
+    return pj.ReadOptions(block_size=min(size + 1, max(_BLOCK_BYTES, longest + 2)))
 
 
-def _raw_lines(buf: pa.Buffer) -> pa.Array:
+def _raw_lines(buf: pa.Buffer) -> pa.ChunkedArray:
     """Each non-blank line as a string, split in C++: the CSV reader with a delimiter that JSON
-    text never holds raw (control characters are always escaped in JSON) and no quoting."""
+    text never holds raw (control characters are always escaped in JSON) and no quoting. Kept
+    in the reader's chunks: joining them would copy every byte of the download once more."""
     table = pacsv.read_csv(
         pa.BufferReader(buf),
         read_options=pacsv.ReadOptions(column_names=["raw"], block_size=1 << 24),
         parse_options=pacsv.ParseOptions(delimiter="\x01", quote_char=False, escape_char=False),
         convert_options=pacsv.ConvertOptions(column_types={"raw": pa.large_string()}),
     )
-    raw = table["raw"].combine_chunks()
-    return raw.filter(pc.not_equal(pc.utf8_trim_whitespace(raw), ""))
+    raw = table["raw"]
+    # Empty lines are skipped by the reader; only a line of spaces (e.g. "\r") is left to drop.
+    blank = pc.utf8_is_space(raw)
+    return raw.filter(pc.invert(blank)) if pc.any(blank).as_py() else raw
 
 
-def _parse_lenient(raw: pa.Array, batch_id: str, batch_created_at: float | None) -> pa.Table:
+def _parse_lenient(raw: pa.ChunkedArray, batch_id: str, batch_created_at: float | None) -> pa.Table:
     """Every line on its own: an odd shape costs that line's fields, never the batch."""
     lines = raw.to_pylist()
     rows = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from dsbatch._ingest import IncompleteDownload, UnreadableResults, parse_results, retry_download
@@ -159,3 +160,115 @@ def test_tool_inputs_are_read_in_the_fast_path_too():
     assert json.loads(by_id["t"]["tool_input"]) == {"a": [1, {"b": 2}]}
     assert by_id["first-prompt-in-my-batch"]["tool_input"] is None
     assert all(r["problem"] is None for r in by_id.values())
+
+
+THINKING = {
+    "custom_id": "think",
+    "result": {
+        "type": "succeeded",
+        "message": {
+            "id": "msg_3",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [
+                {"type": "thinking", "thinking": "Let me see.", "signature": "sig"},
+                {"type": "redacted_thinking", "data": "opaque"},
+                {"type": "text", "text": "Thought \u00e9 \u2028 out."},
+            ],
+            "stop_reason": "max_tokens",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 7, "output_tokens": 8, "service_tier": "batch"},
+            "a_field_from_next_year": {"nested": [1, 2]},
+        },
+        "also_new": True,
+    },
+    "top_level_extra": "x",
+}
+EMPTY = {
+    "custom_id": "empty",
+    "result": {
+        "type": "succeeded",
+        "message": {**SUCCEEDED["result"]["message"], "content": [], "stop_reason": "refusal"},
+    },
+}
+OVERLOADED = {
+    "custom_id": "o",
+    "result": {
+        "type": "errored",
+        "error": {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    },
+}
+READABLE = [SUCCEEDED, INVALID, OVERLOADED, TOOL, THINKING, EMPTY, EXPIRED, CANCELED]
+
+
+def test_the_fast_parse_reads_every_readable_line_as_the_line_by_line_parse_does(monkeypatch):
+    from dsbatch import _ingest
+
+    data = jsonl(*READABLE)
+    lenient = _ingest._parse_lenient(_ingest._raw_lines(pa.py_buffer(data)), "b", 5.0)
+
+    def refuse(*args):
+        raise AssertionError("the fast parse fell back to reading line by line")
+
+    monkeypatch.setattr(_ingest, "_parse_lenient", refuse)
+    fast = parse_results(data, batch_id="b", batch_created_at=5.0)
+    assert fast.equals(lenient)
+    rows = {r["custom_id"]: r for r in fast.to_pylist()}
+    assert (rows["think"]["text"], rows["think"]["stop_reason"]) == (
+        "Thought \u00e9 \u2028 out.",
+        "max_tokens",
+    )
+    assert (rows["think"]["output_tokens"], rows["think"]["cache_read_input_tokens"]) == (8, None)
+    assert rows["empty"]["text"] is None and rows["empty"]["stop_reason"] == "refusal"
+    assert rows["o"]["error_type"] == "overloaded_error" and rows["o"]["text"] is None
+    assert json.loads(rows["think"]["raw"]) == THINKING
+    assert json.loads(rows["t"]["tool_input"]) == {"a": [1, {"b": 2}]}
+
+
+def test_lines_spread_over_many_blocks_parse_as_one_block_does(monkeypatch):
+    from dsbatch import _ingest
+
+    lines = [
+        {**line, "custom_id": f"{line['custom_id']}-{i}"} for i in range(40) for line in READABLE
+    ]
+    data = jsonl(*lines)
+    whole = parse_results(data, batch_id="b")
+    monkeypatch.setattr(_ingest, "_BLOCK_BYTES", 1000)  # many blocks, each cut mid-line
+    monkeypatch.setattr(_ingest, "_parse_lenient", None)  # the fast path only
+    assert len(data) > 20 * 1000 > max(len(json.dumps(line)) for line in lines)
+    split = parse_results(data, batch_id="b")
+    assert split.equals(whole) and split.num_rows == 320
+    assert split["custom_id"].to_pylist() == [line["custom_id"] for line in lines]
+
+
+def test_lines_of_spaces_are_dropped_and_a_line_longer_than_a_block_still_reads_fast(monkeypatch):
+    from dsbatch import _ingest
+
+    long = _odd("long", content=[{"type": "text", "text": "word " * 2000}])
+    data = b"  \n" + jsonl(SUCCEEDED, long) + b" \t \r\n" + jsonl(EXPIRED)
+    monkeypatch.setattr(_ingest, "_BLOCK_BYTES", 1000)  # the long line is 10x a block
+    monkeypatch.setattr(_ingest, "_parse_lenient", None)  # the fast path only
+    table = parse_results(data, batch_id="b")
+    assert table["custom_id"].to_pylist() == ["first-prompt-in-my-batch", "long", "e"]
+    assert table["text"].to_pylist()[1] == "word " * 2000
+
+
+def test_a_download_cut_midway_leaves_no_file_and_a_whole_one_is_read_back(tmp_path):
+    from dsbatch._store import ResultsStore
+
+    store = ResultsStore(tmp_path)
+
+    def cut():
+        yield b'{"custom_id": "a"}\n'
+        raise RuntimeError("the connection dropped")
+
+    with pytest.raises(RuntimeError, match="dropped"):
+        store.store_download("msgbatch_1", cut())
+    assert list((tmp_path / "downloads").iterdir()) == []  # nothing half-written is left
+    buf = store.store_download("msgbatch_1", iter([b"x\n", b"y\n"]))
+    assert buf.to_pybytes() == b"x\ny\n"
+    (path,) = (tmp_path / "downloads").iterdir()
+    assert path.name.startswith("msgbatch_1.") and path.suffix == ".jsonl"
+    store.discard_download("msgbatch_1")
+    assert not path.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import sys
@@ -53,7 +54,9 @@ class Emulator:
     Message the fields of the beta schema (``diagnostics``, ``context_management``, usage
     ``iterations`` and ``speed``). Every answer carries the header ``x-dsbatch-emulator: 1``,
     which tells a client it is talking to an emulator, not the real API, and a ``request-id``
-    unique to the call.
+    unique to the call. As the API does, a batch's results file is written once, when the
+    batch ends (the beta form on its first download), and every download streams the same
+    bytes (past 1 MB from an unlinked temporary file, freed when the batch is deleted).
 
     Requests are validated as the API validates them: at create only the batch's structure (the
     body, the requests list, custom_id pattern and uniqueness, params being an object, no
@@ -306,8 +309,8 @@ class Emulator:
     def results_of(self, batch_id: str, *, beta: bool = False) -> list[dict[str, Any]]:
         """The results lines of an ended batch, as dicts, in the order they are served
         (``beta``: as the beta endpoint serves them)."""
-        _, lines = self._store.results(batch_id, beta=beta)
-        return [{"custom_id": custom_id, "result": result} for custom_id, result in lines]
+        body = self._store.results(batch_id, beta=beta).body()
+        return [json.loads(line) for line in body.splitlines()]
 
     def reset_stats(self) -> None:
         """Forget calls, received requests and messages, and duplicates (fault draws keep

@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from dsbatch._emulator._errors import ApiError, default_message, error_body, error_type_for
 from dsbatch._emulator._ids import prefixed_id
 from dsbatch._emulator._live import count_tokens, create_message
+from dsbatch._emulator._results import ResultsFile
 from dsbatch._emulator._state import DEFAULT_WORKSPACE, Store
 from dsbatch._emulator._validate import api_version, validate_create
 
@@ -375,7 +376,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _results(self, batch_id: str, workspace: str, beta: bool) -> None:
         store = self.server.store
         with store.lock:
-            count, lines = store.results(batch_id, workspace, beta=beta)
+            stored = store.results(batch_id, workspace, beta=beta)
             cut = store.faults.take_cut_results()
             short = not cut and store.faults.take_short_results()
         self.send_response(200)
@@ -384,35 +385,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("request-id", self.request_id)
         self.end_headers()
         try:
-            self._stream_lines(count // 2 if short else count, lines, cut)
+            self._stream(stored, stored.lines // 2 if short else stored.lines, cut)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception:  # headers are gone: the only honest answer left is a broken body
             traceback.print_exc(file=sys.stderr)
             self.close_connection = True
 
-    def _stream_lines(
-        self, count: int, lines: Iterator[tuple[str, dict[str, Any]]], cut: bool
-    ) -> None:
-        stop = count // 2 if cut else count
-        buffer: list[bytes] = []
-        size = 0
-        for custom_id, result in itertools.islice(lines, stop):
-            line = (_encode({"custom_id": custom_id, "result": result}) + "\n").encode()
-            buffer.append(line)
-            size += len(line)
-            if size >= _CHUNK:
-                self._write_chunk(b"".join(buffer))
-                buffer, size = [], 0
+    def _stream(self, stored: ResultsFile, lines: int, cut: bool) -> None:
+        """The first ``lines`` lines of the stored file; ``cut``: half of them, then half of
+        the next line (without its newline), and the connection dropped."""
+        stop = lines // 2 if cut else lines
+        end = stored.end_of(stop)
+        if cut and stop < stored.lines:
+            # Half the next line, its newline not counted: the download ends mid-line.
+            end += (stored.end_of(stop + 1) - 1 - end) // 2
+        for data in stored.read(0, end, _CHUNK):
+            self._write_chunk(data)
         if cut:
-            custom_id, result = next(lines)
-            line = _encode({"custom_id": custom_id, "result": result}).encode()
-            buffer.append(line[: len(line) // 2])
-            self._write_chunk(b"".join(buffer))
             self.close_connection = True  # mid-line, without the last chunk: a broken download
             return
-        if buffer:
-            self._write_chunk(b"".join(buffer))
         self.wfile.write(b"0\r\n\r\n")
 
     def _write_chunk(self, data: bytes) -> None:

@@ -6,7 +6,8 @@ Nothing runs in the background: a batch's state is a function of the clock, brou
 or at ``expires_at`` (created + 24 h), whichever comes first. Results are decided once, when
 the batch ends: its requests are processed in order, each checked by ``_rules`` (a bad one
 ends ``errored``) and answered at the moment it finishes, and batches are processed in the
-order they end, which is the order the prompt cache sees them in.
+order they end, which is the order the prompt cache sees them in. The results file is written
+then too, as the API writes it (``_results``): every download streams those bytes.
 
 Every batch belongs to the workspace of the key that created it. The API's operations take the
 caller's workspace and see only that workspace's batches: another workspace's batch is as
@@ -30,6 +31,7 @@ from dsbatch._emulator._faults import Faults
 from dsbatch._emulator._ids import prefixed_id, rfc3339, stable_hash
 from dsbatch._emulator._params import structured_kind, thinking_type
 from dsbatch._emulator._responder import Responder, beta_message, build_message, errored_result
+from dsbatch._emulator._results import ResultsFile
 from dsbatch._emulator._rules import Endpoint, request_problem
 from dsbatch._limits import API_VERSION_LEGACY, EXPIRY_SECONDS
 
@@ -84,6 +86,9 @@ class Batch:
     cache_uses: dict[int, CacheUse] = field(default_factory=dict)  # index -> its cache reads/writes
     redacted: set[int] = field(default_factory=set)  # indexes whose thinking comes redacted
     counts: dict[str, int] = field(default_factory=dict)
+    # Once ended: its results file, encoded once per form (False: standard, True: beta), the
+    # standard one when the batch ends (as the API writes it), the beta one when first asked.
+    files: dict[bool, ResultsFile] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -226,10 +231,10 @@ class Store:
 
     def results(
         self, batch_id: str, workspace: str | None = None, *, beta: bool = False
-    ) -> tuple[int, Iterator[tuple[str, dict[str, Any]]]]:
-        """How many results an ended batch has, and an iterator of (custom_id, result) in the
-        results file's order, each built only when reached; ``beta``: the beta endpoint's
-        form of each Message."""
+    ) -> ResultsFile:
+        """The results file of an ended batch, encoded when the batch ended (the beta form:
+        when first asked) and the same bytes on every download; ``beta``: the beta
+        endpoint's form of each Message."""
         with self.lock:
             batch = self.get(batch_id, workspace)
             if batch.outcomes is None or batch.order is None:
@@ -238,7 +243,7 @@ class Store:
                     f"Message Batch {batch_id} has not finished processing "
                     f"(processing_status: {batch.status}); results are available once it ends",
                 )
-            return batch.size, _lines(batch, batch.outcomes, batch.order, beta)
+            return _results_file(batch, beta)
 
     # --- time -----------------------------------------------------------------------------
 
@@ -310,6 +315,7 @@ class Store:
         batch.counts = {"processing": 0, **counts}
         batch.ended_at = ended_at
         batch.status = "ended"
+        _results_file(batch, beta=False)
 
     def _outcome(
         self, batch: Batch, index: int, endpoint: Endpoint, moment: float
@@ -369,6 +375,15 @@ class Store:
                 else None
             ),
         }
+
+
+def _results_file(batch: Batch, beta: bool) -> ResultsFile:
+    """The batch's results file in one form, encoded on first need and kept."""
+    stored = batch.files.get(beta)
+    if stored is None:
+        assert batch.outcomes is not None and batch.order is not None
+        stored = batch.files[beta] = ResultsFile(_lines(batch, batch.outcomes, batch.order, beta))
+    return stored
 
 
 def _lines(
