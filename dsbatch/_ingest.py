@@ -105,8 +105,13 @@ def parse_results(
             "batch_created_at": pa.array([batch_created_at] * n, pa.float64()),
             "problem": pc.if_else(
                 unknown.fill_null(True),
-                pc.binary_join_element_wise(
-                    "unknown result type ", kind.cast(pa.string()).fill_null("null"), ""
+                # As the line-by-line path says it (``repr`` of the type).
+                pc.if_else(
+                    pc.is_null(kind),
+                    "unknown result type None",
+                    pc.binary_join_element_wise(
+                        "unknown result type '", kind.cast(pa.string()), "'", ""
+                    ),
                 ),
                 pa.nulls(n, pa.string()),
             ),

@@ -126,15 +126,19 @@ def open_requests(
     if latest is None:
         latest = latest_results(results)
     final = latest.filter(pc.invert(_retry_mask(latest, resend_canceled)))["custom_id"]
-    counted = results["custom_id"]
-    if resend_canceled:  # canceled sends are not counted
-        counted = pc.filter(
-            counted, pc.invert(pc.equal(results["type"], "canceled").fill_null(False))
+    if latest.num_rows == results.num_rows and max_attempts > 1:
+        # One attempt each (the usual job): none has spent its attempts, nothing to count.
+        spent = pa.array([], pa.string())
+    else:
+        counted = results["custom_id"]
+        if resend_canceled:  # canceled sends are not counted
+            counted = pc.filter(
+                counted, pc.invert(pc.equal(results["type"], "canceled").fill_null(False))
+            )
+        counts = pc.value_counts(_combined(counted))
+        spent = pc.filter(
+            counts.field("values"), pc.greater_equal(counts.field("counts"), max_attempts)
         )
-    counts = pc.value_counts(_combined(counted))
-    spent = pc.filter(
-        counts.field("values"), pc.greater_equal(counts.field("counts"), max_attempts)
-    )
     if not isinstance(in_flight, pa.Array):
         in_flight = pa.array(list(in_flight), pa.string())
     closed = pa.concat_arrays(

@@ -961,6 +961,14 @@ BUGS = [
         "            Path(tmp).unlink(missing_ok=True)\n            raise",
         "            raise",
         "a download cut midway leaves its partial file behind"),
+    Bug("one-attempt-never-spent", "dsbatch/_policy.py",
+        "    if latest.num_rows == results.num_rows and max_attempts > 1:\n",
+        "    if latest.num_rows == results.num_rows:\n",
+        "with max_attempts=1, an expired request is sent a second time"),
+    Bug("fast-parse-unknown-type-unquoted", "dsbatch/_ingest.py",
+        """                        "unknown result type '", kind.cast(pa.string()), "'", ""\n""",
+        """                        "unknown result type ", kind.cast(pa.string()), "", ""\n""",
+        "an unknown result type is named one way or another depending on its neighbours"),
 ]  # fmt: skip
 
 

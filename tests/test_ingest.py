@@ -199,7 +199,8 @@ OVERLOADED = {
         "error": {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
     },
 }
-READABLE = [SUCCEEDED, INVALID, OVERLOADED, TOOL, THINKING, EMPTY, EXPIRED, CANCELED]
+MYSTERY = {"custom_id": "u", "result": {"type": "mystery"}}
+READABLE = [SUCCEEDED, INVALID, OVERLOADED, TOOL, THINKING, EMPTY, EXPIRED, CANCELED, MYSTERY]
 
 
 def test_the_fast_parse_reads_every_readable_line_as_the_line_by_line_parse_does(monkeypatch):
@@ -224,6 +225,7 @@ def test_the_fast_parse_reads_every_readable_line_as_the_line_by_line_parse_does
     assert rows["o"]["error_type"] == "overloaded_error" and rows["o"]["text"] is None
     assert json.loads(rows["think"]["raw"]) == THINKING
     assert json.loads(rows["t"]["tool_input"]) == {"a": [1, {"b": 2}]}
+    assert rows["u"]["problem"] == "unknown result type 'mystery'"  # as the slow path says it
 
 
 def test_lines_spread_over_many_blocks_parse_as_one_block_does(monkeypatch):
@@ -238,7 +240,7 @@ def test_lines_spread_over_many_blocks_parse_as_one_block_does(monkeypatch):
     monkeypatch.setattr(_ingest, "_parse_lenient", None)  # the fast path only
     assert len(data) > 20 * 1000 > max(len(json.dumps(line)) for line in lines)
     split = parse_results(data, batch_id="b")
-    assert split.equals(whole) and split.num_rows == 320
+    assert split.equals(whole) and split.num_rows == 40 * len(READABLE) == 360
     assert split["custom_id"].to_pylist() == [line["custom_id"] for line in lines]
 
 
