@@ -368,7 +368,10 @@ def test_haiku_5_5_prices_a_long_prompt_at_its_higher_band_output_included():
     assert long == pytest.approx((60_001 * 0.50 + 1000 * 2.50 + 40_000 * 0.05) * HALF)
 
 
-def test_answers_are_priced_on_the_day_their_batch_was_made(tmp_path):
+@pytest.mark.parametrize("models_known", [False, True])
+def test_answers_are_priced_on_the_day_their_batch_was_made(tmp_path, models_known):
+    # models_known: the requests file gave every request's model (one model: priced a column
+    # at a time), else each body is read.
     # Sonnet 5.5's cache reads went from $0.20 to $0.10 per million on 2026-10-07.
     def at(day: dt.date) -> float:
         return dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.timezone.utc).timestamp()
@@ -382,7 +385,8 @@ def test_answers_are_priced_on_the_day_their_batch_was_made(tmp_path):
     schema = RESULT_SCHEMA.remove(RESULT_SCHEMA.get_field_index("raw"))
     table = pa.Table.from_pylist(rows, schema=schema)
     body = json.dumps({"model": "claude-sonnet-5-5"}).encode()
-    pricer = Pricer(Ledger(tmp_path).store, {"a": body, "b": body}, PriceBook())
+    models = {"a": "claude-sonnet-5-5", "b": "claude-sonnet-5-5"} if models_known else None
+    pricer = Pricer(Ledger(tmp_path).store, {"a": body, "b": body}, PriceBook(), models=models)
     assert pricer.per_request(table).to_pylist() == [pytest.approx(0.10), pytest.approx(0.05)]
     assert pricer.total(table) == pytest.approx(0.15)
 
@@ -412,7 +416,8 @@ def test_each_answer_costs_exactly_what_answer_cost_says_row_by_row(tmp_path, on
         })  # fmt: skip
     schema = RESULT_SCHEMA.remove(RESULT_SCHEMA.get_field_index("raw"))
     table = pa.Table.from_pylist(rows, schema=schema)
-    pricer = Pricer(Ledger(tmp_path).store, bodies, PriceBook(), default_model=MODEL)
+    models = {c: "claude-haiku-5-5" for c in bodies} if one_model else None  # as a job has
+    pricer = Pricer(Ledger(tmp_path).store, bodies, PriceBook(), default_model=MODEL, models=models)
     book = PriceBook()
     expected = []
     for row in rows:
