@@ -425,7 +425,7 @@ class _Requests(Mapping[str, bytes]):
         self._keys: np.ndarray | None = None  # the ids' keys, sorted
         self._rows: np.ndarray | None = None  # the file's row of each key
         self._starts: list[int] = []  # the first row of each row group
-        self._group: tuple[int, list[bytes]] = (0, [])  # (its first row, its bodies)
+        self._group: tuple[int, pa.Array] = (-1, pa.array([], pa.binary()))  # (group, params)
 
     def custom_ids(self) -> pa.Array:
         """Every custom_id, in the file's order."""
@@ -458,11 +458,11 @@ class _Requests(Mapping[str, bytes]):
                 return row
         raise KeyError(custom_id)
 
-    def take(self, custom_ids: Sequence[str]) -> list[bytes]:
-        """The bodies of these requests, in their order: found all at once (a step sends a
-        hundred thousand), read a row group at a time."""
+    def params(self, custom_ids: Sequence[str]) -> pa.Array:
+        """The params of these requests as one Arrow binary array, in their order: found all
+        at once (a step sends a hundred thousand), each row group read once."""
         if not custom_ids:
-            return []
+            return pa.array([], pa.binary())
         keys, rows = self._index()
         wanted = pa.array(custom_ids, pa.string())
         found = np.minimum(np.searchsorted(keys, custom_id_keys(wanted)), len(keys) - 1)
@@ -471,19 +471,27 @@ class _Requests(Mapping[str, bytes]):
         same = pc.equal(self.custom_ids().take(pa.array(at)), wanted).to_numpy(zero_copy_only=False)
         for i in np.flatnonzero(~same).tolist():
             at[i] = self._row(custom_ids[i])
-        out: list[bytes] = [b""] * len(custom_ids)
         order = np.argsort(at, kind="stable")
-        for i in order.tolist():
-            out[i] = self._body(int(at[i]))
-        return out
+        starts = np.asarray(self._starts, dtype=np.int64)
+        groups = np.searchsorted(starts, at[order], side="right") - 1
+        parts = []
+        for group in np.unique(groups).tolist():
+            start, params = self._group_params(group)
+            parts.append(params.take(pa.array(at[order][groups == group] - start)))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return pa.concat_arrays(parts).take(pa.array(inverse))
+
+    def _group_params(self, group: int) -> tuple[int, pa.Array]:
+        """(first row, params) of one row group: the last one read is kept."""
+        if self._group[0] != group:
+            self._group = (group, self._job.read_request_params(group))
+        return self._starts[group], self._group[1]
 
     def _body(self, at: int) -> bytes:
-        start, bodies = self._group
-        if not 0 <= at - start < len(bodies):  # in another row group than the last one read
-            group = bisect.bisect_right(self._starts, at) - 1
-            start, bodies = self._starts[group], self._job.read_request_group(group)
-            self._group = (start, bodies)
-        return bodies[at - start]
+        start, params = self._group_params(bisect.bisect_right(self._starts, at) - 1)
+        value: bytes = params[at - start].as_py()
+        return value
 
     def __getitem__(self, custom_id: str) -> bytes:
         return self._body(self._row(custom_id))

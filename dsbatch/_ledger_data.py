@@ -109,10 +109,14 @@ class JobData:
 
     def read_request_group(self, group: int) -> list[bytes]:
         """The params of the requests of one row group of the requests file, in its order."""
+        return self.read_request_params(group).to_pylist()
+
+    def read_request_params(self, group: int) -> pa.Array:
+        """``read_request_group`` as one Arrow binary array (no Python object per request)."""
         table = self._requests_file(
             lambda path: pq.ParquetFile(path).read_row_group(group, columns=["params"])
         )
-        return table["params"].to_pylist()
+        return table["params"].combine_chunks()
 
     def read_requests(self) -> dict[str, bytes]:
         """custom_id -> the exact params sent, of every request of the job."""

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -242,31 +244,58 @@ def _item(custom_id: str, body: bytes) -> bytes:
     return b'{"custom_id":"' + custom_id.encode() + b'","params":' + body + b"}"
 
 
-def batch_body(custom_ids: Sequence[str], bodies: Mapping[str, bytes]) -> bytes:
-    """The create body for these requests: ``{"requests":[{"custom_id":..,"params":..},..]}``."""
-    return (
-        _BODY_OPEN
-        + b",".join(_item(c, body) for c, body in _with_bodies(custom_ids, bodies))
-        + _BODY_CLOSE
-    )
+@runtime_checkable
+class ParamsStore(Protocol):
+    """Bodies read from disk as Arrow (a job's requests file): a step's hundred thousand are
+    found at once, never made Python bytes one at a time."""
+
+    def params(self, custom_ids: Sequence[str]) -> pa.Array: ...
 
 
-# Requests whose bodies are fetched at once from a store that reads them from disk.
+# Requests whose params are read at once from a ``ParamsStore``.
 _WINDOW = 16_384
 
 
-def _with_bodies(
+def batch_body(custom_ids: Sequence[str], bodies: Mapping[str, bytes]) -> bytes:
+    """The create body for these requests: ``{"requests":[{"custom_id":..,"params":..},..]}``."""
+    if not isinstance(bodies, ParamsStore):
+        return _BODY_OPEN + b",".join(_item(c, bodies[c]) for c in custom_ids) + _BODY_CLOSE
+    parts = []
+    for start in range(0, len(custom_ids), _WINDOW):
+        window = custom_ids[start : start + _WINDOW]
+        # Each item as _item makes it, and its comma, joined in Arrow: the window's items are
+        # then one buffer.
+        items = pc.binary_join_element_wise(
+            _ITEM_OPEN,
+            pa.array(window, pa.string()).cast(pa.binary()),
+            _ITEM_PARAMS,
+            bodies.params(window).cast(pa.binary()),
+            _ITEM_CLOSE,
+            _NO_SEPARATOR,
+        )
+        offsets = np.frombuffer(items.buffers()[1], dtype=np.int32)
+        first, last = offsets[items.offset], offsets[items.offset + len(items)]
+        parts.append(memoryview(items.buffers()[2])[first:last])
+    return _BODY_OPEN + b"".join(parts)[:-1] + _BODY_CLOSE  # less the last item's comma
+
+
+_ITEM_OPEN = pa.scalar(b'{"custom_id":"', pa.binary())
+_ITEM_PARAMS = pa.scalar(b'","params":', pa.binary())
+_ITEM_CLOSE = pa.scalar(b"},", pa.binary())
+_NO_SEPARATOR = pa.scalar(b"", pa.binary())
+
+
+def _with_sizes(
     custom_ids: Sequence[str], bodies: Mapping[str, bytes]
-) -> Iterator[tuple[str, bytes]]:
-    """(custom_id, body) in order. A store that can (a job's requests file: ``take``) finds a
-    window of them at once; a lookup each would cost more than the rest of a step."""
-    take = getattr(bodies, "take", None)
-    if not callable(take):
-        yield from ((c, bodies[c]) for c in custom_ids)
+) -> Iterator[tuple[str, int]]:
+    """(custom_id, bytes of its body) in order; from a ``ParamsStore``, read a window at once."""
+    if not isinstance(bodies, ParamsStore):
+        yield from ((c, len(bodies[c])) for c in custom_ids)
         return
     for start in range(0, len(custom_ids), _WINDOW):
         window = custom_ids[start : start + _WINDOW]
-        yield from zip(window, take(window), strict=True)
+        sizes = pc.binary_length(bodies.params(window)).to_pylist()
+        yield from zip(window, sizes, strict=True)
 
 
 _OVERHEAD = len(_BODY_OPEN) + len(_BODY_CLOSE)
@@ -274,13 +303,13 @@ _OVERHEAD = len(_BODY_OPEN) + len(_BODY_CLOSE)
 
 def _item_size(
     custom_id: str,
-    body: bytes,
+    size: int,
     max_bytes: int,
     first_row: Mapping[str, tuple[str | None, int]] | None,
 ) -> int:
-    """The bytes a request takes in a create body; RequestTooLargeError, naming its row, when
-    it alone is over the batch limit."""
-    item = len(custom_id) + len(body) + len(b'{"custom_id":"","params":}')
+    """The bytes a request whose body is ``size`` bytes takes in a create body;
+    RequestTooLargeError, naming its row, when it alone is over the batch limit."""
+    item = len(custom_id) + size + len(b'{"custom_id":"","params":}')
     if _OVERHEAD + item > max_bytes:
         split, row = (first_row or {}).get(custom_id, (None, None))
         raise RequestTooLargeError(
@@ -300,7 +329,7 @@ def check_sizes(
 ) -> None:
     """Refuse, before any call, a request too large for any batch (its row named)."""
     for custom_id, body in bodies.items():
-        _item_size(custom_id, body, max_bytes, first_row)
+        _item_size(custom_id, len(body), max_bytes, first_row)
 
 
 @dataclass(frozen=True)
@@ -322,8 +351,8 @@ def chunk_requests(
     """Split requests into batches under both limits, in order."""
     current: list[str] = []
     size = _OVERHEAD
-    for custom_id, body in _with_bodies(custom_ids, bodies):
-        item = _item_size(custom_id, body, max_bytes, first_row)
+    for custom_id, body_size in _with_sizes(custom_ids, bodies):
+        item = _item_size(custom_id, body_size, max_bytes, first_row)
         sep = 1 if current else 0
         if current and (len(current) >= max_requests or size + sep + item > max_bytes):
             yield BatchPlan(tuple(current), size)

@@ -778,11 +778,11 @@ BUGS = [
         'return self.dir / "output" / _file_name(split) / "current.arrow"',
         "a later call's columns replace the file an earlier output's pickle names"),
     Bug("requests-group-kept-stale", "dsbatch/_job.py",
-        "if not 0 <= at - start < len(bodies):", "if not bodies:",
+        "        if self._group[0] != group:\n", "        if self._group[0] < 0:\n",
         "a step sends the params of the first row group read for every later request"),
     Bug("requests-group-off-by-one", "dsbatch/_job.py",
-        "group = bisect.bisect_right(self._starts, at) - 1\n",
-        "group = max(0, bisect.bisect_left(self._starts, at) - 1)\n",
+        'groups = np.searchsorted(starts, at[order], side="right") - 1\n',
+        'groups = np.maximum(np.searchsorted(starts, at[order], side="left") - 1, 0)\n',
         "the first request of each row group is looked up in the group before it"),
     Bug("bodies-spill-loses-order", "dsbatch/_bodies.py",
         "            if not (start <= offset and offset + length <= start + len(window)):",
@@ -969,6 +969,13 @@ BUGS = [
         """                        "unknown result type '", kind.cast(pa.string()), "'", ""\n""",
         """                        "unknown result type ", kind.cast(pa.string()), "", ""\n""",
         "an unknown result type is named one way or another depending on its neighbours"),
+    Bug("create-body-items-unseparated", "dsbatch/_plan.py",
+        '_ITEM_CLOSE = pa.scalar(b"},", pa.binary())', '_ITEM_CLOSE = pa.scalar(b"}", pa.binary())',
+        "a create body read from the requests file runs its items together: no batch is made"),
+    Bug("create-sizes-from-nothing", "dsbatch/_plan.py",
+        "        sizes = pc.binary_length(bodies.params(window)).to_pylist()\n",
+        "        sizes = [0] * len(window)\n",
+        "batches are cut as if every request were empty: a create body over the byte limit"),
 ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -12,6 +13,7 @@ import dsbatch._bodies
 import dsbatch._ledger_data
 import dsbatch._map
 from dsbatch._bodies import Bodies
+from dsbatch._plan import batch_body, chunk_requests
 
 
 def _filled(spill_bytes: int, n: int = 50) -> tuple[Bodies, dict[str, bytes]]:
@@ -106,9 +108,22 @@ def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monke
     assert requests.custom_ids().to_pylist() == ids
     with pytest.raises(KeyError):
         requests[f"{base}_s9"]
-    # All at once, in any order, across row groups: the same bodies.
+    # All at once, in any order, across row groups: the same bodies, and the create body and
+    # batch cuts a dict of them gives.
     shuffled = ids[::-1] + ids[3:5]
-    assert requests.take(shuffled) == [requests[c] for c in shuffled]
-    assert requests.take([]) == []
+    assert requests.params(shuffled).to_pylist() == [requests[c] for c in shuffled]
+    assert requests.params([]).to_pylist() == []
     with pytest.raises(KeyError):
-        requests.take([ids[0], f"{base}_s9"])
+        requests.params([ids[0], f"{base}_s9"])
+    plain = {c: requests[c] for c in ids}
+    assert batch_body(shuffled, requests) == batch_body(shuffled, plain)
+    assert json.loads(batch_body(shuffled, requests))["requests"][0]["params"] == {"n": 7}
+    assert batch_body([], requests) == batch_body([], plain) == b'{"requests":[]}'
+    cuts = dict(max_requests=3, max_bytes=300)
+    plans = list(chunk_requests(shuffled, requests, **cuts))
+    assert plans == list(chunk_requests(shuffled, plain, **cuts))
+    assert [len(plan.custom_ids) for plan in plans] == [3, 3, 3, 1]
+    assert [plan.nbytes for plan in plans] == [
+        len(batch_body(plan.custom_ids, requests)) for plan in plans
+    ]
+    assert list(chunk_requests(shuffled, requests, max_bytes=150)) != plans  # sizes are read
