@@ -93,7 +93,8 @@ def collect(
     whether the job thinks, and make the conversations; ``cost(latest)`` prices each
     request's result."""
     latest = latest_results(results)
-    sent = attempts(results)
+    # Every request sent once (the usual job): nothing to count.
+    sent = None if latest.num_rows == results.num_rows else attempts(results)
     thinks = spec.thinking_column is not None and _thinks(job, bodies)
     costs = cost(latest) if cost is not None else None
     tables: dict[str, pa.Table] = {}

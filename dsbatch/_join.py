@@ -69,7 +69,7 @@ class MissingResult(LookupError):
 def output_table(
     row_custom_ids: pa.Array,
     latest: pa.Table,
-    attempts: Mapping[str, int],
+    attempts: Mapping[str, int] | None,
     spec: OutputSpec,
     *,
     rows: Callable[[], Iterable[dict[str, Any]]] | None = None,
@@ -84,7 +84,8 @@ def output_table(
     split's rows and ``messages(results)`` gives custom_id -> Message dict; both only for
     ``spec.parse``. ``thinking(answered)`` gives custom_id -> the thinking column's value, for
     a job whose requests think; ``bodies`` (custom_id -> params sent) the conversations.
-    ``cost`` is each result's cost in USD (null when not known).
+    ``cost`` is each result's cost in USD (null when not known); ``attempts`` the sends of each
+    custom_id (None: each was sent once).
     """
     ids = row_custom_ids
     index = pc.index_in(ids, value_set=latest["custom_id"])
@@ -152,7 +153,7 @@ def output_table(
             _arr(taken["output_tokens"]),
             _zero_if_succeeded(taken["cache_read_input_tokens"], succeeded),
             _zero_if_succeeded(taken["cache_creation_input_tokens"], succeeded),
-            pa.array([attempts.get(c, 0) if c else 0 for c in ids.to_pylist()], pa.int64()),
+            _attempts(ids, attempts),
             fan(cost) if cost is not None else pa.nulls(len(ids), pa.float64()),
         ],
         fields=list(STATUS_TYPE),
@@ -343,3 +344,11 @@ def _is_identity(index: pa.Array, n: int) -> bool:
     if len(index) != n or index.null_count:
         return False
     return bool((index.to_numpy(zero_copy_only=False) == np.arange(n)).all())
+
+
+def _attempts(ids: pa.Array, attempts: Mapping[str, int] | None) -> pa.Array:
+    """How many times each row's request was sent (``attempts`` None: each once), 0 for a
+    skipped row."""
+    if attempts is None:
+        return pc.if_else(pc.is_valid(ids), 1, 0).cast(pa.int64())
+    return pa.array([attempts.get(c, 0) if c else 0 for c in ids.to_pylist()], pa.int64())

@@ -976,6 +976,10 @@ BUGS = [
         "        sizes = pc.binary_length(bodies.params(window)).to_pylist()\n",
         "        sizes = [0] * len(window)\n",
         "batches are cut as if every request were empty: a create body over the byte limit"),
+    Bug("attempts-once-assumed", "dsbatch/_collect.py",
+        "    sent = None if latest.num_rows == results.num_rows else attempts(results)\n",
+        "    sent = None\n",
+        "the status column says every request was sent once, retried ones included"),
 ]  # fmt: skip
 
 
