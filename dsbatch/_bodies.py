@@ -39,6 +39,8 @@ class Bodies(MutableMapping[str, bytes]):
         self._where: dict[str, int] | None = None
         self._file: IO[bytes] | None = None
         self._end = 0  # the file's size
+        # No body ever set was longer (a bound: a body replaced by a shorter one leaves it).
+        self.largest = 0
 
     @property
     def spilled(self) -> bool:
@@ -50,6 +52,8 @@ class Bodies(MutableMapping[str, bytes]):
 
     # -- the mapping ------------------------------------------------------------------------------
     def __setitem__(self, custom_id: str, body: bytes) -> None:
+        if len(body) > self.largest:
+            self.largest = len(body)
         if self._where is None:
             old = self._memory.get(custom_id)
             self._held += len(body) - (0 if old is None else len(old))
@@ -62,6 +66,8 @@ class Bodies(MutableMapping[str, bytes]):
     def add(self, custom_id: str, body: bytes) -> bool:
         """Set a body not yet held (True), or leave the one held (False): render's one call per
         row for its check and its store."""
+        if len(body) > self.largest:
+            self.largest = len(body)
         if self._where is None:
             memory = self._memory
             if custom_id in memory:

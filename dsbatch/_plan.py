@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from dsbatch._bodies import Bodies
 from dsbatch._errors import LedgerError, RequestTooLargeError
 from dsbatch._ledger import RESULT_SCHEMA, Ledger
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
@@ -285,20 +286,21 @@ _ITEM_CLOSE = pa.scalar(b"},", pa.binary())
 _NO_SEPARATOR = pa.scalar(b"", pa.binary())
 
 
-def _with_sizes(
-    custom_ids: Sequence[str], bodies: Mapping[str, bytes]
-) -> Iterator[tuple[str, int]]:
-    """(custom_id, bytes of its body) in order; from a ``ParamsStore``, read a window at once."""
+def _sizes(custom_ids: Sequence[str], bodies: Mapping[str, bytes]) -> np.ndarray:
+    """The bytes of each request's body, in order; from a ``ParamsStore``, read a window at
+    once (never as Python bytes)."""
     if not isinstance(bodies, ParamsStore):
-        yield from ((c, len(bodies[c])) for c in custom_ids)
-        return
+        return np.fromiter((len(bodies[c]) for c in custom_ids), np.int64, len(custom_ids))
+    parts = [np.zeros(0, np.int64)]
     for start in range(0, len(custom_ids), _WINDOW):
         window = custom_ids[start : start + _WINDOW]
-        sizes = pc.binary_length(bodies.params(window)).to_pylist()
-        yield from zip(window, sizes, strict=True)
+        lengths = pc.binary_length(bodies.params(window))
+        parts.append(np.asarray(lengths.to_numpy(zero_copy_only=False), np.int64))
+    return np.concatenate(parts)
 
 
 _OVERHEAD = len(_BODY_OPEN) + len(_BODY_CLOSE)
+_ITEM_FRAME = len(b'{"custom_id":"","params":}')  # an item's bytes around its id and body
 
 
 def _item_size(
@@ -309,7 +311,7 @@ def _item_size(
 ) -> int:
     """The bytes a request whose body is ``size`` bytes takes in a create body;
     RequestTooLargeError, naming its row, when it alone is over the batch limit."""
-    item = len(custom_id) + size + len(b'{"custom_id":"","params":}')
+    item = len(custom_id) + size + _ITEM_FRAME
     if _OVERHEAD + item > max_bytes:
         split, row = (first_row or {}).get(custom_id, (None, None))
         raise RequestTooLargeError(
@@ -328,6 +330,11 @@ def check_sizes(
     first_row: Mapping[str, tuple[str | None, int]] | None = None,
 ) -> None:
     """Refuse, before any call, a request too large for any batch (its row named)."""
+    largest = bodies.largest if isinstance(bodies, Bodies) else None
+    if largest is not None and bodies:
+        longest_id = max(map(len, bodies))
+        if _OVERHEAD + longest_id + largest + _ITEM_FRAME <= max_bytes:
+            return  # the largest body with the longest id fits: every request does
     for custom_id, body in bodies.items():
         _item_size(custom_id, len(body), max_bytes, first_row)
 
@@ -348,16 +355,22 @@ def chunk_requests(
     max_bytes: int = MAX_BATCH_BYTES,
     first_row: Mapping[str, tuple[str | None, int]] | None = None,
 ) -> Iterator[BatchPlan]:
-    """Split requests into batches under both limits, in order."""
-    current: list[str] = []
-    size = _OVERHEAD
-    for custom_id, body_size in _with_sizes(custom_ids, bodies):
-        item = _item_size(custom_id, body_size, max_bytes, first_row)
-        sep = 1 if current else 0
-        if current and (len(current) >= max_requests or size + sep + item > max_bytes):
-            yield BatchPlan(tuple(current), size)
-            current, size, sep = [], _OVERHEAD, 0
-        current.append(custom_id)
-        size += sep + item
-    if current:
-        yield BatchPlan(tuple(current), size)
+    """Split requests into batches under both limits, in order: each batch as many of the next
+    requests as fit (worked out on the cumulative sizes, not a request at a time)."""
+    n = len(custom_ids)
+    if n == 0:
+        return
+    ids = list(custom_ids)
+    items = np.fromiter(map(len, ids), np.int64, n) + _sizes(ids, bodies) + _ITEM_FRAME
+    over = np.flatnonzero(_OVERHEAD + items > max_bytes)
+    if len(over):  # raises, naming the row
+        at = int(over[0])
+        _item_size(ids[at], int(items[at]) - len(ids[at]) - _ITEM_FRAME, max_bytes, first_row)
+    # ends[k]: the bytes of the first k items, each with the comma after it.
+    ends = np.concatenate([np.zeros(1, np.int64), np.cumsum(items + 1)])
+    start = 0
+    while start < n:
+        fits = int(np.searchsorted(ends, ends[start] + max_bytes - _OVERHEAD + 1, side="right"))
+        stop = min(fits - 1, start + max_requests, n)
+        yield BatchPlan(tuple(ids[start:stop]), _OVERHEAD + int(ends[stop] - ends[start]) - 1)
+        start = stop

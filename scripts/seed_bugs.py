@@ -218,7 +218,8 @@ BUGS = [
         "            for name in columns:\n", "            for name in columns[1:]:\n",
         "a dataset's first column clashing with a new column is overwritten"),
     Bug("batch-limit-off-by-one", "dsbatch/_plan.py",
-        "len(current) >= max_requests", "len(current) > max_requests",
+        "        stop = min(fits - 1, start + max_requests, n)\n",
+        "        stop = min(fits - 1, start + max_requests + 1, n)\n",
         "a batch holds one request more than max_batch_requests"),
     # -- issue 12 (main): origins, no owner, stable prompts --------------------------------------
     Bug("foreign-batch-skipped", "dsbatch/_batch.py",
@@ -973,13 +974,21 @@ BUGS = [
         '_ITEM_CLOSE = pa.scalar(b"},", pa.binary())', '_ITEM_CLOSE = pa.scalar(b"}", pa.binary())',
         "a create body read from the requests file runs its items together: no batch is made"),
     Bug("create-sizes-from-nothing", "dsbatch/_plan.py",
-        "        sizes = pc.binary_length(bodies.params(window)).to_pylist()\n",
-        "        sizes = [0] * len(window)\n",
+        "        lengths = pc.binary_length(bodies.params(window))\n",
+        "        lengths = pc.multiply(pc.binary_length(bodies.params(window)), 0)\n",
         "batches are cut as if every request were empty: a create body over the byte limit"),
     Bug("attempts-once-assumed", "dsbatch/_collect.py",
         "    sent = None if latest.num_rows == results.num_rows else attempts(results)\n",
         "    sent = None\n",
         "the status column says every request was sent once, retried ones included"),
+    Bug("cut-one-too-many", "dsbatch/_plan.py",
+        "        stop = min(fits - 1, start + max_requests, n)\n",
+        "        stop = min(fits, start + max_requests, n)\n",
+        "a batch is cut one request past the byte limit: the create is refused"),
+    Bug("sizes-bound-trusted-blindly", "dsbatch/_plan.py",
+        "        if _OVERHEAD + longest_id + largest + _ITEM_FRAME <= max_bytes:\n",
+        "        if True:\n",
+        "a request too large for any batch is not refused before paying"),
 ]  # fmt: skip
 
 

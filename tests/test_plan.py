@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dsbatch import RequestTooLargeError
-from dsbatch._plan import batch_body, chunk_requests
+from dsbatch._plan import batch_body, check_sizes, chunk_requests
 
 
 def bodies_of(n, size=10):
@@ -50,3 +50,45 @@ def test_a_request_over_the_byte_limit_alone_is_an_error_naming_its_row():
         list(
             chunk_requests(list(bodies), bodies, max_bytes=300, first_row={"dsb_huge": ("test", 7)})
         )
+
+
+def _one_at_a_time(ids, bodies, max_requests, max_bytes):
+    """The cut as a request-at-a-time loop makes it (what chunk_requests must equal)."""
+    plans, current, size = [], [], 15  # {"requests":[ and ]}
+    for custom_id in ids:
+        item = len(custom_id) + len(bodies[custom_id]) + 26
+        sep = 1 if current else 0
+        if current and (len(current) >= max_requests or size + sep + item > max_bytes):
+            plans.append((tuple(current), size))
+            current, size, sep = [], 15, 0
+        current.append(custom_id)
+        size += sep + item
+    return plans + ([(tuple(current), size)] if current else [])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batches_are_cut_as_a_request_at_a_time_would_cut_them(seed):
+    import random
+
+    rng = random.Random(seed)
+    bodies = {f"dsb_{i:05d}{'_s2' * (i % 3 == 0)}": b"x" * rng.randint(1, 400) for i in range(500)}
+    ids = list(bodies)
+    rng.shuffle(ids)
+    max_requests, max_bytes = rng.choice([1, 7, 50, 1000]), rng.choice([460, 2_000, 30_000])
+    plans = list(chunk_requests(ids, bodies, max_requests=max_requests, max_bytes=max_bytes))
+    assert [(p.custom_ids, p.nbytes) for p in plans] == _one_at_a_time(
+        ids, bodies, max_requests, max_bytes
+    )
+    assert all(p.nbytes == len(batch_body(p.custom_ids, bodies)) <= max_bytes for p in plans)
+
+
+def test_a_store_whose_largest_body_fits_is_not_read_body_by_body():
+    from dsbatch._bodies import Bodies
+
+    store = Bodies()
+    for i in range(10):
+        store[f"dsb_{i}"] = b"y" * (100 + i)
+    assert store.largest == 109
+    check_sizes(store, max_bytes=15 + 5 + 109 + 26)  # the largest, with the longest id: fits
+    with pytest.raises(RequestTooLargeError, match="custom_id dsb_9"):
+        check_sizes(store, max_bytes=15 + 5 + 109 + 25)
