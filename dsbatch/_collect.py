@@ -156,16 +156,17 @@ def _thinks(job: JobLedger, bodies: Mapping[str, bytes]) -> bool:
     """Whether any request of the job thinks (``_reasoning.any_thinks`` of its bodies), read in
     Arrow from its requests file: a model that always thinks, or one of the few bodies naming
     a ``thinking`` object, parsed."""
-    table = job.request_params()
-    if table is None:  # no models kept (an older dsbatch): every body read
+    models = job.request_model_column()
+    if models is None:  # no models kept (an older dsbatch): every body read
         return any_thinks(bodies.values())
     # Every request names its model (render refuses one without): the file keeps it.
-    models = pc.unique(table["model"].combine_chunks().drop_null()).to_pylist()
-    if any(request_thinks({"model": model}) for model in models):
+    if any(request_thinks({"model": m}) for m in pc.unique(models.drop_null()).to_pylist()):
         return True
-    for chunk in table["params"].chunks:
-        # Its bytes searched at once (Arrow's per-value search is slower); a hit, rare, has
-        # the bodies that hold it parsed.
+    for group in range(len(job.request_groups())):
+        # A row group's bytes searched at once (Arrow's per-value search is slower; the whole
+        # column at once would hold every body); a hit, rare, has the bodies that hold it
+        # parsed.
+        chunk = job.read_request_params(group)
         data = chunk.buffers()[2]
         if data is None or data.to_pybytes().find(_THINKING_OBJECT) < 0:
             continue

@@ -275,7 +275,9 @@ class Pricer:
         """The one model of every request, when the requests file says there is one."""
         if self.known is None:
             return None
-        models = set(self.known.values())
+        # A job's requests file tells without a Python string per request (``RequestModels``).
+        distinct = getattr(self.known, "distinct", None)
+        models = distinct() if callable(distinct) else set(self.known.values())
         return (models.pop(),) if len(models) == 1 else None
 
     def model(self, custom_id: str) -> str | None:

@@ -21,19 +21,20 @@ import itertools
 import logging
 import pickle
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
 from dsbatch._errors import LedgerError
 from dsbatch._files import arrow_bytes, atomic_write, read_arrow
 
-__all__ = ["REQUEST_GROUP_ROWS", "JobData"]
+__all__ = ["REQUEST_GROUP_ROWS", "JobData", "RequestModels"]
 
 log = logging.getLogger("dsbatch")
 
@@ -132,23 +133,23 @@ class JobData:
             return None
         return table["custom_id"].combine_chunks()
 
-    def request_models(self) -> dict[str, str | None] | None:
+    def request_models(self) -> RequestModels | None:
         """custom_id -> the model of every request of the job, read without the params; None
         when the requests file holds no models (a job of an older dsbatch) or cannot be read."""
         try:
             table = pq.read_table(self.dir / "requests.parquet", columns=["custom_id", "model"])
         except (OSError, pa.ArrowInvalid, KeyError):
             return None
-        return dict(zip(table["custom_id"].to_pylist(), table["model"].to_pylist(), strict=True))
+        return RequestModels(table["custom_id"].combine_chunks(), table["model"].combine_chunks())
 
-    def request_params(self) -> pa.Table | None:
-        """The params and model of every request, as Arrow columns (no Python object per
-        request); None when the requests file holds no models (a job of an older dsbatch) or
-        cannot be read."""
+    def request_model_column(self) -> pa.Array | None:
+        """The model of every request, as one Arrow column; None when the requests file holds
+        no models (a job of an older dsbatch) or cannot be read."""
         try:
-            return pq.read_table(self.dir / "requests.parquet", columns=["params", "model"])
+            table = pq.read_table(self.dir / "requests.parquet", columns=["model"])
         except (OSError, pa.ArrowInvalid, KeyError):
             return None
+        return table["model"].combine_chunks()
 
     def write_rows(self, split: str, custom_ids: Sequence[str | None]) -> None:
         """Row -> custom_id of one split, so the job can be collected without its dataset."""
@@ -260,3 +261,34 @@ class _Hashing:
     def write(self, data: bytes) -> int:
         self.hash.update(data)
         return len(data)
+
+
+class RequestModels(Mapping[str, "str | None"]):
+    """custom_id -> model of a job's requests, kept as its two Arrow columns: a job of one
+    model (the usual) asks only which models there are (``distinct``); a dict of every
+    custom_id is made only when a request is looked up."""
+
+    def __init__(self, ids: pa.Array, models: pa.Array) -> None:
+        self._ids, self._models = ids, models
+        self._lookup: dict[str, str | None] | None = None
+
+    def distinct(self) -> set[str | None]:
+        return set(pc.unique(self._models).to_pylist())
+
+    def _dict(self) -> dict[str, str | None]:
+        if self._lookup is None:
+            pairs = zip(self._ids.to_pylist(), self._models.to_pylist(), strict=True)
+            self._lookup = dict(pairs)
+        return self._lookup
+
+    def __getitem__(self, custom_id: str) -> str | None:
+        return self._dict()[custom_id]
+
+    def __contains__(self, custom_id: object) -> bool:
+        return custom_id in self._dict()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids.to_pylist())
+
+    def __len__(self) -> int:
+        return len(self._ids)

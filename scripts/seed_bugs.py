@@ -914,10 +914,11 @@ BUGS = [
         "every_templated = True",
         "num_proc: a job of text and other rows is planned as if all were made from a template"),
     Bug("render2-thinks-ignores-models", "dsbatch/_collect.py",
-        'if any(request_thinks({"model": model}) for model in models):', "if False:",
+        'if any(request_thinks({"model": m}) for m in pc.unique(models.drop_null()).to_pylist()):',
+        "if False:",
         "a job of a model that always thinks gets no thinking column"),
     Bug("render2-thinks-first-group-only", "dsbatch/_collect.py",
-        'for chunk in table["params"].chunks:', 'for chunk in table["params"].chunks[:1]:',
+        "for group in range(len(job.request_groups())):", "for group in range(1):",
         "a request asking for thinking past the requests file's first row group is missed"),
     Bug("render2-thinks-template-only", "dsbatch/_map.py",
         "if rendered.templates and rendered.from_template == len(rendered.bodies):",
@@ -989,6 +990,10 @@ BUGS = [
         "        if _OVERHEAD + longest_id + largest + _ITEM_FRAME <= max_bytes:\n",
         "        if True:\n",
         "a request too large for any batch is not refused before paying"),
+    Bug("models-distinct-of-first-only", "dsbatch/_ledger_data.py",
+        "        return set(pc.unique(self._models).to_pylist())\n",
+        "        return set(pc.unique(self._models).to_pylist()[:1])\n",
+        "a job of two models is priced as if every request were of the first"),
 ]  # fmt: skip
 
 

@@ -443,3 +443,26 @@ def test_each_answer_costs_exactly_what_answer_cost_says_row_by_row(tmp_path, on
     priced = [e for e, r in zip(expected, rows) if r["type"] == "succeeded"]
     total = pricer.total(answered)
     assert total == (None if None in priced else math.fsum(priced))
+
+
+def test_a_jobs_models_are_read_as_columns_and_looked_up_only_with_two_models(tmp_path):
+    # One model (the usual job): priced without a Python string per request; two: each request
+    # priced at its own model's prices.
+    body = json.dumps({"model": "claude-haiku-4-5"}).encode()
+    for models, expected in ((["claude-haiku-4-5"] * 3, 3), (["claude-haiku-4-5", "m2", "m2"], 1)):
+        job = Ledger(tmp_path / str(expected)).job("f" * 32)
+        job.write_requests((f"c{i}", body, m) for i, m in enumerate(models))
+        kept = job.request_models()
+        assert dict(kept) == {f"c{i}": m for i, m in enumerate(models)}
+        assert kept.distinct() == set(models)
+        fresh = job.request_models()
+        pricer = Pricer(Ledger(tmp_path).store, {}, PriceBook(), models=fresh)
+        rows = [
+            {"custom_id": f"c{i}", "type": "succeeded", "input_tokens": 1_000_000,
+             "output_tokens": 0, "batch_id": "b", "batch_created_at": 1.8e9}
+            for i in range(3)
+        ]  # fmt: skip
+        schema = RESULT_SCHEMA.remove(RESULT_SCHEMA.get_field_index("raw"))
+        costs = pricer.per_request(pa.Table.from_pylist(rows, schema=schema)).to_pylist()
+        assert sum(c is not None for c in costs) == expected  # m2 has no price
+        assert (fresh._lookup is None) == (expected == 3)

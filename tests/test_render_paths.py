@@ -287,9 +287,9 @@ def test_whether_a_job_thinks_is_any_thinks_of_its_bodies(tmp_path, bodies, thin
     if not models_kept:  # a requests file of an older dsbatch: no model column
         path = job.dir / "requests.parquet"
         pq.write_table(pq.read_table(path).drop_columns(["model"]), path)
-        assert job.request_params() is None
+        assert job.request_model_column() is None
     else:
-        assert isinstance(job.request_params(), pa.Table)
+        assert isinstance(job.request_model_column(), pa.Array)
     assert any_thinks(requests.values()) is thinks
     assert _thinks(job, requests) is thinks
 
@@ -349,5 +349,5 @@ def test_a_thinking_request_in_a_later_row_group_of_the_requests_file_is_found(
         job = Ledger(tmp_path / str(at)).job("job-a")
         bodies = [thinking if i == at else plain for i in range(5)]
         job.write_requests((f"id{i}", b, MODEL) for i, b in enumerate(bodies))
-        assert job.request_params()["params"].num_chunks == 3
+        assert len(job.request_groups()) == 3
         assert _thinks(job, {}) is thinks
