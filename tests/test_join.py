@@ -192,3 +192,22 @@ def test_a_result_of_no_known_type_is_an_error_that_on_error_sees():
     assert [s["status"] for s in status] == ["errored", "errored"]
     assert status[0]["error"] == "the result line could not be read: unknown result type 'mystery'"
     assert status[1]["error"].endswith("the line's result is not an object")
+
+
+def test_only_a_succeeded_request_has_an_answer_whatever_its_line_holds():
+    # A line of an unknown type, or a succeeded line that could not be read, may carry text:
+    # it is no answer, and the output column is empty on its row.
+    rows = [
+        result("ok"),
+        result("weird", "mystery", text="words", problem="unknown result type 'mystery'"),
+        result("torn", text="half an answ", problem="result.message.content is not a list"),
+        result("gone", "expired", text="stale"),
+    ]
+    out = join(["ok", "weird", "torn", "gone"], rows)
+    assert out["response"].to_pylist() == ["answer ok", None, None, None]
+    assert [s["status"] for s in out["dsbatch"].to_pylist()] == [
+        "succeeded",
+        "errored",
+        "parse_error",
+        "expired",
+    ]
