@@ -32,10 +32,16 @@ log = logging.getLogger("dsbatch")
 
 
 def atomic_write(
-    path: Path, data: bytes | pa.Buffer | Iterable[bytes] | Callable[[BinaryIO], object]
+    path: Path,
+    data: bytes | pa.Buffer | Iterable[bytes] | Callable[[BinaryIO], object],
+    *,
+    sync: bool = True,
 ) -> None:
     """Write a file whole or not at all: a temporary file, fsynced, then ``os.replace``.
-    ``data`` is the bytes, chunks of them, or a function that writes them to a file."""
+    ``data`` is the bytes, chunks of them, or a function that writes them to a file.
+    ``sync=False`` for a file read once by this process and never after a crash (a results
+    download: what is stored from it is synced); syncing hundreds of MB only waits for the
+    disk."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,8 +52,9 @@ def atomic_write(
                 else:
                     for chunk in [data] if isinstance(data, (bytes, pa.Buffer)) else data:
                         f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -30,7 +30,6 @@ __all__ = [
     "attempts",
     "latest_results",
     "open_requests",
-    "to_send",
 ]
 
 # Row statuses that mean "no answer": what on_error applies to. `skipped` is not a failure.
@@ -145,21 +144,3 @@ def open_requests(
         [_combined(final).cast(pa.string()), spent.cast(pa.string()), in_flight.cast(pa.string())]
     )
     return pc.filter(needed, pc.invert(pc.is_in(needed, value_set=closed)))
-
-
-def to_send(
-    needed: pa.Array,
-    results: pa.Table,
-    *,
-    in_flight: Collection[str] | pa.Array,
-    max_attempts: int,
-    resend_canceled: bool = False,
-) -> list[str]:
-    """``open_requests`` as a list."""
-    return open_requests(
-        needed,
-        results,
-        in_flight=in_flight,
-        max_attempts=max_attempts,
-        resend_canceled=resend_canceled,
-    ).to_pylist()

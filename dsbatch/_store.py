@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -321,7 +319,7 @@ class ResultsStore:
         midway leaves no file behind. Each download has a file of its own: two calls reading
         one batch at once never remove each other's."""
         path = self.root / "downloads" / f"{batch_id}.{secrets.token_hex(6)}.jsonl"
-        _write_unsynced(path, chunks)
+        atomic_write(path, chunks, sync=False)
         self._downloads.setdefault(batch_id, []).append(path)
         try:
             if path.stat().st_size == 0:
@@ -366,25 +364,6 @@ def _digest(ids: pa.Array) -> int:
         if buffer is not None:
             h.update(memoryview(buffer))
     return h.intdigest()
-
-
-def _write_unsynced(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write a file whole or not at all, as ``atomic_write`` does, but not fsynced: a download
-    is read once by this process and never after a crash (the ledger sweeps leftovers), and the
-    results stored from it are fsynced; syncing hundreds of MB would only wait for the disk."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -959,7 +959,7 @@ BUGS = [
     Bug("blank-lines-kept", "dsbatch/_ingest.py",
         "return raw.filter(pc.invert(blank)) if pc.any(blank).as_py() else raw", "return raw",
         "a line of spaces in a download makes it read line by line, and fail"),
-    Bug("cut-download-left-behind", "dsbatch/_store.py",
+    Bug("cut-download-left-behind", "dsbatch/_files.py",
         "            Path(tmp).unlink(missing_ok=True)\n            raise",
         "            raise",
         "a download cut midway leaves its partial file behind"),

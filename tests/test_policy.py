@@ -10,7 +10,7 @@ from dsbatch._policy import (
     LOST_ERROR,
     attempts,
     latest_results,
-    to_send,
+    open_requests,
 )
 
 FINAL_OK, FINAL_FAIL, RETRY = "final, answered", "final, not answered", "sent again"
@@ -39,10 +39,10 @@ def test_the_disposition_table(result_type, error_type, resend_canceled, expecte
     # The module's table, read through what production decides with: a request whose one
     # attempt ended so is sent again (attempts remaining), or not.
     history = results(("x", result_type, error_type, 1.0))
-    again = to_send(
+    again = open_requests(
         pa.array(["x"]), history, in_flight=(), max_attempts=2, resend_canceled=resend_canceled
     )
-    assert again == (["x"] if expected == RETRY else [])
+    assert again.to_pylist() == (["x"] if expected == RETRY else [])
     latest = latest_results(history)
     assert (latest["type"][0].as_py() == "succeeded") == (expected == FINAL_OK)
 
@@ -89,18 +89,19 @@ HISTORY = results(
 def test_what_is_sent_follows_the_table_and_counts_every_send(
     max_attempts, resend_canceled, expected
 ):
-    sent = to_send(
+    sent = open_requests(
         NEEDED,
         HISTORY,
         in_flight={"fly"},
         max_attempts=max_attempts,
         resend_canceled=resend_canceled,
     )
-    assert sent == expected
+    assert sent.to_pylist() == expected
 
 
 def test_a_request_in_flight_anywhere_is_never_sent():
-    assert to_send(NEEDED, HISTORY, in_flight=set(NEEDED.to_pylist()), max_attempts=9) == []
+    flying = set(NEEDED.to_pylist())
+    assert open_requests(NEEDED, HISTORY, in_flight=flying, max_attempts=9).to_pylist() == []
 
 
 def test_attempts_count_every_send_lost_ones_included():

@@ -285,7 +285,7 @@ def test_result_from_another_process_returns_the_rows_of_the_latest_map(emu):
 
 def test_two_calls_reading_one_batch_at_once_both_get_the_answers(monkeypatch):
     rows = texts(4)
-    real_write = _store._write_unsynced  # what writes a download
+    real_write = _store.atomic_write  # what writes a download
     downloads = []
     with Emulator(delay=600, responder=echo) as emu:
         job = dsbatch.map(
@@ -299,15 +299,15 @@ def test_two_calls_reading_one_batch_at_once_both_get_the_answers(monkeypatch):
         )
         emu.advance(600)
 
-        def write_download(path, data):
-            real_write(path, data)
+        def write_download(path, data, **kwargs):
+            real_write(path, data, **kwargs)
             if path.parent.name == "downloads" and not downloads:
                 downloads.append(path)
                 # Meanwhile `dsbatch wait` in another shell reads the same batch, to the end.
                 other = dsbatch.Job.load(job.fingerprint, client=emu.client(), poll_interval=0)
                 assert list(other.result()["response"]) == answers(rows)
 
-        monkeypatch.setattr(_store, "_write_unsynced", write_download)
+        monkeypatch.setattr(_store, "atomic_write", write_download)
         here = dsbatch.Job.load(job.fingerprint, client=emu.client(), poll_interval=0)
         assert list(here.result()["response"]) == answers(rows)  # today: LedgerError
         assert downloads and sent(emu) == dict.fromkeys(ids_of(rows), 1)
