@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import tempfile
 import time
 
 import anthropic
 from datasets import Dataset
-from map_rows import start_emulator
+from map_rows import emulator
 
 import dsbatch
 
@@ -39,51 +38,46 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="dsbatch-growth-")
-    proc, url = start_emulator()
-    client = anthropic.Anthropic(base_url=url, api_key="benchmark")
-    made = 0
+    with emulator() as url:
+        client = anthropic.Anthropic(base_url=url, api_key="benchmark")
+        made = 0
 
-    def run(ds: Dataset) -> Dataset:
-        return dsbatch.map(
-            ds,
-            lambda row: row["text"],
-            model="claude-haiku-4-5",
-            max_tokens=64,
-            client=client,
-            cache_dir=f"{workdir}/cache",
-            poll_interval=0.02,
-            progress=False,
-        )
+        def run(ds: Dataset) -> Dataset:
+            return dsbatch.map(
+                ds,
+                lambda row: row["text"],
+                model="claude-haiku-4-5",
+                max_tokens=64,
+                client=client,
+                cache_dir=f"{workdir}/cache",
+                poll_interval=0.02,
+                progress=False,
+            )
 
-    def new_job() -> float:
-        nonlocal made
-        best = float("inf")
-        for _ in range(args.repeat):
-            made += 1
-            ds = rows(1_000, f"new{made}")
-            start = time.perf_counter()
-            out = run(ds)
-            best = min(best, time.perf_counter() - start)
-            assert {s["status"] for s in out["dsbatch"]} == {"succeeded"}
-        return best
+        def new_job() -> float:
+            nonlocal made
+            best = float("inf")
+            for _ in range(args.repeat):
+                made += 1
+                ds = rows(1_000, f"new{made}")
+                start = time.perf_counter()
+                out = run(ds)
+                best = min(best, time.perf_counter() - start)
+                assert {s["status"] for s in out["dsbatch"]} == {"succeeded"}
+            return best
 
-    try:
-        new_job()  # warm up: imports, the server's first contact (a few thousand results)
-        figures = [(0, new_job())]
-        stored = 0
-        for round_ in range(args.rounds):
-            for j in range(args.jobs):
-                run(rows(args.rows, f"earlier{round_}-{j}"))
-                stored += args.rows
-            figures.append((stored, new_job()))
-    finally:
-        proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # an emulator holding 2M results may be slow to go
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+            new_job()  # warm up: imports, the server's first contact (a few thousand results)
+            figures = [(0, new_job())]
+            stored = 0
+            for round_ in range(args.rounds):
+                for j in range(args.jobs):
+                    run(rows(args.rows, f"earlier{round_}-{j}"))
+                    stored += args.rows
+                figures.append((stored, new_job()))
+        finally:
+            client.close()  # no keep-alive connection holds the emulator's shutdown
+            shutil.rmtree(workdir, ignore_errors=True)
     empty = figures[0][1]
     print("stored results  new 1,000-row job  over the empty cache")
     for stored, took in figures:
