@@ -18,6 +18,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, Features
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from dsbatch._arrow import whole
 from dsbatch._provenance import find_steps
 from dsbatch._records import RESULT_TYPES
 from dsbatch._store import is_preview
@@ -90,7 +91,7 @@ def card(dataset: Dataset | DatasetDict) -> DatasetCard:
 
 def _tally(ds: Dataset, column: str) -> _Tally:
     values = ds.with_format("arrow")[column]
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    values = whole(values)
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
         values = pc.list_flatten(values)  # samples: one status per answer
     status = pa.Table.from_arrays(values.flatten(), names=[f.name for f in values.type])

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from dsbatch._arrow import whole
 from dsbatch._errors import LedgerError
 from dsbatch._models import BATCH_DISCOUNT, CHECKED, Prices, model_facts, parse_model
 from dsbatch._policy import LOST_ERROR
@@ -342,7 +343,7 @@ class Pricer:
         table: list[Prices | None]
         only = self._only_model
         if only is not None:  # one model: a price per batch day
-            days = pc.dictionary_encode(_whole(rows["batch_created_at"]), null_encoding="encode")
+            days = pc.dictionary_encode(whole(rows["batch_created_at"]), null_encoding="encode")
             table = [self.book.prices(only[0], _day(when)) for when in days.dictionary.to_pylist()]
             which = np.asarray(days.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         else:
@@ -451,7 +452,3 @@ def _counts(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def _flags(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _whole(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

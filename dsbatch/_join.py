@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsbatch import _structured
+from dsbatch._arrow import whole
 from dsbatch._conversation import conversations
 from dsbatch._records import RESULT_TYPES, USAGE_FIELDS
 from dsbatch._samples import SAMPLE_COLUMN
@@ -107,7 +108,7 @@ def output_table(
     in_order = _is_identity(index, latest.num_rows)
 
     def fan(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-        return _arr(values if in_order else values.take(index))
+        return whole(values if in_order else values.take(index))
 
     skipped = pc.is_null(ids)
     row_status = pc.if_else(skipped, "skipped", fan(status))
@@ -137,7 +138,7 @@ def output_table(
         per_request = conversations(latest["custom_id"].to_pylist(), response.to_pylist(), bodies)
         # A row that failed (a parse_error keeps its answer in the output column) has none.
         kept = pc.equal(row_status, "succeeded").fill_null(False)
-        columns[spec.conversation_column] = _arr(
+        columns[spec.conversation_column] = whole(
             pc.if_else(kept, fan(per_request), pa.nulls(len(ids), per_request.type))
         )
     taken = latest.select(["type", "stop_reason", *USAGE_FIELDS])
@@ -145,12 +146,12 @@ def output_table(
     succeeded = pc.equal(taken["type"], "succeeded").fill_null(False)
     columns[spec.status_column] = pa.StructArray.from_arrays(
         [
-            _arr(row_status),
-            _arr(row_error),
+            whole(row_status),
+            whole(row_error),
             ids,
-            _arr(taken["stop_reason"]),
-            _arr(taken["input_tokens"]),
-            _arr(taken["output_tokens"]),
+            whole(taken["stop_reason"]),
+            whole(taken["input_tokens"]),
+            whole(taken["output_tokens"]),
             _zero_if_succeeded(taken["cache_read_input_tokens"], succeeded),
             _zero_if_succeeded(taken["cache_creation_input_tokens"], succeeded),
             _attempts(ids, attempts),
@@ -166,8 +167,8 @@ def _per_request(
 ) -> tuple[pa.Array, pa.Array, pa.Array | pa.ChunkedArray]:
     """(status, error, answer text) of each distinct request; with ``tool_first`` (the forced
     tool of ``structured_output="tool"``) the tool call's input is the answer when there is one."""
-    kind = _arr(latest["type"])
-    problem = _arr(latest["problem"])
+    kind = whole(latest["type"])
+    problem = whole(latest["problem"])
     unreadable = pc.and_(pc.equal(kind, "succeeded"), pc.is_valid(problem)).fill_null(False)
     # A result of no known type (an odd line) is an answer we do not have: errored, saying why.
     known = pc.is_in(kind, value_set=pa.array(RESULT_TYPES)).fill_null(False)
@@ -175,7 +176,7 @@ def _per_request(
     problem = pc.if_else(
         pc.or_(known, pc.is_valid(problem)), problem, "the result line has no result type"
     )
-    error_type = _arr(latest["error_type"])
+    error_type = whole(latest["error_type"])
     error = pc.case_when(
         pc.make_struct(
             unreadable,
@@ -188,7 +189,7 @@ def _per_request(
         pc.binary_join_element_wise("the result line could not be read: ", problem, ""),
         pc.binary_join_element_wise("the result line could not be read: ", problem, ""),
         pc.binary_join_element_wise(
-            error_type.fill_null("error"), _arr(latest["error_message"]).fill_null(""), ": "
+            error_type.fill_null("error"), whole(latest["error_message"]).fill_null(""), ": "
         ),
         pa.scalar(_EXPIRED),
         pa.scalar(_CANCELED),
@@ -207,7 +208,7 @@ def _per_request(
     answered = pc.equal(status, "succeeded").fill_null(False)
     if pc.all(answered).as_py() is not True:
         answer = pc.if_else(answered, answer, pa.nulls(len(kind), pa.string()))
-    return _arr(status), _arr(error), answer
+    return whole(status), whole(error), answer
 
 
 def _structured_columns(
@@ -301,7 +302,7 @@ def _parse_columns(
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ValueError(f"the columns parse returned do not have one type each: {e}") from e
     return (
-        {name: _arr(table[name]) for name in names},
+        {name: whole(table[name]) for name in names},
         pa.array(statuses, pa.string()),
         pa.array(errors, pa.string()),
     )
@@ -328,15 +329,8 @@ def _taken(spec: OutputSpec, *, thinks: bool) -> dict[str, str]:
 def _zero_if_succeeded(values: pa.ChunkedArray | pa.Array, succeeded: pa.Array) -> pa.Array:
     # Results written before prompt caching existed omit the cache counts: for an answer,
     # "not reported" means none were cached.
-    values = _arr(values)
-    return _arr(pc.if_else(succeeded, values.fill_null(0), values))
-
-
-def _arr(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if not isinstance(values, pa.ChunkedArray):
-        return values
-    # One chunk is that chunk (combining it would copy it).
-    return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    values = whole(values)
+    return whole(pc.if_else(succeeded, values.fill_null(0), values))
 
 
 def _is_identity(index: pa.Array, n: int) -> bool:

@@ -24,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dsbatch._arrow import whole
+
 __all__ = [
     "FAILED_STATUSES",
     "LOST_ERROR",
@@ -72,7 +74,7 @@ def _latest_rows(results: pa.Table) -> np.ndarray | None:
     """The rows ``latest_results`` keeps, in order; None for all of them. The ids are
     numbered by a hash pass and sorted as integers: a job's results are a million rows, and
     sorting their strings cost seconds on every step."""
-    encoded = _combined(results["custom_id"]).dictionary_encode()
+    encoded = whole(results["custom_id"]).dictionary_encode()
     if len(encoded.dictionary) == len(encoded):
         return None  # one attempt each (the usual case): every row is the latest
     codes = encoded.indices.to_numpy(zero_copy_only=False)
@@ -81,8 +83,8 @@ def _latest_rows(results: pa.Table) -> np.ndarray | None:
     # lexsort is stable and sorts by its last key first: id, then success, then newest first.
     order = np.lexsort(
         (
-            -_combined(when).to_numpy(zero_copy_only=False),
-            _combined(rank).to_numpy(zero_copy_only=False),
+            -whole(when).to_numpy(zero_copy_only=False),
+            whole(rank).to_numpy(zero_copy_only=False),
             codes,
         )
     )
@@ -93,16 +95,12 @@ def _latest_rows(results: pa.Table) -> np.ndarray | None:
     return np.sort(order[first])
 
 
-def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-
-
 def attempts(results: pa.Table, *, count_canceled: bool = True) -> dict[str, int]:
     """custom_id -> how many times it was sent, from every result of every attempt."""
     ids = results["custom_id"]
     if not count_canceled:
         ids = pc.filter(ids, pc.invert(pc.equal(results["type"], "canceled").fill_null(False)))
-    counts = pc.value_counts(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+    counts = pc.value_counts(whole(ids))
     return dict(
         zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
     )
@@ -134,13 +132,13 @@ def open_requests(
             counted = pc.filter(
                 counted, pc.invert(pc.equal(results["type"], "canceled").fill_null(False))
             )
-        counts = pc.value_counts(_combined(counted))
+        counts = pc.value_counts(whole(counted))
         spent = pc.filter(
             counts.field("values"), pc.greater_equal(counts.field("counts"), max_attempts)
         )
     if not isinstance(in_flight, pa.Array):
         in_flight = pa.array(list(in_flight), pa.string())
     closed = pa.concat_arrays(
-        [_combined(final).cast(pa.string()), spent.cast(pa.string()), in_flight.cast(pa.string())]
+        [whole(final).cast(pa.string()), spent.cast(pa.string()), in_flight.cast(pa.string())]
     )
     return pc.filter(needed, pc.invert(pc.is_in(needed, value_set=closed)))

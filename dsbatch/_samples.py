@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dsbatch._arrow import whole
 from dsbatch._policy import FAILED_STATUSES
 from dsbatch._render import sample_suffix
 
@@ -55,7 +56,7 @@ def reshape(table: pa.Table, samples: int, *, as_rows: bool, status_column: str)
 def failed_mask(status: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Per output row, whether it failed (what ``on_error`` acts on): a row of lists failed
     when any of its samples did."""
-    status = status.combine_chunks() if isinstance(status, pa.ChunkedArray) else status
+    status = whole(status)
     failed_statuses = pa.array(FAILED_STATUSES)
     if not pa.types.is_list(status.type):
         return pc.is_in(pc.struct_field(status, "status"), value_set=failed_statuses).fill_null(

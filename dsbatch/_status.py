@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dsbatch._arrow import whole
 from dsbatch._backend import BatchInfo
 from dsbatch._plan import View
 from dsbatch._records import RESULT_TYPES, USAGE_FIELDS, BatchRecord, BatchState, Manifest
@@ -173,9 +174,7 @@ def job_status(
 
 
 def _value_counts(values: pa.ChunkedArray | pa.Array) -> tuple[list[str], list[int]]:
-    counts = pc.value_counts(
-        values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    )
+    counts = pc.value_counts(whole(values))
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from dsbatch._arrow import whole
 from dsbatch._errors import LedgerError
 from dsbatch._files import append_entry, arrow_bytes, atomic_write, read_arrow, read_entries
 
@@ -91,8 +92,7 @@ def custom_id_keys(custom_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     dsbatch's form (``dsb_`` + 32 hex digits, a hash already, and any suffix, e.g. a sample's)
     gives its first 16 hex digits, read in bulk; any other id its xxh3. Ids sharing a key
     (a request and its samples) are told apart by the ids themselves."""
-    ids = custom_ids.combine_chunks() if isinstance(custom_ids, pa.ChunkedArray) else custom_ids
-    ids = ids.cast(pa.string())
+    ids = whole(custom_ids).cast(pa.string())
     n = len(ids)
     keys = np.zeros(n, dtype=np.uint64)
     if n == 0:
