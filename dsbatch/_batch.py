@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dsbatch._arrow import whole
 from dsbatch._backend import Backend, is_transient
 from dsbatch._clock import Clock
 from dsbatch._errors import BatchAPIError, LedgerError
@@ -228,20 +229,20 @@ class BatchKeeper:
     def _ours(self, job: JobLedger, record: BatchRecord, custom_ids: pa.ChunkedArray) -> bool:
         """Whether results hold exactly the record's requests (its ids file is rebuilt from
         them when lost); if not, the batch is given back (or the mismatch reported)."""
-        ids = custom_ids.to_pylist()
+        ids = whole(custom_ids)
         known = self._ids(job, record)
         if known is None and job.restore_ids(record, ids):
             return True
-        if known is not None and sorted(known) == sorted(ids):
+        if known is not None and _sorted(known).equals(_sorted(ids)):
             return True
         self._not_ours(job, record, f"its {len(ids)} results are not this batch's requests")
         return False
 
-    def _ids(self, job: JobLedger, record: BatchRecord) -> list[str] | None:
+    def _ids(self, job: JobLedger, record: BatchRecord) -> pa.Array | None:
         """The record's custom_ids; another job's damaged ids file counts as lost (it is
         rewritten from the batch's results), this job's is a LedgerError saying what to do."""
         try:
-            return job.record_ids(record)
+            return job.record_id_array(record)
         except LedgerError:
             if job is self.job:
                 raise
@@ -357,3 +358,9 @@ def _counts(table: pa.Table) -> dict[str, int]:
     return dict(
         zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
     )
+
+
+def _sorted(ids: pa.Array) -> pa.Array:
+    """The ids in order, as strings (a multiset compared with ``equals``)."""
+    ids = ids.cast(pa.string())
+    return ids.take(pc.sort_indices(ids))

@@ -13,7 +13,7 @@ import functools
 import itertools
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from datasets import Dataset, Features
 
 from dsbatch._compat import attach_columns, fingerprint_of, iter_rows
 from dsbatch._errors import LedgerError, RowFailedError
-from dsbatch._join import MissingResult, OutputSpec, output_table
+from dsbatch._join import MissingResult, OutputSpec, output_slices
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._policy import FAILED_STATUSES, attempts, latest_results
 from dsbatch._provenance import BATCHES_KEY, batches_answering, stamp
@@ -43,6 +43,9 @@ _FAILED_AS = {
     "answer is in the output column)",
 }
 _SHOWN_ROWS = 5
+# Rows of a split's new columns made and written at a time: the answers copied to the rows that
+# asked for them are a slice's, not a split's (about 30 MB at 200-byte answers).
+OUTPUT_SLICE_ROWS = 131_072
 # What a canonical request that asks for thinking holds (a "thinking" key with an object).
 _THINKING_OBJECT = b'"thinking":{'
 
@@ -97,13 +100,15 @@ def collect(
     sent = None if latest.num_rows == results.num_rows else attempts(results)
     thinks = spec.thinking_column is not None and _thinks(job, bodies)
     costs = cost(latest) if cost is not None else None
-    tables: dict[str, pa.Table] = {}
+    # Every split joined (each check made) before any is written; the rows are then written a
+    # slice at a time. Samples are reshaped from every sample of a split at once.
+    slices: dict[str, Iterable[pa.Table]] = {}
     asked_by_split: list[pa.Array] = []
     for split, ids in row_custom_ids.items():
         asked = sample_ids(ids, spec.samples)
         asked_by_split.append(asked)
         try:
-            table = output_table(
+            made = output_slices(
                 asked,
                 latest,
                 sent,
@@ -117,12 +122,7 @@ def collect(
                 thinking=functools.partial(_thinking, job.ledger) if thinks else None,
                 bodies=bodies if spec.conversation_column is not None else None,
                 cost=costs,
-            )
-            table = reshape(
-                table,
-                spec.samples,
-                as_rows=spec.samples_as == "rows",
-                status_column=spec.status_column,
+                slice_rows=OUTPUT_SLICE_ROWS if spec.samples == 1 else None,
             )
         except MissingResult as e:
             raise LedgerError(
@@ -130,14 +130,22 @@ def collect(
                 "again: dsbatch downloads what is missing (it never buys it twice).",
                 path=str(job.dir),
             ) from e
-        tables[split] = table
+        slices[split] = (
+            reshape(
+                table,
+                spec.samples,
+                as_rows=spec.samples_as == "rows",
+                status_column=spec.status_column,
+            )
+            for table in made
+        )
     # The batches that answered the job, stored with every split's columns (a later call that
     # reads them back still knows them): one list for all splits, which share one schema.
     asked_all = pa.concat_arrays(asked_by_split) if asked_by_split else pa.array([], pa.string())
     batches = {BATCHES_KEY: json.dumps(batches_answering(latest, asked_all)).encode()}
     outputs = Outputs({}, {})
-    for split, table in tables.items():
-        digest = job.write_output(split, table.replace_schema_metadata(batches))
+    for split, tables in slices.items():
+        digest = job.write_output(split, *_with_schema(tables, batches))
         # Read back mapped: the output datasets map the file, not a copy in memory.
         stored = job.read_output(split, digest)
         if stored is None:
@@ -150,6 +158,15 @@ def collect(
         outputs.tables[split], outputs.digests[split] = stored, digest
         outputs.files[split] = str(job.output_file(split, digest))
     return outputs
+
+
+def _with_schema(
+    tables: Iterable[pa.Table], metadata: Mapping[bytes, bytes]
+) -> tuple[pa.Schema, Iterator[pa.Table]]:
+    """The schema of a split's slices (the first's, with ``metadata``), and the slices."""
+    it = iter(tables)
+    first = next(it)
+    return first.schema.with_metadata(metadata), itertools.chain([first], it)
 
 
 def _thinks(job: JobLedger, bodies: Mapping[str, bytes]) -> bool:

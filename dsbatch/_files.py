@@ -21,6 +21,7 @@ __all__ = [
     "append_entry",
     "arrow_bytes",
     "atomic_write",
+    "atomic_write_named",
     "hold_lock",
     "read_arrow",
     "read_entries",
@@ -42,16 +43,39 @@ def atomic_write(
     ``sync=False`` for a file read once by this process and never after a crash (a results
     download: what is stored from it is synced); syncing hundreds of MB only waits for the
     disk."""
+
+    def write(f: BinaryIO) -> str:
+        if callable(data):
+            data(f)
+        else:
+            for chunk in [data] if isinstance(data, (bytes, pa.Buffer)) else data:
+                f.write(chunk)
+        return path.name
+
+    _write(path.parent, f".{path.name}.", write, sync=sync, target=path)
+
+
+def atomic_write_named(folder: Path, write: Callable[[BinaryIO], str]) -> Path:
+    """Write a file of ``folder`` whole or not at all, named once written: ``write`` writes it
+    and returns its name (a digest of what it wrote: one pass makes the file and its name)."""
+    return _write(folder, ".named.", write, sync=True)
+
+
+def _write(
+    folder: Path,
+    prefix: str,
+    write: Callable[[BinaryIO], str],
+    *,
+    sync: bool,
+    target: Path | None = None,
+) -> Path:
+    path = target or folder  # what an error names: the file, once its name is known
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                if callable(data):
-                    data(f)
-                else:
-                    for chunk in [data] if isinstance(data, (bytes, pa.Buffer)) else data:
-                        f.write(chunk)
+                path = folder / write(f)
                 if sync:
                     f.flush()
                     os.fsync(f.fileno())
@@ -61,6 +85,7 @@ def atomic_write(
             raise
     except OSError as e:
         raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
+    return path
 
 
 def read_json(path: Path) -> Any:

@@ -10,7 +10,7 @@ over the raw result lines the cache already holds.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from dsbatch._conversation import conversations
 from dsbatch._records import RESULT_TYPES, USAGE_FIELDS
 from dsbatch._samples import SAMPLE_COLUMN
 
-__all__ = ["STATUS_TYPE", "MissingResult", "OutputSpec", "ParseFn", "output_table"]
+__all__ = ["STATUS_TYPE", "MissingResult", "OutputSpec", "ParseFn", "output_slices", "output_table"]
 
 STATUS_TYPE = pa.struct(
     [
@@ -79,7 +79,35 @@ def output_table(
     bodies: Mapping[str, bytes] | None = None,
     cost: pa.Array | None = None,
 ) -> pa.Table:
-    """The new columns of one split.
+    """The new columns of one split, as one table (``output_slices``, in one slice)."""
+    (table,) = output_slices(
+        row_custom_ids,
+        latest,
+        attempts,
+        spec,
+        rows=rows,
+        messages=messages,
+        thinking=thinking,
+        bodies=bodies,
+        cost=cost,
+    )
+    return table
+
+
+def output_slices(
+    row_custom_ids: pa.Array,
+    latest: pa.Table,
+    attempts: Mapping[str, int] | None,
+    spec: OutputSpec,
+    *,
+    rows: Callable[[], Iterable[dict[str, Any]]] | None = None,
+    messages: Callable[[pa.Table], dict[str, dict[str, Any]]] | None = None,
+    thinking: Callable[[pa.Table], dict[str, str | None]] | None = None,
+    bodies: Mapping[str, bytes] | None = None,
+    cost: pa.Array | None = None,
+    slice_rows: int | None = None,
+) -> list[pa.Table] | Iterator[pa.Table]:
+    """The new columns of one split, ``slice_rows`` rows at a time (None: in one table).
 
     ``latest`` holds one result per custom_id (``policy.latest_results``). ``rows`` iterates the
     split's rows and ``messages(results)`` gives custom_id -> Message dict; both only for
@@ -87,6 +115,11 @@ def output_table(
     a job whose requests think; ``bodies`` (custom_id -> params sent) the conversations.
     ``cost`` is each result's cost in USD (null when not known); ``attempts`` the sends of each
     custom_id (None: each was sent once).
+
+    Everything about each distinct request, and every check (``MissingResult``), is done here,
+    before the first slice: the slices only fan the requests' values out to their rows. A
+    slice at a time, the largest piece of a join's memory (the answers copied to the rows that
+    asked for them) is a slice's, not the split's.
     """
     ids = row_custom_ids
     index = pc.index_in(ids, value_set=latest["custom_id"])
@@ -110,11 +143,14 @@ def output_table(
     def fan(values: pa.Array | pa.ChunkedArray) -> pa.Array:
         return whole(values if in_order else values.take(index))
 
+    # Per row, the small columns: whole (parse and conversations read them whole).
     skipped = pc.is_null(ids)
     row_status = pc.if_else(skipped, "skipped", fan(status))
     row_error = fan(error)
-    columns: dict[str, pa.Array] = {spec.output_column: fan(response)}
-    columns.update({name: fan(values) for name, values in structured.items()})
+    # Per request, what the slices fan out: name -> values.
+    per_request: dict[str, pa.Array | pa.ChunkedArray] = {spec.output_column: response}
+    per_request.update(structured)
+    per_row: dict[str, pa.Array] = {}  # the columns made whole per row (sliced as they are)
     if spec.parse is not None and rows is not None and messages is not None:
         parsed, row_status, row_error = _parse_columns(
             spec.parse,
@@ -127,39 +163,71 @@ def output_table(
             messages,
             _taken(spec, thinks=thinking is not None),
         )
-        columns.update(parsed)
+        per_row.update(parsed)
     if spec.thinking_column is not None and thinking is not None:
         # Every paid answer: one that did not parse keeps its reasoning, as it keeps its text.
         paid = pc.equal(latest["type"], "succeeded").fill_null(False)
         texts = thinking(latest.filter(paid)) if pc.any(paid).as_py() else {}
-        per_request = pa.array([texts.get(c) for c in latest["custom_id"].to_pylist()], pa.string())
-        columns[spec.thinking_column] = fan(per_request)
+        per_request[spec.thinking_column] = pa.array(
+            [texts.get(c) for c in latest["custom_id"].to_pylist()], pa.string()
+        )
+    conversation: pa.Array | None = None
+    kept: pa.Array | None = None
     if spec.conversation_column is not None and bodies is not None:
-        per_request = conversations(latest["custom_id"].to_pylist(), response.to_pylist(), bodies)
+        conversation = conversations(latest["custom_id"].to_pylist(), response.to_pylist(), bodies)
         # A row that failed (a parse_error keeps its answer in the output column) has none.
         kept = pc.equal(row_status, "succeeded").fill_null(False)
-        columns[spec.conversation_column] = whole(
-            pc.if_else(kept, fan(per_request), pa.nulls(len(ids), per_request.type))
-        )
     taken = latest.select(["type", "stop_reason", *USAGE_FIELDS])
-    taken = taken if in_order else taken.take(index)
-    succeeded = pc.equal(taken["type"], "succeeded").fill_null(False)
-    columns[spec.status_column] = pa.StructArray.from_arrays(
-        [
-            whole(row_status),
-            whole(row_error),
-            ids,
-            whole(taken["stop_reason"]),
-            whole(taken["input_tokens"]),
-            whole(taken["output_tokens"]),
-            _zero_if_succeeded(taken["cache_read_input_tokens"], succeeded),
-            _zero_if_succeeded(taken["cache_creation_input_tokens"], succeeded),
-            _attempts(ids, attempts),
-            fan(cost) if cost is not None else pa.nulls(len(ids), pa.float64()),
-        ],
-        fields=list(STATUS_TYPE),
-    )
-    return pa.table(columns)
+    if cost is not None:
+        taken = taken.append_column("cost_usd", cost)
+    sends = _attempts(ids, attempts)
+    # The columns' order: the answer, response_format's fields, parse's, thinking, conversation.
+    order = [spec.output_column, *structured, *per_row]
+    order += [name for name in per_request if name not in order]
+    if conversation is not None:
+        order.append(spec.conversation_column)  # type: ignore[arg-type]
+
+    def rows_of(start: int, count: int) -> pa.Table:
+        """The columns of ``count`` rows from ``start``."""
+        at = index.slice(start, count)
+
+        def fan_rows(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+            return whole(values.slice(start, count) if in_order else values.take(at))
+
+        columns = {name: fan_rows(values) for name, values in per_request.items()}
+        columns.update({name: values.slice(start, count) for name, values in per_row.items()})
+        if conversation is not None and kept is not None:
+            columns[spec.conversation_column] = whole(  # type: ignore[index]
+                pc.if_else(
+                    kept.slice(start, count),
+                    fan_rows(conversation),
+                    pa.nulls(count, conversation.type),
+                )
+            )
+        columns = {name: columns[name] for name in order}
+        mine = taken.slice(start, count) if in_order else taken.take(at)
+        succeeded = pc.equal(mine["type"], "succeeded").fill_null(False)
+        columns[spec.status_column] = pa.StructArray.from_arrays(
+            [
+                whole(row_status.slice(start, count)),
+                whole(row_error.slice(start, count)),
+                ids.slice(start, count),
+                whole(mine["stop_reason"]),
+                whole(mine["input_tokens"]),
+                whole(mine["output_tokens"]),
+                _zero_if_succeeded(mine["cache_read_input_tokens"], succeeded),
+                _zero_if_succeeded(mine["cache_creation_input_tokens"], succeeded),
+                sends.slice(start, count),
+                whole(mine["cost_usd"]) if cost is not None else pa.nulls(count, pa.float64()),
+            ],
+            fields=list(STATUS_TYPE),
+        )
+        return pa.table(columns)
+
+    step = len(ids) if slice_rows is None else max(1, slice_rows)
+    if step >= len(ids):
+        return [rows_of(0, len(ids))]
+    return (rows_of(start, min(step, len(ids) - start)) for start in range(0, len(ids), step))
 
 
 def _per_request(

@@ -22,9 +22,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
+from dsbatch._arrow import whole
 from dsbatch._errors import LedgerError
 from dsbatch._files import arrow_bytes, atomic_write, hold_lock, read_arrow, read_json, write_json
 from dsbatch._ledger_data import JobData
@@ -40,10 +43,23 @@ log = logging.getLogger("dsbatch")
 _BATCH_ID = re.compile(rb"msgbatch_[A-Za-z0-9]+")
 
 
-def ids_digest(custom_ids: Iterable[str]) -> str:
+def ids_digest(custom_ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> str:
     """A digest of a batch's custom_ids in any order, stored in its record to check the ids
-    file against (and ids rebuilt from results, which come in any order)."""
-    return xxhash.xxh3_64_hexdigest("\n".join(sorted(custom_ids)).encode())
+    file against (and ids rebuilt from results, which come in any order): the xxh3 of the
+    sorted ids joined by newlines, made in Arrow (custom_ids are ASCII: their byte order is
+    ``sorted``'s)."""
+    if not isinstance(custom_ids, (pa.Array, pa.ChunkedArray)):
+        custom_ids = pa.array(list(custom_ids), pa.string())
+    ids = whole(custom_ids).cast(pa.string())
+    if len(ids) == 0:
+        return xxhash.xxh3_64_hexdigest(b"")
+    # Each id and its newline, sorted, are one buffer: hashed without the last newline.
+    lines = pc.binary_join_element_wise(ids.take(pc.sort_indices(ids)), "", "\n")
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)[
+        lines.offset : lines.offset + len(lines) + 1
+    ]
+    data = memoryview(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1]) - 1]
+    return xxhash.xxh3_64_hexdigest(data)
 
 
 def mentioned_batch_ids(path: Path) -> set[str]:
@@ -191,14 +207,19 @@ class JobLedger(JobData):
     def record_ids(self, record: BatchRecord) -> list[str] | None:
         """The custom_ids of a batch, checked against its record; None when the ids file is
         missing (it is rebuilt from the batch's results)."""
+        ids = self.record_id_array(record)
+        return None if ids is None else ids.to_pylist()
+
+    def record_id_array(self, record: BatchRecord) -> pa.Array | None:
+        """``record_ids`` as one Arrow array (no Python object per id)."""
         path = self._ids_path(record.seq)
         if not path.exists():
             return None
         try:
-            ids = read_arrow(path)["custom_id"].to_pylist()
+            ids = whole(read_arrow(path)["custom_id"])
             problem = ""
         except (OSError, pa.ArrowInvalid, KeyError) as e:
-            ids, problem = [], str(e)
+            ids, problem = pa.array([], pa.string()), str(e)
         if not problem and (
             len(ids) != record.request_count or ids_digest(ids) != record.ids_digest
         ):
@@ -212,15 +233,16 @@ class JobLedger(JobData):
             )
         return ids
 
-    def restore_ids(self, record: BatchRecord, custom_ids: Sequence[str]) -> bool:
+    def restore_ids(self, record: BatchRecord, custom_ids: Sequence[str] | pa.Array) -> bool:
         """Write a lost ids file back from the batch's results; False if they do not match."""
         if len(custom_ids) != record.request_count or ids_digest(custom_ids) != record.ids_digest:
             return False
         self.write_ids(record.seq, custom_ids)
         return True
 
-    def write_ids(self, seq: int, custom_ids: Sequence[str]) -> None:
-        table = pa.table({"custom_id": pa.array(list(custom_ids), pa.string())})
+    def write_ids(self, seq: int, custom_ids: Sequence[str] | pa.Array) -> None:
+        ids = custom_ids if isinstance(custom_ids, pa.Array) else pa.array(list(custom_ids))
+        table = pa.table({"custom_id": ids.cast(pa.string())})
         atomic_write(self._ids_path(seq), arrow_bytes(table))
 
     # -- transitions: each checked against the record as stored, and persisted atomically --

@@ -154,8 +154,7 @@ def survey(
 
 
 def _record_ids(ledger: Ledger, record: BatchRecord) -> pa.Array | None:
-    ids = ledger.job(record.job).record_ids(record)
-    return None if ids is None else pa.array(ids, pa.string())
+    return ledger.job(record.job).record_id_array(record)
 
 
 def _bound(ledger: Ledger, job: str, needed: pa.Array) -> pa.Array:

@@ -291,7 +291,7 @@ class ResultsStore:
         found = right > left
         if not found.any():
             return _EMPTY
-        rows = np.concatenate([seen.rows[a:b] for a, b in zip(left[found], right[found])])
+        rows = seen.rows[_spans(left[found], right[found])]
         table = pq.read_table(path, columns=_KEY_COLUMNS, schema=RESULT_SCHEMA).take(
             pa.array(np.sort(rows))
         )
@@ -369,3 +369,12 @@ def _digest(ids: pa.Array) -> int:
 def _stamp(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
+
+
+def _spans(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Every position of the spans ``starts[i]:stops[i]`` (none empty), in order, made by
+    numpy (a span per wanted id: a Python loop over them cost 0.2 s per 100,000)."""
+    lengths = stops - starts
+    ends = np.cumsum(lengths)
+    # Position k of span i is starts[i] + (k - where span i begins in the output).
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)

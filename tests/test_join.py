@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from dsbatch._join import MissingResult, OutputSpec, output_table
+from dsbatch._join import MissingResult, OutputSpec, output_slices, output_table
 from dsbatch._ledger import RESULT_SCHEMA
 from dsbatch._policy import latest_results
 
@@ -211,3 +211,69 @@ def test_only_a_succeeded_request_has_an_answer_whatever_its_line_holds():
         "parse_error",
         "expired",
     ]
+
+
+# -- a split's columns made a slice of rows at a time --------------------------------------------
+def _varied():
+    """Rows asking for requests out of order, twice, skipped, failed and retried, with costs,
+    parse columns and conversations: every column the join makes."""
+    ids = [f"r{i % 7}" if i % 5 else None for i in range(23)]
+    rows = [result(f"r{i}") for i in (6, 2, 0, 4)]
+    rows += [result("r1", "errored", error_type="api_error"), result("r3", "expired")]
+    rows += [result("r5", text="", tool_input='{"x": 1}')]
+    latest = latest_results(table(rows))
+    cost = pa.array([0.5 * (i + 1) for i in range(latest.num_rows)], pa.float64())
+    return ids, latest, cost
+
+
+def _slices(ids, latest, cost, slice_rows, **spec):
+    messages = {
+        c: {"content": [{"type": "text", "text": c}]} for c in latest["custom_id"].to_pylist()
+    }
+    return list(
+        output_slices(
+            pa.array(ids, pa.string()),
+            latest,
+            {"r1": 2, "r4": 3},
+            OutputSpec(**spec),
+            rows=lambda: iter({"k": i} for i in range(len(ids))),
+            messages=lambda answered: {c: messages[c] for c in answered["custom_id"].to_pylist()},
+            bodies={c: b'{"messages":[{"role":"user","content":"q"}]}' for c in messages},
+            cost=cost,
+            slice_rows=slice_rows,
+        )
+    )
+
+
+@pytest.mark.parametrize("slice_rows", [1, 4, 5, 22])
+def test_a_split_made_a_slice_at_a_time_is_the_split_made_at_once(slice_rows):
+    ids, latest, cost = _varied()
+    spec = {
+        "parse": lambda row, message: {"k2": row["k"] * 2, "said": message["content"][0]["text"]},
+        "conversation_column": "conversation",
+    }
+    (whole_table,) = _slices(ids, latest, cost, None, **spec)
+    parts = _slices(ids, latest, cost, slice_rows, **spec)
+    # Slices of rows in order, each of slice_rows but the last, with one schema.
+    assert [p.num_rows for p in parts] == [
+        min(slice_rows, len(ids) - at) for at in range(0, len(ids), slice_rows)
+    ]
+    assert pa.concat_tables(parts).to_pylist() == whole_table.to_pylist()
+    assert whole_table.column_names == ["response", "k2", "said", "conversation", "dsbatch"]
+    status = whole_table["dsbatch"].to_pylist()
+    assert [s["custom_id"] for s in status] == ids
+    assert [s["attempts"] for s in status] == [{"r1": 2, "r4": 3}.get(c, 0) for c in ids]
+    # Row 0 is skipped, row 1 asks for r1 (errored: not parsed), row 2 for r2 (answered).
+    assert whole_table["k2"].to_pylist()[:3] == [None, None, 4]
+    assert [s["status"] for s in status][:4] == ["skipped", "errored", "succeeded", "expired"]
+    # Each request's cost (in latest's order r6 r2 r0 r4 r1 r3 r5) on the rows that asked.
+    assert [s["cost_usd"] for s in status][:4] == [None, 2.5, 1.0, 3.0]
+
+
+def test_requests_in_order_are_sliced_without_being_taken():
+    ids = [f"r{i}" for i in range(10)]
+    latest = latest_results(table([result(c) for c in ids]))
+    parts = list(output_slices(pa.array(ids), latest, None, OutputSpec(), slice_rows=3))
+    assert [p.num_rows for p in parts] == [3, 3, 3, 1]
+    assert pa.concat_tables(parts)["response"].to_pylist() == [f"answer {c}" for c in ids]
+    assert [s["attempts"] for s in pa.concat_tables(parts)["dsbatch"].to_pylist()] == [1] * 10

@@ -79,3 +79,26 @@ def test_an_answer_that_changes_writes_a_new_file_and_the_old_output_still_reads
     assert _mapped_files(other) == [str(output)] and _mapped_files(first) != [str(output)]
     assert list(first["response"]) == before  # its file was removed, its mapping still reads
     assert other["answer"] == before
+
+
+def test_a_split_written_a_slice_of_rows_at_a_time_reads_back_as_one(emu, tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    import dsbatch._collect as collect_module
+
+    rows = [texts(7)[i % 7] for i in range(30)]  # repeats: answers taken, not in order
+    ds = _from_disk(tmp_path, rows)
+    whole = run(ds, emu, output_column="a")
+    monkeypatch.setattr(collect_module, "OUTPUT_SLICE_ROWS", 4)
+    sliced = run(ds, emu, output_column="b", load_from_cache_file=False)
+    (output,) = cache_root().glob("jobs/*/output/data/*.arrow")
+    with pa.memory_map(str(output)) as source:
+        batches = list(pa.ipc.open_stream(source))
+    assert [b.num_rows for b in batches] == [4] * 7 + [2]
+    assert sliced["b"] == whole["a"] == answers(rows)
+    assert sliced["dsbatch"] == whole["dsbatch"]
+    assert _mapped_files(sliced) == [str(output)]
+    # Served again from the same file, and the rows' answers the same.
+    again = run(ds, emu, output_column="b")
+    assert _mapped_files(again) == [str(output)] and again["b"] == answers(rows)
+    assert emu.calls["create"] == 1

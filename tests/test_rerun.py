@@ -631,21 +631,21 @@ def test_the_description_is_the_same_in_another_process(tmp_path, monkeypatch):
 
 
 # -- columns made by the user's code, stored while the code is the same -------------------------
-JOINS = Calls()  # counts the joins from answers to columns (a spy on output_table)
+JOINS = Calls()  # counts the joins from answers to columns (a spy on output_slices)
 
 
 @pytest.fixture
 def joins(monkeypatch):
     import dsbatch._collect as collect_module
 
-    real = collect_module.output_table
+    real = collect_module.output_slices
 
     def spy(*args, **kwargs):
         JOINS.n += 1
         return real(*args, **kwargs)
 
     JOINS.n = 0
-    monkeypatch.setattr(collect_module, "output_table", spy)
+    monkeypatch.setattr(collect_module, "output_slices", spy)
     return JOINS
 
 
