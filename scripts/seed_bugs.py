@@ -1015,6 +1015,18 @@ BUGS = [
         "            return f\"{hashed.hash.hexdigest()}.arrow\"",
         "            return \"output.arrow\"",
         "every output file has one name: a dataset mapping an earlier output reads the new one"),
+    Bug("spans-first-of-each", "dsbatch/_store.py",
+        "return np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)",
+        "return np.repeat(starts, lengths)",
+        "ids sharing a 64-bit key: the results store reads the first one's row for each"),
+    Bug("ids-digest-in-given-order", "dsbatch/_ledger_job.py",
+        'lines = pc.binary_join_element_wise(ids.take(pc.sort_indices(ids)), "", "\\n")',
+        'lines = pc.binary_join_element_wise(ids, "", "\\n")',
+        "a batch's ids digest depends on their order: ids rebuilt from results do not match"),
+    Bug("ours-in-given-order", "dsbatch/_batch.py",
+        "if known is not None and _sorted(known).equals(_sorted(ids)):",
+        "if known is not None and known.equals(ids):",
+        "results that come in another order than the batch's ids are taken for another's"),
 ]  # fmt: skip
 
 
