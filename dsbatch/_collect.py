@@ -141,7 +141,13 @@ def collect(
         )
     # The batches that answered the job, stored with every split's columns (a later call that
     # reads them back still knows them): one list for all splits, which share one schema.
-    asked_all = pa.concat_arrays(asked_by_split) if asked_by_split else pa.array([], pa.string())
+    asked_all = (
+        asked_by_split[0]
+        if len(asked_by_split) == 1
+        else pa.concat_arrays(asked_by_split)
+        if asked_by_split
+        else pa.array([], pa.string())
+    )
     batches = {BATCHES_KEY: json.dumps(batches_answering(latest, asked_all)).encode()}
     outputs = Outputs({}, {})
     for split, tables in slices.items():

@@ -281,6 +281,10 @@ class Job:
                 )
             outputs = self._collect(options, loop.results(), dataset, loop.pricer.per_request)
             manifest = self._manifest
+            # The results are in the stored columns now: let the loop's copy go before they
+            # are attached (at a million rows, a third of the call's memory).
+            self._done = None
+            del loop
         return self._attach(options, outputs, dataset, manifest)
 
     def _cached_result(self) -> Dataset | DatasetDict | None:
@@ -425,7 +429,9 @@ class _Requests(Mapping[str, bytes]):
         self._keys: np.ndarray | None = None  # the ids' keys, sorted
         self._rows: np.ndarray | None = None  # the file's row of each key
         self._starts: list[int] = []  # the first row of each row group
-        self._group: tuple[int, pa.Array] = (-1, pa.array([], pa.binary()))  # (group, params)
+        # (group, column, values) of the last row group's column read
+        self._group: tuple[int, str, pa.Array] = (-1, "", pa.array([], pa.binary()))
+        self._sized: bool | None = None  # whether the file keeps each request's size
 
     def custom_ids(self) -> pa.Array:
         """Every custom_id, in the file's order."""
@@ -461,8 +467,23 @@ class _Requests(Mapping[str, bytes]):
     def params(self, custom_ids: Sequence[str]) -> pa.Array:
         """The params of these requests as one Arrow binary array, in their order: found all
         at once (a step sends a hundred thousand), each row group read once."""
+        return self._column(custom_ids, "params")
+
+    def sizes(self, custom_ids: Sequence[str]) -> np.ndarray:
+        """The bytes of each of these requests' params, in their order, read from the file's
+        sizes (without the params) when it keeps them."""
+        if self._sized is None:
+            self._sized = self._job.requests_have_sizes()
+        if not self._sized:
+            lengths = pc.binary_length(self.params(custom_ids))
+        else:
+            lengths = self._column(custom_ids, "size")
+        return np.asarray(lengths.to_numpy(zero_copy_only=False), np.int64)
+
+    def _column(self, custom_ids: Sequence[str], column: str) -> pa.Array:
+        """One column of the file for these requests, in their order."""
         if not custom_ids:
-            return pa.array([], pa.binary())
+            return pa.array([], pa.binary() if column == "params" else pa.int32())
         keys, rows = self._index()
         wanted = pa.array(custom_ids, pa.string())
         found = np.minimum(np.searchsorted(keys, custom_id_keys(wanted)), len(keys) - 1)
@@ -476,17 +497,20 @@ class _Requests(Mapping[str, bytes]):
         groups = np.searchsorted(starts, at[order], side="right") - 1
         parts = []
         for group in np.unique(groups).tolist():
-            start, params = self._group_params(group)
-            parts.append(params.take(pa.array(at[order][groups == group] - start)))
+            start, values = self._group_column(group, column)
+            parts.append(values.take(pa.array(at[order][groups == group] - start)))
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return pa.concat_arrays(parts).take(pa.array(inverse))
 
     def _group_params(self, group: int) -> tuple[int, pa.Array]:
-        """(first row, params) of one row group: the last one read is kept."""
-        if self._group[0] != group:
-            self._group = (group, self._job.read_request_params(group))
-        return self._starts[group], self._group[1]
+        return self._group_column(group, "params")
+
+    def _group_column(self, group: int, column: str) -> tuple[int, pa.Array]:
+        """(first row, values) of one column of one row group: the last one read is kept."""
+        if self._group[:2] != (group, column):
+            self._group = (group, column, self._job.read_request_column(group, column))
+        return self._starts[group], self._group[2]
 
     def _body(self, at: int) -> bytes:
         start, params = self._group_params(bisect.bisect_right(self._starts, at) - 1)

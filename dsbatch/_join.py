@@ -167,7 +167,7 @@ def output_slices(
     if spec.thinking_column is not None and thinking is not None:
         # Every paid answer: one that did not parse keeps its reasoning, as it keeps its text.
         paid = pc.equal(latest["type"], "succeeded").fill_null(False)
-        texts = thinking(latest.filter(paid)) if pc.any(paid).as_py() else {}
+        texts = thinking(_answered(latest, paid)) if pc.any(paid).as_py() else {}
         per_request[spec.thinking_column] = pa.array(
             [texts.get(c) for c in latest["custom_id"].to_pylist()], pa.string()
         )
@@ -328,7 +328,7 @@ def _parse_columns(
     ``taken`` names the other new columns (name -> what it is); parse may not return those
     names, nor the names of the row's own columns."""
     statuses, errors = status.to_pylist(), error.to_pylist()
-    answered = latest.filter(pc.equal(latest["type"], "succeeded").fill_null(False))
+    answered = _answered(latest, pc.equal(latest["type"], "succeeded").fill_null(False))
     by_id = messages(answered)
     out: list[Mapping[str, Any] | None] = []
     taken = dict(taken)
@@ -374,6 +374,12 @@ def _parse_columns(
         pa.array(statuses, pa.string()),
         pa.array(errors, pa.string()),
     )
+
+
+def _answered(latest: pa.Table, paid: pa.Array) -> pa.Table:
+    """The custom_id and batch_id of the paid results (what reading their raw lines needs):
+    a filter of every column would copy every answer."""
+    return latest.select(["custom_id", "batch_id"]).filter(paid)
 
 
 def _taken(spec: OutputSpec, *, thinks: bool) -> dict[str, str]:

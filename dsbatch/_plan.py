@@ -251,6 +251,8 @@ class ParamsStore(Protocol):
 
     def params(self, custom_ids: Sequence[str]) -> pa.Array: ...
 
+    def sizes(self, custom_ids: Sequence[str]) -> np.ndarray: ...
+
 
 # Requests whose params are read at once from a ``ParamsStore``.
 _WINDOW = 16_384
@@ -292,9 +294,7 @@ def _sizes(custom_ids: Sequence[str], bodies: Mapping[str, bytes]) -> np.ndarray
         return np.fromiter((len(bodies[c]) for c in custom_ids), np.int64, len(custom_ids))
     parts = [np.zeros(0, np.int64)]
     for start in range(0, len(custom_ids), _WINDOW):
-        window = custom_ids[start : start + _WINDOW]
-        lengths = pc.binary_length(bodies.params(window))
-        parts.append(np.asarray(lengths.to_numpy(zero_copy_only=False), np.int64))
+        parts.append(bodies.sizes(custom_ids[start : start + _WINDOW]))
     return np.concatenate(parts)
 
 

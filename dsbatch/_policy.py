@@ -122,7 +122,8 @@ def open_requests(
     """
     if latest is None:
         latest = latest_results(results)
-    final = latest.filter(pc.invert(_retry_mask(latest, resend_canceled)))["custom_id"]
+    # The ids alone are filtered: a filter of the table would copy every answer, each step.
+    final = pc.filter(latest["custom_id"], pc.invert(_retry_mask(latest, resend_canceled)))
     if latest.num_rows == results.num_rows and max_attempts > 1:
         # One attempt each (the usual job): none has spent its attempts, nothing to count.
         spent = pa.array([], pa.string())

@@ -134,8 +134,10 @@ def step_facts(
 
 def batches_answering(latest: pa.Table, custom_ids: pa.Array) -> list[str]:
     """The batch ids whose results answer these custom_ids (one result per custom_id)."""
-    used = latest.filter(pc.is_in(latest["custom_id"], value_set=custom_ids.drop_null()))
-    return sorted(b for b in pc.unique(used["batch_id"]).to_pylist() if b)
+    # The batch ids alone are filtered: a filter of the table would copy every answer.
+    asked = pc.is_in(latest["custom_id"], value_set=custom_ids.drop_null())
+    used = pc.filter(latest["batch_id"], asked)
+    return sorted(b for b in pc.unique(used).to_pylist() if b)
 
 
 def stamp(feature: Any, step: Mapping[str, Any]) -> Any:

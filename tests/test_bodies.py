@@ -127,3 +127,35 @@ def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monke
         len(batch_body(plan.custom_ids, requests)) for plan in plans
     ]
     assert list(chunk_requests(shuffled, requests, max_bytes=150)) != plans  # sizes are read
+
+
+def test_batches_are_cut_by_the_sizes_the_requests_file_keeps_or_by_the_params_of_an_older_one(
+    tmp_path, monkeypatch
+):
+    import pyarrow.parquet as pq
+
+    from dsbatch._job import _Requests
+    from dsbatch._ledger import Ledger
+
+    monkeypatch.setattr(dsbatch._ledger_data, "REQUEST_GROUP_ROWS", 4)
+    ids = [f"dsb_{i:02d}" for i in range(11)]
+    bodies = {c: b'{"n":"' + b"x" * (i * 7 % 23) + b'"}' for i, c in enumerate(ids)}
+    job = Ledger(str(tmp_path)).job("e" * 32)
+    job.write_requests((c, bodies[c], "m") for c in ids)
+    requests = _Requests(job)
+    shuffled = ids[::-3] + ids[:5]
+    assert requests.sizes(shuffled).tolist() == [len(bodies[c]) for c in shuffled]
+    # Read from the sizes alone: the file's sizes are what the cut goes by.
+    kept = pq.read_table(job.dir / "requests.parquet")
+    assert kept["size"].to_pylist() == [len(bodies[c]) for c in ids]
+    cuts = dict(max_requests=5, max_bytes=160)
+    plans = list(chunk_requests(shuffled, requests, **cuts))
+    assert plans == list(chunk_requests(shuffled, bodies, **cuts))
+    assert [plan.nbytes for plan in plans] == [
+        len(batch_body(plan.custom_ids, bodies)) for plan in plans
+    ]
+    # A job of an older dsbatch (no sizes kept) is cut the same, from its params.
+    pq.write_table(kept.drop_columns(["size"]), job.dir / "requests.parquet", row_group_size=4)
+    older = _Requests(job)
+    assert older.sizes(shuffled).tolist() == [len(bodies[c]) for c in shuffled]
+    assert list(chunk_requests(shuffled, older, **cuts)) == plans
