@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import xxhash
 from datasets import Dataset, Features
 
+from dsbatch._arrow import give_back
 from dsbatch._compat import attach_columns, fingerprint_of, iter_rows
 from dsbatch._errors import LedgerError, RowFailedError
 from dsbatch._join import MissingResult, OutputSpec, output_slices
@@ -90,12 +91,15 @@ def collect(
     splits: Mapping[str, Dataset] | None,
     bodies: Mapping[str, bytes],
     cost: Callable[[pa.Table], pa.Array] | None = None,
+    *,
+    latest: pa.Table | None = None,
 ) -> Outputs:
     """Join the results to every split's rows and store the finished columns. ``splits`` (the
     input rows) are read only by ``parse``; ``bodies`` (custom_id -> the params sent) tell
     whether the job thinks, and make the conversations; ``cost(latest)`` prices each
-    request's result."""
-    latest = latest_results(results)
+    request's result. ``latest``: ``latest_results(results)``, when the caller has it."""
+    if latest is None:
+        latest = latest_results(results)
     # Every request sent once (the usual job): nothing to count.
     sent = None if latest.num_rows == results.num_rows else attempts(results)
     thinks = spec.thinking_column is not None and _thinks(job, bodies)
@@ -149,6 +153,7 @@ def collect(
         else pa.array([], pa.string())
     )
     batches = {BATCHES_KEY: json.dumps(batches_answering(latest, asked_all)).encode()}
+    give_back()  # what finding the latest results, their costs and the rows' requests held
     outputs = Outputs({}, {})
     for split, tables in slices.items():
         digest = job.write_output(split, *_with_schema(tables, batches))
@@ -163,6 +168,7 @@ def collect(
             )
         outputs.tables[split], outputs.digests[split] = stored, digest
         outputs.files[split] = str(job.output_file(split, digest))
+        give_back()  # the split's slices, written and let go
     return outputs
 
 

@@ -30,6 +30,7 @@ from dsbatch._inputs import InputsUnavailable, check_given, load_inputs
 from dsbatch._ledger import JobLedger, Ledger
 from dsbatch._options import MapOptions
 from dsbatch._origin import describe, resolve_origin
+from dsbatch._plan import View
 from dsbatch._poll import PollSchedule, call_retrying, poll_batch, poll_schedule
 from dsbatch._provenance import step_facts
 from dsbatch._records import IN_FLIGHT, BatchState, Manifest
@@ -279,7 +280,7 @@ class Job:
                     f"job {self.fingerprint} is still running after {timeout} s; nothing is "
                     "lost: call result() or wait() again"
                 )
-            outputs = self._collect(options, loop.results(), dataset, loop.pricer.per_request)
+            outputs = self._collect(options, loop.final_view(), dataset, loop.pricer.per_request)
             manifest = self._manifest
             # The results are in the stored columns now: let the loop's copy go before they
             # are attached (at a million rows, a third of the call's memory).
@@ -307,7 +308,7 @@ class Job:
             pending = loop.to_send(view)
             if pending or view.waiting:
                 return None
-            outputs = self._collect(options, view.results, None, loop.pricer.per_request)
+            outputs = self._collect(options, view, None, loop.pricer.per_request)
         return self._attach(options, outputs, None, self._manifest)
 
     def _attach(
@@ -339,7 +340,7 @@ class Job:
     def _collect(
         self,
         options: MapOptions,
-        results: pa.Table,
+        view: View,
         dataset: Dataset | DatasetDict | None,
         cost: Callable[[pa.Table], pa.Array] | None = None,
     ) -> Outputs:
@@ -353,7 +354,16 @@ class Job:
                 path=str(self._job.rows_dir),
             )
         splits = self._inputs(dataset) if options.parse is not None else None
-        outputs = collect(self._job, results, ids, options.output, splits, self._requests(), cost)
+        outputs = collect(
+            self._job,
+            view.results,
+            ids,
+            options.output,
+            splits,
+            self._requests(),
+            cost,
+            latest=view.latest(),
+        )
 
         def finished(manifest: Manifest) -> None:
             # Columns joined again as they were (a lost output file) keep the time they were

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import anthropic
 from datasets import Dataset, DatasetDict
 
+from dsbatch._arrow import give_back
 from dsbatch._backend import Backend, Unreachable, is_transient
 from dsbatch._compat import fingerprint_of
 from dsbatch._cost import PriceBook, model_of
@@ -259,6 +260,7 @@ def _start(
         job.write_requests(requests)
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
+        give_back()  # the requests' columns, written
         inputs = keep_inputs(job, splits)
     elif manifest.fingerprints != fingerprints:
         # The same requests from other rows (a column outside the prompt changed): the job keeps

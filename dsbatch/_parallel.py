@@ -87,7 +87,6 @@ def render_splits(
                 # In shard order: a request keeps the first row that asked for it.
                 if custom_id not in rendered.bodies:
                     rendered.bodies[custom_id] = body
-                    rendered.first_row[custom_id] = part.first_row[custom_id]
             if part.templates and split not in templated:
                 # One process makes one template per split: every shard made the same one.
                 templated.add(split)
@@ -95,6 +94,8 @@ def render_splits(
             if marks is not None:
                 marks.made.update(made)
     rendered.row_custom_ids.update(ids)
+    rendered.labels.update(labels)
+    rendered.samples = samples
     if every_templated:
         rendered.from_template = len(rendered.bodies)
 

@@ -487,7 +487,7 @@ class PrefixCaching:
             self.groups = [node for node, _ in sorted(numbers.items(), key=lambda item: item[1])]
             return groups
         old, rendered.bodies = rendered.bodies, rendered.bodies.empty_like()
-        bodies, first_row = rendered.bodies, {}
+        bodies = rendered.bodies
         renamed: dict[str, str] = {}
         for key in list(old):
             body = old.pop(key)  # one body in memory at a time, not two of each
@@ -511,10 +511,7 @@ class PrefixCaching:
             if new_key in bodies:  # the same bytes as an earlier request that set them itself
                 continue
             bodies[new_key] = body
-            if key in rendered.first_row:
-                first_row[new_key] = rendered.first_row[key]
         self.groups = [node for node, _ in sorted(numbers.items(), key=lambda item: item[1])]
-        rendered.first_row = first_row
         if renamed:
             for split, ids in rendered.row_custom_ids.items():
                 rendered.row_custom_ids[split] = [

@@ -9,7 +9,8 @@ messages become base64 image blocks, ``_images``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any
@@ -105,8 +106,8 @@ class Rendered:
 
     row_custom_ids: dict[str, list[str | None]] = field(default_factory=dict)
     bodies: Bodies = field(default_factory=Bodies)  # custom_id -> canonical params
-    # custom_id -> (split label for messages, row index) of the first row that asked for it
-    first_row: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    labels: dict[str, str | None] = field(default_factory=dict)  # split -> its name in errors
+    samples: int = 1  # requests per row (``sample_custom_id``)
     # The bytes before and after the messages of each text template rows were made from
     # (``_prefix`` reads what they share once).
     templates: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -117,6 +118,54 @@ class Rendered:
     @property
     def rows(self) -> int:
         return sum(len(ids) for ids in self.row_custom_ids.values())
+
+    @property
+    def first_row(self) -> FirstRows:
+        """custom_id -> (split label, row index) of the first row that asked for it."""
+        return FirstRows(self)
+
+
+class FirstRows(Mapping[str, tuple[str | None, int]]):
+    """custom_id -> (split label, row index) of the first row that asked for each request,
+    found in the rows' custom_ids when asked (an error names the row): a million requests
+    keep no tuple each while the job is prepared."""
+
+    def __init__(self, rendered: Rendered) -> None:
+        self._rendered = rendered
+
+    def __getitem__(self, custom_id: str) -> tuple[str | None, int]:
+        rendered = self._rendered
+        base = custom_id
+        if rendered.samples > 1:
+            sample = _SAMPLE.fullmatch(custom_id)
+            if sample is not None and 0 < int(sample[2]) < rendered.samples:
+                base = sample[1]
+        for split, ids in rendered.row_custom_ids.items():
+            try:
+                return rendered.labels.get(split), ids.index(base)
+            except ValueError:
+                continue
+        raise KeyError(custom_id)
+
+    def _every(self) -> dict[str, tuple[str | None, int]]:
+        rendered = self._rendered
+        every: dict[str, tuple[str | None, int]] = {}
+        for split, ids in rendered.row_custom_ids.items():
+            label = rendered.labels.get(split)
+            for row, custom_id in enumerate(ids):
+                if custom_id is not None:
+                    for sample in range(rendered.samples):
+                        every.setdefault(sample_custom_id(custom_id, sample), (label, row))
+        return every
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._every())
+
+    def __len__(self) -> int:
+        return len(self._every())
+
+
+_SAMPLE = re.compile(r"(.+)_s([0-9]+)")
 
 
 def render_split(
@@ -139,7 +188,7 @@ def render_split(
     passed to ``prompt`` with ``with_indices``, by their index in the split."""
     ids: list[str | None] = []
     bodies = rendered.bodies
-    first_row = rendered.first_row
+    rendered.labels[split], rendered.samples = label, samples
     checker = shape.checker()
     template: _TextTemplate | None = None
     hexdigest = xxhash.xxh3_128_hexdigest
@@ -181,11 +230,9 @@ def render_split(
             custom_id_for(body, shape.betas) if shape.betas else CUSTOM_ID_PREFIX + hexdigest(body)
         )
         if bodies.add(custom_id, body):
-            first_row[custom_id] = (label, idx)
             rendered.from_template += made
             for sample in range(1, samples):
                 bodies[sample_custom_id(custom_id, sample)] = body
-                first_row[sample_custom_id(custom_id, sample)] = (label, idx)
                 rendered.from_template += made
         ids.append(custom_id)
     rendered.row_custom_ids[split] = ids

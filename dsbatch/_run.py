@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dsbatch._arrow import give_back
 from dsbatch._backend import Backend
 from dsbatch._batch import BatchKeeper
 from dsbatch._cost import PRICED_COLUMNS, PriceBook, Pricer
@@ -235,6 +236,7 @@ class JobLoop:
             )
         self._held = held
         standing = self._standing(view, len(pending), held + self.primers.held)
+        give_back()  # what the step's downloads, parses and create bodies held
         if not pending and advance and final_turn is not None and not standing.done:
             self._quiet = (self._to_advance(view), final_turn, standing)
         return standing
@@ -294,9 +296,11 @@ class JobLoop:
     def results(self) -> pa.Table:
         """Every result of every attempt of the job's requests (no raw lines): after a step that
         found the job done, the survey that step made (nothing has changed since)."""
-        if self._view is not None:
-            return self._view.results
-        return self.survey().results
+        return self.final_view().results
+
+    def final_view(self) -> View:
+        """The survey ``results`` reads (its latest results already found by the step)."""
+        return self._view if self._view is not None else self.survey()
 
     def _standing(self, view: View, sent: int, held: int) -> Standing:
         latest = view.latest()

@@ -749,3 +749,23 @@ def test_a_client_of_the_wrong_kind_is_a_type_error_before_any_call(emu):
     with pytest.raises(TypeError, match="Anthropic"):
         dsbatch.map(ds, prompt, model=MODEL, client="sk-ant-api03-not-a-client", progress=False)
     assert not list(cache_root().glob("jobs/*/batches/*.json"))
+
+
+def test_a_request_too_large_names_the_first_row_and_split_that_asked_for_it(emu):
+    from datasets import DatasetDict
+
+    train, test = texts(6), texts(9)
+    huge = "x" * 5000
+    train[4] = test[2] = test[7] = huge  # asked by three rows, first by train's row 4
+    data = DatasetDict(
+        {"train": Dataset.from_dict({"text": train}), "test": Dataset.from_dict({"text": test})}
+    )
+    with pytest.raises(RequestTooLargeError, match="row 4 of split 'train'"):
+        run(data, emu, max_batch_bytes=1000)
+    # Samples: each sample's request is the first asker's too; only the test split asks now.
+    data = DatasetDict(
+        {"train": Dataset.from_dict({"text": texts(6)}), "test": Dataset.from_dict({"text": test})}
+    )
+    with pytest.raises(RequestTooLargeError, match="row 2 of split 'test'"):
+        run(data, emu, max_batch_bytes=1000, samples=3)
+    assert emu.calls["create"] == 0

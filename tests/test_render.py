@@ -226,3 +226,30 @@ def test_response_format_additions_are_added_and_clashes_refused():
                 lambda r, own=own: {"messages": [{"role": "user", "content": "x"}], **own},
                 additions={"output_config": fmt},
             )
+
+
+def test_the_first_row_of_each_request_and_of_its_samples_is_found_from_the_rows():
+    from dsbatch._parallel import render_splits
+    from dsbatch._render import Rendered, sample_custom_id
+
+    rows = {"a": ["x", "y", "x"], "b": ["z", "y", "w"]}
+    rendered = Rendered()
+    render_splits(
+        rendered,
+        {split: Dataset.from_dict({"text": texts}) for split, texts in rows.items()},
+        lambda row: row["text"],
+        shape=RequestShape(defaults=DEFAULTS),
+        with_indices=False,
+        labels={"a": "a", "b": "b"},
+        samples=2,
+    )
+    ids = rendered.row_custom_ids
+    x, y, z, w = ids["a"][0], ids["a"][1], ids["b"][0], ids["b"][2]
+    first = {x: ("a", 0), y: ("a", 1), z: ("b", 0), w: ("b", 2)}
+    expected = {**first, **{sample_custom_id(c, 1): at for c, at in first.items()}}
+    assert dict(rendered.first_row) == expected and len(rendered.first_row) == 8
+    assert set(rendered.first_row) == set(rendered.bodies)
+    assert rendered.first_row[sample_custom_id(w, 1)] == ("b", 2)
+    with pytest.raises(KeyError):
+        rendered.first_row[sample_custom_id(w, 2)]  # no third sample
+    assert rendered.first_row.get("dsb_unknown", (None, None)) == (None, None)
