@@ -4,8 +4,9 @@ the same emulator, with nothing dsbatch adds (no cache, no ledger, no checks, no
 Rows are read in Arrow batches, the prompt function is called once per row, each request is
 compact canonical JSON (sorted keys, no spaces, UTF-8) named by its xxh3_128 with identical
 requests sent once, the create body is joined as bytes and POSTed raw (one batch per 100,000
-requests), the batch is polled until it ends, its results are downloaded raw and parsed by
-``pyarrow.json``, an Arrow ``take`` fans them back to the rows, and one column is attached.
+requests, no more in the processing queue at once than the queue limit dsbatch is given), each
+batch is polled until it ends, its results are downloaded raw and parsed by ``pyarrow.json``, an
+Arrow ``take`` fans them back to the rows, and one column is attached.
 """
 
 from __future__ import annotations
@@ -105,20 +106,20 @@ def _bodies(
     return bodies, row_ids
 
 
-def _create_bodies(bodies: dict[bytes, bytes]) -> list[bytes]:
-    """The create bodies, each under the batch limits."""
-    out: list[bytes] = []
+def _create_bodies(bodies: dict[bytes, bytes]) -> list[tuple[bytes, int]]:
+    """The create bodies, each under the batch limits, and the requests each holds."""
+    out: list[tuple[bytes, int]] = []
     items: list[bytes] = []
     size = 0
     for custom_id, body in bodies.items():
         item = b'{"custom_id":"' + custom_id + b'","params":' + body + b"}"
         if items and (len(items) == _MAX_REQUESTS or size + len(item) + 1 > _MAX_BYTES):
-            out.append(b'{"requests":[' + b",".join(items) + b"]}")
+            out.append((b'{"requests":[' + b",".join(items) + b"]}", len(items)))
             items, size = [], 0
         items.append(item)
         size += len(item) + 1
     if items:
-        out.append(b'{"requests":[' + b",".join(items) + b"]}")
+        out.append((b'{"requests":[' + b",".join(items) + b"]}", len(items)))
     return out
 
 
@@ -131,36 +132,48 @@ def run_floor(
     api_key: str,
     version: str,
     poll_interval: float,
+    max_queued: int,
     column: str = "response",
 ) -> tuple[Dataset, dict[str, float]]:
-    """The dataset with the answer's text as ``column``, and the seconds of each stage."""
+    """The dataset with the answer's text as ``column``, and the seconds of each stage.
+
+    At most ``max_queued`` requests are in the processing queue at once, as the API allows (it
+    refuses more with a 429: 100,000 at the lowest tier, 500,000 at the highest): a batch that
+    does not fit waits until the oldest in flight has ended and been downloaded."""
     api = _Api(base_url, api_key, version, poll_interval)
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = dict.fromkeys(("submit", "wait", "download"), 0.0)
     start = time.perf_counter()
     bodies, row_ids = _bodies(ds, prompt, params)
     seconds["render"] = time.perf_counter() - (mark := start)
 
-    mark = time.perf_counter()
-    batch_ids = [api.create(body) for body in _create_bodies(bodies)]
+    def timed(stage: str, call: Callable[[], Any]) -> Any:
+        mark = time.perf_counter()
+        try:
+            return call()
+        finally:
+            seconds[stage] += time.perf_counter() - mark
+
+    tables: list[pa.Table] = []
+    in_flight: list[tuple[str, int]] = []  # (batch id, requests), oldest first
+    queued = 0
+
+    def collect_oldest() -> None:
+        nonlocal queued
+        batch_id, requests = in_flight.pop(0)
+        url = timed("wait", lambda: api.wait(batch_id))
+        tables.append(timed("download", lambda: _parse(api.download(url))))
+        queued -= requests
+
+    created = timed("submit", lambda: _create_bodies(bodies))
     del bodies
-    seconds["submit"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    urls = [api.wait(batch_id) for batch_id in batch_ids]
-    seconds["wait"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    tables = [
-        pj.read_json(
-            io.BytesIO(api.download(url)),
-            parse_options=pj.ParseOptions(
-                explicit_schema=_SCHEMA, unexpected_field_behavior="ignore"
-            ),
-        )
-        for url in urls
-    ]
+    for body, requests in created:
+        while in_flight and queued + requests > max_queued:
+            collect_oldest()
+        in_flight.append((timed("submit", lambda body=body: api.create(body)), requests))
+        queued += requests
+    while in_flight:
+        collect_oldest()
     results = pa.concat_tables(tables)
-    seconds["download"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     message = pc.struct_field(results["result"], "message")
@@ -171,3 +184,10 @@ def run_floor(
     seconds["join"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start
     return out, seconds
+
+
+def _parse(data: bytes) -> pa.Table:
+    return pj.read_json(
+        io.BytesIO(data),
+        parse_options=pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore"),
+    )

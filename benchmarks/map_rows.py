@@ -18,8 +18,10 @@ the SDK's ``client.messages.batches.results()`` over the same batches (against d
 download+ingest), and a second job with a ``response_format`` model, run then rerun.
 
 The floor (``_floor.run_floor``): the least-work script for the same job, against a fresh
-emulator process, with its own seconds per stage. Prints Markdown tables (figures, targets)
-with the machine's load and the command line; ``--profile`` adds a cProfile of one more
+emulator process, with its own seconds per stage. Both keep to one queue limit (``--max-queued``,
+default 100,000, dsbatch's default and the API's lowest tier): no more requests in the
+processing queue at once, as the API allows (a million rows go out in waves, in both).
+Prints Markdown tables (figures, targets) with the machine's load and the command line; ``--profile`` adds a cProfile of one more
 first run of dsbatch (top functions by cumulative time).
 """
 
@@ -225,6 +227,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--duplicates", type=float, default=0.1, help="share of repeated rows")
     parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=100_000,
+        help="requests in the processing queue at once, for dsbatch and the floor alike "
+        "(your organisation's limit: 100,000 at the lowest tier, 500,000 at the highest)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="also profile one more first run of dsbatch"
     )
     args = parser.parse_args()
@@ -257,6 +266,7 @@ def main() -> None:
                     cache_dir=f"{workdir}/{cache}",
                     poll_interval=POLL,
                     progress=False,
+                    max_queued_requests=args.max_queued,
                     **kwargs,
                 )
 
@@ -292,6 +302,7 @@ def main() -> None:
                 api_key="benchmark",
                 version=version,
                 poll_interval=POLL,
+                max_queued=args.max_queued,
             )
         floor_ok = sum(t is not None for t in floor_out["response"])
     finally:
@@ -307,7 +318,8 @@ def main() -> None:
     print(
         f"`python {' '.join(sys.argv)}` (dsbatch {dsbatch.__version__}, {os.cpu_count()} cores, "
         f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} over 1 / 5 / 15 min at the "
-        f"end): {args.rows:,} rows, {distinct:,} distinct requests; succeeded rows: dsbatch "
+        f"end): {args.rows:,} rows, {distinct:,} distinct requests, at most "
+        f"{args.max_queued:,} in the queue at once; succeeded rows: dsbatch "
         f"{ok:,}, floor {floor_ok:,}, with response_format {rf_ok:,}.\n"
     )
     print("| stage | dsbatch (s) | floor (s) | dsbatch / floor |")

@@ -262,7 +262,7 @@ def batch_body(custom_ids: Sequence[str], bodies: Mapping[str, bytes]) -> bytes:
     """The create body for these requests: ``{"requests":[{"custom_id":..,"params":..},..]}``."""
     if not isinstance(bodies, ParamsStore):
         return _BODY_OPEN + b",".join(_item(c, bodies[c]) for c in custom_ids) + _BODY_CLOSE
-    parts = []
+    parts: list[bytes | memoryview] = [_BODY_OPEN]
     for start in range(0, len(custom_ids), _WINDOW):
         window = custom_ids[start : start + _WINDOW]
         # Each item as _item makes it, and its comma, joined in Arrow: the window's items are
@@ -278,7 +278,10 @@ def batch_body(custom_ids: Sequence[str], bodies: Mapping[str, bytes]) -> bytes:
         offsets = np.frombuffer(items.buffers()[1], dtype=np.int32)
         first, last = offsets[items.offset], offsets[items.offset + len(items)]
         parts.append(memoryview(items.buffers()[2])[first:last])
-    return _BODY_OPEN + b"".join(parts)[:-1] + _BODY_CLOSE  # less the last item's comma
+    if len(parts) > 1:
+        parts[-1] = parts[-1][:-1]  # less the last item's comma
+    parts.append(_BODY_CLOSE)
+    return b"".join(parts)  # the body's one copy
 
 
 _ITEM_OPEN = pa.scalar(b'{"custom_id":"', pa.binary())
