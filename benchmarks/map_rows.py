@@ -21,8 +21,9 @@ The floor (``_floor.run_floor``): the least-work script for the same job, agains
 emulator process, with its own seconds per stage. Both keep to one queue limit (``--max-queued``,
 default 100,000, dsbatch's default and the API's lowest tier): no more requests in the
 processing queue at once, as the API allows (a million rows go out in waves, in both).
-Prints Markdown tables (figures, targets) with the machine's load and the command line; ``--profile`` adds a cProfile of one more
-first run of dsbatch (top functions by cumulative time).
+Prints Markdown tables (figures, targets) with the machine's load and the command line;
+``--profile`` adds a cProfile of one more first run of dsbatch (top functions by cumulative
+time).
 """
 
 from __future__ import annotations
