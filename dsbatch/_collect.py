@@ -145,12 +145,11 @@ def collect(
         )
     # The batches that answered the job, stored with every split's columns (a later call that
     # reads them back still knows them): one list for all splits, which share one schema.
+    # One split's ids as they are: concatenating would copy them.
     asked_all = (
         asked_by_split[0]
         if len(asked_by_split) == 1
-        else pa.concat_arrays(asked_by_split)
-        if asked_by_split
-        else pa.array([], pa.string())
+        else pa.concat_arrays(asked_by_split or [pa.array([], pa.string())])
     )
     batches = {BATCHES_KEY: json.dumps(batches_answering(latest, asked_all)).encode()}
     give_back()  # what finding the latest results, their costs and the rows' requests held

@@ -72,25 +72,11 @@ def output_table(
     latest: pa.Table,
     attempts: Mapping[str, int] | None,
     spec: OutputSpec,
-    *,
-    rows: Callable[[], Iterable[dict[str, Any]]] | None = None,
-    messages: Callable[[pa.Table], dict[str, dict[str, Any]]] | None = None,
-    thinking: Callable[[pa.Table], dict[str, str | None]] | None = None,
-    bodies: Mapping[str, bytes] | None = None,
-    cost: pa.Array | None = None,
+    **parts: Any,
 ) -> pa.Table:
-    """The new columns of one split, as one table (``output_slices``, in one slice)."""
-    (table,) = output_slices(
-        row_custom_ids,
-        latest,
-        attempts,
-        spec,
-        rows=rows,
-        messages=messages,
-        thinking=thinking,
-        bodies=bodies,
-        cost=cost,
-    )
+    """The new columns of one split, as one table: ``output_slices`` in one slice (its
+    keywords, but ``slice_rows``)."""
+    (table,) = output_slices(row_custom_ids, latest, attempts, spec, **parts)
     return table
 
 
