@@ -231,3 +231,26 @@ def test_each_requests_model_is_read_without_its_params_and_an_older_job_has_non
     )
     assert job.request_models() is None
     assert job.read_requests() == {"a": b'{"model":"m1"}'}
+
+
+def test_a_batch_ids_digest_is_the_one_records_already_hold():
+    """Made in Arrow, the digest is the one stored in existing records: the xxh3 of the sorted
+    ids joined by newlines, whatever their order or chunks."""
+    import random
+    import string
+
+    import pyarrow as pa
+    import xxhash
+
+    from dsbatch._ledger_job import ids_digest
+
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + "_-"
+    for n in (0, 1, 2, 9, 500):
+        ids = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 64))) for _ in range(n)]
+        stored = xxhash.xxh3_64_hexdigest("\n".join(sorted(ids)).encode())
+        arrow = pa.array(ids, pa.string())
+        chunked = pa.chunked_array([arrow[: n // 2], arrow[n // 2 :]], pa.string())
+        assert ids_digest(ids) == ids_digest(arrow) == ids_digest(chunked) == stored
+        assert ids_digest(ids[::-1]) == stored
+    assert ids_digest(["b", "a"]) != ids_digest(["a", "c"])
