@@ -315,7 +315,8 @@ def _item_size(
     RequestTooLargeError, naming its row, when it alone is over the batch limit."""
     item = len(custom_id) + size + _ITEM_FRAME
     if _OVERHEAD + item > max_bytes:
-        split, row = (first_row or {}).get(custom_id, (None, None))
+        # Looked up, not tested for truth: a lazy map (``Rendered.first_row``) would count itself.
+        split, row = (None, None) if first_row is None else first_row.get(custom_id, (None, None))
         raise RequestTooLargeError(
             f"the request is {item:,} bytes, over the {max_bytes:,}-byte limit of a whole "
             f"batch (custom_id {custom_id})",
