@@ -513,9 +513,6 @@ class _Requests(Mapping[str, bytes]):
         inverse[order] = np.arange(len(order))
         return pa.concat_arrays(parts).take(pa.array(inverse))
 
-    def _group_params(self, group: int) -> tuple[int, pa.Array]:
-        return self._group_column(group, "params")
-
     def _group_column(self, group: int, column: str) -> tuple[int, pa.Array]:
         """(first row, values) of one column of one row group: the last one read is kept."""
         if self._group[:2] != (group, column):
@@ -523,7 +520,7 @@ class _Requests(Mapping[str, bytes]):
         return self._starts[group], self._group[2]
 
     def _body(self, at: int) -> bytes:
-        start, params = self._group_params(bisect.bisect_right(self._starts, at) - 1)
+        start, params = self._group_column(bisect.bisect_right(self._starts, at) - 1, "params")
         value: bytes = params[at - start].as_py()
         return value
 

@@ -4,8 +4,8 @@ What the job asks and what it made, each written whole (``_files``) and read bac
 that name the file::
 
     requests.parquet      custom_id -> canonical params, the exact bodies sent, and each one's
-                          model, in row groups of ``REQUEST_GROUP_ROWS`` (the order batches are
-                          cut in)
+                          model and size, in row groups of ``REQUEST_GROUP_ROWS`` (the order
+                          batches are cut in)
     rows/<split>.arrow    row -> custom_id of each split (null: skipped)
     prefix_groups.arrow   custom_id -> its shared prompt prefix (``_priming``)
     inputs/<split>.pkl    the input rows, or a reference to their files (``_inputs``)
