@@ -62,6 +62,12 @@ def ids_digest(custom_ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime_ns) of a file: a file replaced (written anew) gets another."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def mentioned_batch_ids(path: Path) -> set[str]:
     """Every batch id a record file mentions, read as bytes: what a record too damaged to read
     may hold (nothing when the file cannot be read at all)."""
@@ -84,6 +90,9 @@ class JobLedger(JobData):
         self.ledger = ledger
         self.manifest_path = self.dir / "manifest.json"
         self.records_dir = self.dir / "batches"
+        # seq -> (the ids file's stamp, the digest it was found to match): a file unchanged
+        # since this process wrote or checked it is not sorted and hashed again at every step.
+        self._checked: dict[int, tuple[tuple[int, int, int], str]] = {}
 
     # -- manifest -----------------------------------------------------------------------------
     def read_manifest(self) -> Manifest | None:
@@ -175,12 +184,13 @@ class JobLedger(JobData):
         """Write the intent to send ``custom_ids`` as a new batch (ids file first), held by
         ``holder`` until ``lease_until``."""
         seq = self._next_seq()
-        self.write_ids(seq, custom_ids)
+        digest = ids_digest(custom_ids)
+        self.write_ids(seq, custom_ids, digest=digest)
         record = BatchRecord(
             job=self.fingerprint,
             seq=seq,
             request_count=len(custom_ids),
-            ids_digest=ids_digest(custom_ids),
+            ids_digest=digest,
             intent_at=intent_at,
             key_hash=key_hash,
             origin=origin,
@@ -213,17 +223,25 @@ class JobLedger(JobData):
     def record_id_array(self, record: BatchRecord) -> pa.Array | None:
         """``record_ids`` as one Arrow array (no Python object per id)."""
         path = self._ids_path(record.seq)
-        if not path.exists():
+        try:
+            stamp = _stamp(path)
+        except FileNotFoundError:
             return None
+        except OSError:
+            stamp = None
         try:
             ids = whole(read_arrow(path)["custom_id"])
             problem = ""
         except (OSError, pa.ArrowInvalid, KeyError) as e:
             ids, problem = pa.array([], pa.string()), str(e)
+        checked = stamp is not None and self._checked.get(record.seq) == (stamp, record.ids_digest)
         if not problem and (
-            len(ids) != record.request_count or ids_digest(ids) != record.ids_digest
+            len(ids) != record.request_count
+            or (not checked and ids_digest(ids) != record.ids_digest)
         ):
             problem = f"it holds {len(ids)} custom_ids that do not match the record"
+        if not problem and stamp is not None:
+            self._checked[record.seq] = (stamp, record.ids_digest)
         if problem:
             raise LedgerError(
                 f"the custom_ids file {path} of batch {record.name} is damaged ({problem}). "
@@ -237,13 +255,24 @@ class JobLedger(JobData):
         """Write a lost ids file back from the batch's results; False if they do not match."""
         if len(custom_ids) != record.request_count or ids_digest(custom_ids) != record.ids_digest:
             return False
-        self.write_ids(record.seq, custom_ids)
+        self.write_ids(record.seq, custom_ids, digest=record.ids_digest)
         return True
 
-    def write_ids(self, seq: int, custom_ids: Sequence[str] | pa.Array) -> None:
+    def write_ids(
+        self, seq: int, custom_ids: Sequence[str] | pa.Array, *, digest: str | None = None
+    ) -> None:
+        """Write batch ``seq``'s ids file; ``digest``: theirs, known to the caller (the file is
+        then taken as checked against it until it changes)."""
         ids = custom_ids if isinstance(custom_ids, pa.Array) else pa.array(list(custom_ids))
         table = pa.table({"custom_id": ids.cast(pa.string())})
-        atomic_write(self._ids_path(seq), arrow_bytes(table))
+        path = self._ids_path(seq)
+        self._checked.pop(seq, None)
+        atomic_write(path, arrow_bytes(table))
+        if digest is not None:
+            try:
+                self._checked[seq] = (_stamp(path), digest)
+            except OSError:
+                pass
 
     # -- transitions: each checked against the record as stored, and persisted atomically --
     def change(

@@ -73,6 +73,9 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 _KEY_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "raw"]
+# The columns of few distinct values: the others (ids, text, raw lines) are each their own, and
+# trying a dictionary for them only costs time.
+_DICTIONARY_COLUMNS = ["type", "error_type", "stop_reason", "batch_id", "problem"]
 # The batch id under which a preview's answers are stored (no batch of the API starts so).
 PREVIEW_PREFIX = "preview_"
 
@@ -154,6 +157,38 @@ class _Seen:
     hits: dict[int, pa.Table] = field(default_factory=dict)  # needed's digest -> its rows
 
 
+@dataclass
+class _Wanted:
+    """The custom_ids one survey asks for, by their 64-bit keys."""
+
+    token: int  # the ids' digest
+    ids: pa.Array
+    keys: np.ndarray  # sorted, each once
+    first: np.ndarray  # the first id of each key (its position in ``ids``)
+    shared: np.ndarray  # whether several ids share the key (a request and its samples)
+    _sharing: pa.Array | None = None
+
+    @classmethod
+    def of(cls, ids: pa.Array, token: int) -> _Wanted:
+        keys, first, counts = np.unique(custom_id_keys(ids), return_index=True, return_counts=True)
+        return cls(token, ids, keys, first, counts > 1)
+
+    def holds(self, custom_ids: pa.ChunkedArray, which: np.ndarray) -> pa.Array:
+        """Whether each of ``custom_ids``, found by the key ``keys[which]``, is itself wanted
+        (a 64-bit key may be another id's): compared with the one wanted id of its key, or
+        looked up among the ids sharing their key. Never a lookup among all the wanted ids:
+        a job wants a million, and each new results file was checked against them all."""
+        same = pc.equal(custom_ids, self.ids.take(pa.array(self.first[which])))
+        shared = self.shared[which]
+        if not shared.any():
+            return same
+        if self._sharing is None:
+            keys = custom_id_keys(self.ids)
+            self._sharing = self.ids.filter(pa.array(np.isin(keys, self.keys[self.shared])))
+        among = pc.is_in(custom_ids, value_set=self._sharing)
+        return pc.or_(pc.and_(pa.array(shared), among), same)
+
+
 class ResultsStore:
     """The results of every batch of one cache, one Parquet file per batch."""
 
@@ -161,9 +196,13 @@ class ResultsStore:
         self.root = root
         self._seen: dict[str, _Seen] = {}
         self._downloads: dict[str, list[Path]] = {}  # batch_id -> this store's downloads
-        # The sorted unique keys of the custom_ids last asked for, by their digest: a job asks
-        # for the same million ids on every step.
-        self._wanted: tuple[int, np.ndarray] | None = None
+        # The custom_ids last asked for, by their digest: a job asks for the same million ids on
+        # every step.
+        self._wanted: _Wanted | None = None
+        # The rows (without ``raw``) of the results file this process wrote last, by batch id
+        # and the file's stamp: the next survey finds its hits in them instead of reading back
+        # what was just written. One file's at a time: batches ending together hold no more.
+        self._written: tuple[str, tuple[int, int], pa.Table] | None = None
 
     def path(self, batch_id: str) -> Path:
         return self.root / "results" / f"{batch_id}.parquet"
@@ -199,6 +238,8 @@ class ResultsStore:
     def remove(self, batch_id: str) -> None:
         """Delete one batch's stored results and their index."""
         self._seen.pop(batch_id, None)
+        if self._written is not None and self._written[0] == batch_id:
+            self._written = None
         for path in (self.path(batch_id), self.root / "results" / f"{batch_id}{_INDEX_SUFFIX}"):
             try:
                 path.unlink(missing_ok=True)
@@ -209,10 +250,12 @@ class ResultsStore:
         # A batch downloaded twice (a crash between write and record) rewrites the same rows.
         table = table.cast(RESULT_SCHEMA)
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, use_dictionary=_DICTIONARY_COLUMNS)
         path = self.path(batch_id)
         atomic_write(path, sink.getvalue())
-        self._write_index(batch_id, table["custom_id"], _stamp(path))
+        stamp = _stamp(path)
+        self._write_index(batch_id, table["custom_id"], stamp)
+        self._written = (batch_id, stamp, table.select(_KEY_COLUMNS))
 
     def _write_index(
         self, batch_id: str, custom_ids: pa.ChunkedArray | pa.Array, stamp: tuple[int, int]
@@ -260,9 +303,9 @@ class ResultsStore:
         again (a job's steps ask the same every time)."""
         value_set = pa.array(custom_ids, pa.string())
         token = _digest(value_set)
-        if self._wanted is None or self._wanted[0] != token:
-            self._wanted = (token, np.unique(custom_id_keys(value_set)))
-        wanted = self._wanted[1]
+        if self._wanted is None or self._wanted.token != token:
+            self._wanted = _Wanted.of(value_set, token)
+        wanted = self._wanted
         parts, unreadable = [], set()
         rdir = self.root / "results"
         for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
@@ -272,7 +315,7 @@ class ResultsStore:
                 seen = self._index(batch_id, stamp)
                 hit = seen.hits.get(token)
                 if hit is None:
-                    hit = self._hits(path, seen, wanted, value_set)
+                    hit = self._hits(path, batch_id, seen, wanted)
                     seen.hits = {token: hit}  # one job's at a time
                 if hit.num_rows:
                     parts.append(hit)
@@ -284,19 +327,27 @@ class ResultsStore:
             return RESULT_SCHEMA.empty_table().drop_columns(["raw"]), unreadable
         return pa.concat_tables(parts), unreadable
 
-    def _hits(self, path: Path, seen: _Seen, wanted: np.ndarray, value_set: pa.Array) -> pa.Table:
-        """The rows of one results file whose custom_id is wanted (hash hits checked)."""
-        left = np.searchsorted(seen.keys, wanted, side="left")
-        right = np.searchsorted(seen.keys, wanted, side="right")
+    def _hits(self, path: Path, batch_id: str, seen: _Seen, wanted: _Wanted) -> pa.Table:
+        """The rows of one results file whose custom_id is wanted: taken from the rows this
+        process just wrote to it when it is that file, unchanged."""
+        written = self._written
+        if written is not None and written[0] == batch_id:
+            self._written = None  # read once: its rows are then kept as hits
+        left = np.searchsorted(seen.keys, wanted.keys, side="left")
+        right = np.searchsorted(seen.keys, wanted.keys, side="right")
         found = right > left
         if not found.any():
             return _EMPTY
-        rows = seen.rows[_spans(left[found], right[found])]
-        table = pq.read_table(path, columns=_KEY_COLUMNS, schema=RESULT_SCHEMA).take(
-            pa.array(np.sort(rows))
-        )
-        # A 64-bit hash may collide: the custom_ids themselves decide.
-        return table.filter(pc.is_in(table["custom_id"], value_set=value_set))
+        spans = _spans(left[found], right[found])
+        # For each row found, the wanted key it was found by.
+        which = np.repeat(np.flatnonzero(found), (right - left)[found])
+        order = np.argsort(seen.rows[spans], kind="stable")
+        rows, which = pa.array(seen.rows[spans][order]), which[order]
+        if written is not None and written[:2] == (batch_id, seen.stamp):
+            table = written[2].take(rows)
+        else:
+            table = pq.read_table(path, columns=_KEY_COLUMNS, schema=RESULT_SCHEMA).take(rows)
+        return table.filter(wanted.holds(table["custom_id"], which))
 
     def table(self, batch_id: str, columns: Sequence[str] = ("custom_id", "type")) -> pa.Table:
         """Some columns of one batch's stored results."""

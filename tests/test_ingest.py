@@ -106,6 +106,26 @@ def test_every_result_type_becomes_a_row():
 def test_crlf_and_blank_lines_are_tolerated():
     table = parse_results(b"\r\n" + jsonl(SUCCEEDED, EXPIRED, sep=b"\r\n") + b"\n\n", batch_id="b")
     assert table["custom_id"].to_pylist() == ["first-prompt-in-my-batch", "e"]
+    # Each raw line is the line without its end.
+    assert table["raw"].to_pylist() == jsonl(SUCCEEDED, EXPIRED).decode().splitlines()
+
+
+def test_lines_found_in_many_scans_are_the_lines_found_in_one(monkeypatch):
+    from dsbatch import _ingest
+
+    data = b"\n  \n" + jsonl(SUCCEEDED, EXPIRED, INVALID, sep=b"\r\n") + b"\t\n" + jsonl(EXPIRED)
+    whole = parse_results(data, batch_id="b")
+    for scan in (1, 2, 7, 64):
+        monkeypatch.setattr(_ingest, "_SCAN", scan)
+        assert parse_results(data, batch_id="b").equals(whole)
+    assert whole["custom_id"].to_pylist() == ["first-prompt-in-my-batch", "e", "2", "e"]
+
+
+def test_a_line_that_is_not_utf8_is_named_and_not_worth_downloading_again():
+    data = jsonl(SUCCEEDED, EXPIRED) + b'{"custom_id": "x\xff", "result": {}}\n' + jsonl(EXPIRED)
+    with pytest.raises(UnreadableResults, match="batch msgbatch_b: line 3 is not UTF-8") as info:
+        parse_results(data, batch_id="msgbatch_b")
+    assert not retry_download(info.value)
 
 
 def test_a_cut_last_line_is_an_incomplete_download():
@@ -207,7 +227,7 @@ def test_the_fast_parse_reads_every_readable_line_as_the_line_by_line_parse_does
     from dsbatch import _ingest
 
     data = jsonl(*READABLE)
-    lenient = _ingest._parse_lenient(_ingest._raw_lines(pa.py_buffer(data)), "b", 5.0)
+    lenient = _ingest._parse_lenient(_ingest._raw_lines(pa.py_buffer(data), "b"), "b", 5.0)
 
     def refuse(*args):
         raise AssertionError("the fast parse fell back to reading line by line")

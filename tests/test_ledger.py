@@ -109,6 +109,38 @@ def test_the_ids_file_is_checked_against_its_record(tmp_path):
     assert record.ids_digest == ids_digest(IDS)
 
 
+def test_an_ids_file_checked_once_is_checked_again_when_it_changes(tmp_path, monkeypatch):
+    import dsbatch._ledger_job as ledger_job
+
+    _, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=1.0, key_hash="")
+    digests = []
+    real = ledger_job.ids_digest
+    monkeypatch.setattr(ledger_job, "ids_digest", lambda ids: digests.append(1) or real(ids))
+    for _ in range(3):  # written by this process with its digest: not hashed again
+        assert job.record_ids(record) == IDS
+    assert digests == []
+    path = job.dir / "batches" / "000000.ids.arrow"
+    # Damaged in place, by hand: the same number of ids, other ones, the same size.
+    data = path.read_bytes()
+    damaged = data.replace(IDS[2].encode(), IDS[2][:-1].encode() + b"f")
+    assert damaged != data and len(damaged) == len(data)
+    stat = path.stat()
+    path.write_bytes(damaged)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    with pytest.raises(LedgerError, match="do not match the record"):
+        job.record_ids(record)
+    assert len(digests) == 1
+    # Another process's ledger of the job checks the file it has never seen.
+    _, again = fresh(tmp_path)
+    with pytest.raises(LedgerError, match="do not match the record"):
+        again.record_ids(record)
+    path.write_bytes(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2))
+    assert again.record_ids(record) == IDS == job.record_ids(record)
+    assert job.record_ids(record) == IDS and len(digests) == 4
+
+
 def test_a_deleted_record_is_rebuilt_from_the_journal_and_its_slot_never_reused(tmp_path):
     ledger, job = fresh(tmp_path)
     record = job.new_record(IDS, intent_at=1.0, key_hash="k")

@@ -106,11 +106,31 @@ def test_what_one_process_read_is_read_again_only_when_the_file_changes(tmp_path
     wanted = pa.array(ids(10))
     for _ in range(3):
         assert store.results_for(wanted)[0].num_rows == 10
-    assert len(reads) == 1
-    other = pa.array(ids(4))  # another job's requests: looked up on their own
-    assert store.results_for(other)[0].num_rows == 4 and len(reads) == 2
+    assert reads == []  # what this process just wrote is found in what it wrote
+    other = pa.array(ids(4))  # another job's requests: looked up on their own, in the file
+    assert store.results_for(other)[0].num_rows == 4 and len(reads) == 1
+    assert store.results_for(wanted)[0].num_rows == 10 and len(reads) == 2
+    for _ in range(2):
+        assert store.results_for(wanted)[0].num_rows == 10
+    assert len(reads) == 2
     store.write("msgbatch_a", results(ids(100), "msgbatch_a", "errored"))
     assert set(store.results_for(wanted)[0]["type"].to_pylist()) == {"errored"}
+    assert len(reads) == 2
+
+
+def test_rows_just_written_are_not_served_once_another_process_rewrote_the_file(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.write("msgbatch_a", results(ids(100), "msgbatch_a"))
+    store.write("msgbatch_b", results(ids(50, "b"), "msgbatch_b"))
+    # Another process stores msgbatch_b again (other rows) before this one surveys.
+    ResultsStore(tmp_path).write("msgbatch_b", results(ids(60, "b"), "msgbatch_b", "errored"))
+    wanted = pa.array(ids(100) + ids(60, "b"))
+    found = store.results_for(wanted)[0]
+    assert found.sort_by("custom_id").to_pylist() == full_scan(tmp_path, wanted.to_pylist())
+    assert found.num_rows == 160
+    assert pc.count_distinct(found["batch_id"]).as_py() == 2
+    errored = found.filter(pc.equal(found["batch_id"], "msgbatch_b"))["type"]
+    assert set(errored.to_pylist()) == {"errored"}
 
 
 def test_keys_of_dsbatch_ids_are_read_in_bulk_and_others_hashed():
