@@ -17,7 +17,6 @@ import json
 from typing import Any
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
@@ -168,7 +167,9 @@ def _raw_lines(buf: pa.Buffer, batch_id: str) -> pa.ChunkedArray:
     ends are found by numpy a block at a time, the lines are views of the download until one
     copy drops their ends. UnreadableResults names a line that is not UTF-8 text."""
     data = np.frombuffer(buf, np.uint8)
-    ends = [np.flatnonzero(data[at : at + _SCAN] == _NEWLINE) + at for at in range(0, len(data), _SCAN)]
+    ends = [
+        np.flatnonzero(data[at : at + _SCAN] == _NEWLINE) + at for at in range(0, len(data), _SCAN)
+    ]
     starts = np.concatenate([np.zeros(1, np.int64), *ends]).astype(np.int64)
     starts[1:] += 1  # a line starts after the last one's end
     if starts[-1] != len(data):

@@ -14,6 +14,7 @@ copy gets ``StaleRecord``. The job's data files (requests, row maps, outputs...)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -269,10 +270,8 @@ class JobLedger(JobData):
         self._checked.pop(seq, None)
         atomic_write(path, arrow_bytes(table))
         if digest is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._checked[seq] = (_stamp(path), digest)
-            except OSError:
-                pass
 
     # -- transitions: each checked against the record as stored, and persisted atomically --
     def change(
