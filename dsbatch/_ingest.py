@@ -12,13 +12,12 @@ is fetched again; a batch whose results the API no longer has is gone.
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.json as pj
 
 from dsbatch._backend import Backend, BatchInfo, is_transient
@@ -51,9 +50,6 @@ _LINE_SCHEMA = pa.schema(
 )
 _PARSE = pj.ParseOptions(explicit_schema=_LINE_SCHEMA, unexpected_field_behavior="ignore")
 _BLOCK_BYTES = 1 << 23  # the JSON reader's block: 8 MB, parsed in parallel
-_SCAN = 1 << 24  # line ends are looked for 16 MB at a time
-_NEWLINE = ord("\n")
-_BRACE = ord("{")
 
 
 class IncompleteDownload(BatchAPIError):
@@ -163,52 +159,38 @@ def _read_options(size: int, raw: pa.ChunkedArray) -> pj.ReadOptions:
 
 
 def _raw_lines(buf: pa.Buffer, batch_id: str) -> pa.ChunkedArray:
-    """Each non-blank line as a string, without its line end (``\n`` or ``\r\n``): the line
-    ends are found by numpy a block at a time, the lines are views of the download until one
-    copy drops their ends. UnreadableResults names a line that is not UTF-8 text."""
-    data = np.frombuffer(buf, np.uint8)
-    ends = [
-        np.flatnonzero(data[at : at + _SCAN] == _NEWLINE) + at for at in range(0, len(data), _SCAN)
-    ]
-    starts = np.concatenate([np.zeros(1, np.int64), *ends]).astype(np.int64)
-    starts[1:] += 1  # a line starts after the last one's end
-    if starts[-1] != len(data):
-        starts = np.append(starts, len(data))  # the last line has no end
-    views = pa.LargeStringArray.from_buffers(len(starts) - 1, pa.py_buffer(starts), buf)
+    """Each non-blank line as a string, split in C++: the CSV reader with a delimiter that JSON
+    text never holds raw (control characters are always escaped in JSON) and no quoting. Kept
+    in the reader's chunks: joining them would copy every byte of the download once more.
+    UnreadableResults names a line that is not UTF-8 text."""
     try:
-        views.validate(full=True)
-    except pa.ArrowInvalid:
-        number = next(
-            i + 1
-            for i, (a, b) in enumerate(itertools.pairwise(starts.tolist()))
-            if not _is_utf8(data[a:b].tobytes())
+        table = pacsv.read_csv(
+            pa.BufferReader(buf),
+            read_options=pacsv.ReadOptions(column_names=["raw"], block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter="\x01", quote_char=False, escape_char=False),
+            convert_options=pacsv.ConvertOptions(column_types={"raw": pa.large_string()}),
         )
+    except pa.ArrowInvalid:
+        number = _first_not_utf8(buf)
+        if number is None:
+            raise
         raise UnreadableResults(
             f"results of batch {batch_id}: line {number} is not UTF-8 text", batch_id=batch_id
         ) from None
-    lines = pc.utf8_rtrim(views, characters="\r\n")
-    # Each line is a JSON object: only a line not starting with "{" may be blank (empty, or
-    # spaces), and only those are looked at.
-    empty = pc.equal(pc.binary_length(lines), 0).to_numpy(zero_copy_only=False)
-    first = np.full(len(lines), _BRACE, np.uint8)
-    first[~empty] = data[starts[:-1][~empty]]
-    odd = np.flatnonzero(empty | (first != _BRACE))
-    if len(odd):
-        spaces = pc.utf8_is_space(lines.take(pa.array(odd))).to_numpy(zero_copy_only=False)
-        blank = odd[empty[odd] | spaces]
-        if len(blank):
-            keep = np.ones(len(lines), bool)
-            keep[blank] = False
-            lines = lines.filter(pa.array(keep))
-    return pa.chunked_array([lines], pa.large_string())
+    raw = table["raw"]
+    # Empty lines are skipped by the reader; only a line of spaces (e.g. "\r") is left to drop.
+    blank = pc.utf8_is_space(raw)
+    return raw.filter(pc.invert(blank)) if pc.any(blank).as_py() else raw
 
 
-def _is_utf8(line: bytes) -> bool:
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def _first_not_utf8(buf: pa.Buffer) -> int | None:
+    """The number of the first line that is not UTF-8 text (None: every line is)."""
+    for number, line in enumerate(buf.to_pybytes().splitlines(), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return None
 
 
 def _parse_lenient(raw: pa.ChunkedArray, batch_id: str, batch_created_at: float | None) -> pa.Table:

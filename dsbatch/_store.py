@@ -73,9 +73,6 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 _KEY_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "raw"]
-# The columns of few distinct values: the others (ids, text, raw lines) are each their own, and
-# trying a dictionary for them only costs time.
-_DICTIONARY_COLUMNS = ["type", "error_type", "stop_reason", "batch_id", "problem"]
 # The batch id under which a preview's answers are stored (no batch of the API starts so).
 PREVIEW_PREFIX = "preview_"
 
@@ -250,7 +247,7 @@ class ResultsStore:
         # A batch downloaded twice (a crash between write and record) rewrites the same rows.
         table = table.cast(RESULT_SCHEMA)
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, use_dictionary=_DICTIONARY_COLUMNS)
+        pq.write_table(table, sink)
         path = self.path(batch_id)
         atomic_write(path, sink.getvalue())
         stamp = _stamp(path)

@@ -957,7 +957,7 @@ BUGS = [
         "max(_BLOCK_BYTES, longest + 2)", "_BLOCK_BYTES",
         "a line longer than a block sends the whole file to the line-by-line parse"),
     Bug("blank-lines-kept", "dsbatch/_ingest.py",
-        "        blank = odd[empty[odd] | spaces]\n", "        blank = odd[empty[odd]]\n",
+        "return raw.filter(pc.invert(blank)) if pc.any(blank).as_py() else raw", "return raw",
         "a line of spaces in a download makes it read line by line, and fail"),
     Bug("cut-download-left-behind", "dsbatch/_files.py",
         "            Path(tmp).unlink(missing_ok=True)\n            raise",
@@ -1042,7 +1042,7 @@ BUGS = [
         "                return rendered.labels.get(split), ids.index(base)\n",
         "                return next(iter(rendered.labels.values())), ids.index(base)\n",
         "a too-large request of a DatasetDict's second split is said to be the first split's"),
-    # -- issue 15, this stop: reads the store and ledger skip, lines split by numpy --------------
+    # -- issue 15, this stop: reads the store and ledger skip, a line that is not UTF-8 ------------
     Bug("written-rows-served-after-rewrite", "dsbatch/_store.py",
         "        if written is not None and written[:2] == (batch_id, seen.stamp):\n",
         "        if written is not None and written[0] == batch_id:\n",
@@ -1063,16 +1063,12 @@ BUGS = [
         "self._checked.get(record.seq) == (stamp, record.ids_digest)",
         "record.seq in self._checked",
         "an ids file damaged after this process checked it is still trusted"),
-    Bug("raw-lines-keep-line-start", "dsbatch/_ingest.py",
-        "    starts[1:] += 1  # a line starts after the last one's end\n", "",
-        "each stored raw line but the first starts with the last line's end"),
-    Bug("raw-lines-last-line-lost", "dsbatch/_ingest.py",
-        "        starts = np.append(starts, len(data))  # the last line has no end\n",
-        "        pass\n",
-        "a download whose last line has no line end loses that line"),
     Bug("not-utf8-line-misnumbered", "dsbatch/_ingest.py",
-        "            i + 1\n            for i, (a, b)", "            i\n            for i, (a, b)",
+        "enumerate(buf.to_pybytes().splitlines(), 1)", "enumerate(buf.to_pybytes().splitlines())",
         "a line that is not UTF-8 is named by the number of the line before it"),
+    Bug("not-utf8-line-unnamed", "dsbatch/_ingest.py",
+        "        number = _first_not_utf8(buf)\n", "        number = None\n",
+        "a download with a line that is not UTF-8 fails with a bare Arrow error"),
 ]  # fmt: skip
 
 

@@ -110,15 +110,18 @@ def test_crlf_and_blank_lines_are_tolerated():
     assert table["raw"].to_pylist() == jsonl(SUCCEEDED, EXPIRED).decode().splitlines()
 
 
-def test_lines_found_in_many_scans_are_the_lines_found_in_one(monkeypatch):
-    from dsbatch import _ingest
-
+def test_blank_lines_and_line_ends_leave_the_lines_as_the_api_wrote_them():
     data = b"\n  \n" + jsonl(SUCCEEDED, EXPIRED, INVALID, sep=b"\r\n") + b"\t\n" + jsonl(EXPIRED)
-    whole = parse_results(data, batch_id="b")
-    for scan in (1, 2, 7, 64):
-        monkeypatch.setattr(_ingest, "_SCAN", scan)
-        assert parse_results(data, batch_id="b").equals(whole)
-    assert whole["custom_id"].to_pylist() == ["first-prompt-in-my-batch", "e", "2", "e"]
+    table = parse_results(data, batch_id="b")
+    assert table["custom_id"].to_pylist() == ["first-prompt-in-my-batch", "e", "2", "e"]
+    assert table["raw"].to_pylist() == [
+        json.dumps(o) for o in (SUCCEEDED, EXPIRED, INVALID, EXPIRED)
+    ]
+    assert table.drop_columns(["raw"]).equals(
+        parse_results(jsonl(SUCCEEDED, EXPIRED, INVALID, EXPIRED), batch_id="b").drop_columns(
+            ["raw"]
+        )
+    )
 
 
 def test_a_line_that_is_not_utf8_is_named_and_not_worth_downloading_again():
