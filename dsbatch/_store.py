@@ -163,12 +163,15 @@ class _Wanted:
     keys: np.ndarray  # sorted, each once
     first: np.ndarray  # the first id of each key (its position in ``ids``)
     shared: np.ndarray  # whether several ids share the key (a request and its samples)
-    _sharing: pa.Array | None = None
+    sharing: pa.Array  # the ids whose key another id shares
 
     @classmethod
     def of(cls, ids: pa.Array, token: int) -> _Wanted:
-        keys, first, counts = np.unique(custom_id_keys(ids), return_index=True, return_counts=True)
-        return cls(token, ids, keys, first, counts > 1)
+        id_keys = custom_id_keys(ids)
+        keys, first, counts = np.unique(id_keys, return_index=True, return_counts=True)
+        shared = counts > 1
+        sharing = ids.filter(pa.array(np.isin(id_keys, keys[shared]))) if shared.any() else ids[:0]
+        return cls(token, ids, keys, first, shared, sharing)
 
     def holds(self, custom_ids: pa.ChunkedArray, which: np.ndarray) -> pa.Array:
         """Whether each of ``custom_ids``, found by the key ``keys[which]``, is itself wanted
@@ -179,10 +182,7 @@ class _Wanted:
         shared = self.shared[which]
         if not shared.any():
             return same
-        if self._sharing is None:
-            keys = custom_id_keys(self.ids)
-            self._sharing = self.ids.filter(pa.array(np.isin(keys, self.keys[self.shared])))
-        among = pc.is_in(custom_ids, value_set=self._sharing)
+        among = pc.is_in(custom_ids, value_set=self.sharing)
         return pc.or_(pc.and_(pa.array(shared), among), same)
 
 
@@ -338,8 +338,9 @@ class ResultsStore:
         spans = _spans(left[found], right[found])
         # For each row found, the wanted key it was found by.
         which = np.repeat(np.flatnonzero(found), (right - left)[found])
-        order = np.argsort(seen.rows[spans], kind="stable")
-        rows, which = pa.array(seen.rows[spans][order]), which[order]
+        found_rows = seen.rows[spans]
+        order = np.argsort(found_rows, kind="stable")
+        rows, which = pa.array(found_rows[order]), which[order]
         if written is not None and written[:2] == (batch_id, seen.stamp):
             table = written[2].take(rows)
         else:
