@@ -1,8 +1,9 @@
 """Dry runs and budgets: what a ``dsbatch.map`` call would send and what it may cost, worked
 out before anything is sent (``dsbatch.Plan``).
 
-- What to send: exactly what the job's first step would decide now (``survey`` and ``decide``):
-  not what the cache holds final for this origin, not what a batch in flight holds.
+- What to send: exactly what the job's first step would decide now (``survey``, then
+  ``View.open_ids``): not what the cache holds final for this origin, not what a batch in
+  flight holds.
 - Input tokens: ``SAMPLE`` requests to send, the first by custom_id (a hash: a deterministic,
   unbiased sample), are counted exactly by the free token-counting endpoint
   (``client.messages.count_tokens``, which counts cache reads and writes too); the rest are
@@ -45,7 +46,7 @@ from dsbatch._errors import BatchAPIError, BudgetExceededError
 from dsbatch._ledger import Ledger
 from dsbatch._models import CHECKED, DEFAULT_CACHE_MIN_TOKENS, Prices, model_facts
 from dsbatch._options import MapOptions
-from dsbatch._plan import chunk_requests, decide, queued, survey
+from dsbatch._plan import chunk_requests, queued, survey
 from dsbatch._policy import latest_results
 
 __all__ = [
@@ -139,9 +140,7 @@ def make_plan(
     to_send = (
         []
         if canceled or not bodies
-        else decide(
-            view,
-            needed,
+        else view.open_ids(
             max_attempts=options.max_attempts,
             resend_canceled=options.resend_canceled,
         ).to_pylist()

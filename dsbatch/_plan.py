@@ -3,8 +3,8 @@ the batches that carries them.
 
 ``survey`` reads, for the job's distinct requests, every result of every attempt anywhere in the
 cache, and every batch of any job that holds one of them in flight (or whose results must be
-downloaded again). ``decide`` asks the policy which requests to send; the caller does both under
-the cache-wide lock, then writes the intents before releasing it.
+downloaded again). ``View.open_ids`` asks the policy which requests to send; the caller does
+both under the cache-wide lock, then writes the intents before releasing it.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from dsbatch._arrow import whole
 from dsbatch._bodies import Bodies
 from dsbatch._errors import LedgerError, RequestTooLargeError
 from dsbatch._ledger import RESULT_SCHEMA, Ledger
 from dsbatch._limits import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
-from dsbatch._policy import LOST_ERROR, latest_results, open_requests
+from dsbatch._policy import LOST_ERROR, latest_rows, open_mask
 from dsbatch._records import IN_FLIGHT, BatchRecord, BatchState
 from dsbatch._recovery import all_records, batch_origins
 
@@ -34,7 +35,6 @@ __all__ = [
     "batch_body",
     "check_sizes",
     "chunk_requests",
-    "decide",
     "job_fingerprint",
     "queued",
     "stand_in_results",
@@ -72,21 +72,34 @@ class View:
     """What the cache knows of a job's requests at one moment."""
 
     records: list[BatchRecord]
-    # Every result of every attempt of the needed requests (lost batches' stand-ins included).
+    needed: pa.Array  # the job's distinct custom_ids
+    # Every result of every attempt of the needed requests (lost batches' stand-ins included),
+    # and the position in ``needed`` of each one's custom_id: changed together (``add``).
     results: pa.Table
+    at: np.ndarray
     # Batches that may hold needed requests and are in flight, or whose stored results are
     # missing or unreadable (downloaded again): record -> the needed custom_ids it may hold
-    # (when its own ids file is lost: those its job asks for).
+    # (when its own ids file is lost: those its job asks for), and their positions in
+    # ``needed`` (``waiting_at``: all of them, each once).
     waiting: list[tuple[BatchRecord, pa.Array]] = field(default_factory=list)
-    # ``latest()``'s answer, for the ``results`` it was made from.
-    _latest: tuple[pa.Table, pa.Table] | None = field(default=None, repr=False)
+    waiting_at: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # ``latest()``'s answer, and its rows' positions, for the ``results`` it was made from.
+    _latest: tuple[pa.Table, pa.Table, np.ndarray] | None = field(default=None, repr=False)
+
+    def add(self, results: pa.Table, at: np.ndarray) -> None:
+        """More results (stand-ins) of the needed requests, each of request ``at``."""
+        self.results = pa.concat_tables([self.results, results])
+        self.at = np.concatenate([self.at, at])
+
+    def wait_for(self, record: BatchRecord, ids: pa.Array, at: np.ndarray) -> None:
+        """``record`` may hold the needed ``ids``, at ``at`` in ``needed``."""
+        self.waiting.append((record, ids))
+        self.waiting_at = np.union1d(self.waiting_at, at[at >= 0])
 
     @property
     def waiting_array(self) -> pa.Array:
         """The needed custom_ids some batch may hold, once each."""
-        if not self.waiting:
-            return pa.array([], pa.string())
-        return pc.unique(pa.concat_arrays([ids for _, ids in self.waiting]))
+        return self.needed.take(pa.array(self.waiting_at, pa.int64()))
 
     @property
     def waiting_ids(self) -> set[str]:
@@ -95,9 +108,32 @@ class View:
     def latest(self) -> pa.Table:
         """``latest_results`` of ``results``: the decision and the standing of a step both
         read it, and on a large job it is the step's largest piece of work."""
+        return self._latest_rows()[0]
+
+    def _latest_rows(self) -> tuple[pa.Table, np.ndarray]:
         if self._latest is None or self._latest[0] is not self.results:
-            self._latest = (self.results, latest_results(self.results))
-        return self._latest[1]
+            rows = latest_rows(self.results, self.at)
+            if rows is None:
+                self._latest = (self.results, self.results, self.at)
+            else:
+                self._latest = (self.results, self.results.take(rows), self.at[rows])
+        return self._latest[1], self._latest[2]
+
+    def open_ids(self, *, max_attempts: int, resend_canceled: bool) -> pa.Array:
+        """The needed custom_ids to send now, in their order: none that any batch of the cache
+        may hold in flight."""
+        latest, latest_at = self._latest_rows()
+        mask = open_mask(
+            len(self.needed),
+            self.results,
+            self.at,
+            latest,
+            latest_at,
+            self.waiting_at,
+            max_attempts=max_attempts,
+            resend_canceled=resend_canceled,
+        )
+        return self.needed.filter(pa.array(mask))
 
 
 def survey(
@@ -108,16 +144,14 @@ def survey(
     ``skip`` (untagged ones this server turned out not to know)."""
     scan = all_records(ledger, own)
     store = ledger.store
-    results, unreadable = store.results_for(needed)
+    results, at, unreadable = store.results_for(needed)
     others = {b for b, o in batch_origins(ledger, scan).items() if o not in ("", origin)}
     if others:
-        results = results.filter(
-            pc.invert(
-                pc.is_in(results["batch_id"], value_set=pa.array(sorted(others), pa.string()))
-            )
+        mine = pc.invert(
+            pc.is_in(results["batch_id"], value_set=pa.array(sorted(others), pa.string()))
         )
-    view = View(scan.records, results)
-    stand_ins: list[pa.Table] = []
+        results, at = results.filter(mine), at[whole(mine).to_numpy(zero_copy_only=False)]
+    view = View(scan.records, needed, results, at)
     for record in scan.records:
         if record.origin not in ("", origin) or record.batch_id in skip:
             continue
@@ -143,13 +177,11 @@ def survey(
         if len(mine) == 0 and record.job != own:
             continue
         if lost:
-            stand_ins.append(_lost_results(record, mine))
+            view.add(_lost_results(record, mine), store.locate(mine, needed))
         else:
-            view.waiting.append((record, mine))
+            view.wait_for(record, mine, store.locate(mine, needed))
     for path in scan.damaged:
         _refuse_if_needed(ledger, path, needed)
-    if stand_ins:
-        view.results = pa.concat_tables([results, *stand_ins])
     return view
 
 
@@ -214,19 +246,6 @@ def stand_in_results(
         batch_created_at=pa.array([created_at] * n, pa.float64()),
     )
     return pa.table(columns, schema=RESULT_SCHEMA).drop_columns(["raw"])
-
-
-def decide(view: View, needed: pa.Array, *, max_attempts: int, resend_canceled: bool) -> pa.Array:
-    """The custom_ids to send now, in their order: none that any batch of the cache may hold
-    in flight."""
-    return open_requests(
-        needed,
-        view.results,
-        latest=view.latest(),
-        in_flight=view.waiting_array,
-        max_attempts=max_attempts,
-        resend_canceled=resend_canceled,
-    )
 
 
 def queued(records: Sequence[BatchRecord], origin: str) -> list[BatchRecord]:

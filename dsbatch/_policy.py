@@ -31,7 +31,10 @@ __all__ = [
     "LOST_ERROR",
     "attempts",
     "latest_results",
+    "latest_rows",
+    "open_mask",
     "open_requests",
+    "positions",
 ]
 
 # Row statuses that mean "no answer": what on_error applies to. `skipped` is not a failure.
@@ -64,20 +67,22 @@ def latest_results(results: pa.Table) -> pa.Table:
 
     ``results`` needs ``custom_id``, ``type`` and ``batch_created_at`` (the order of attempts).
     """
-    if results.num_rows == 0:
-        return results
-    rows = _latest_rows(results)
+    rows = latest_rows(results)
     return results if rows is None else results.take(pa.array(rows))
 
 
-def _latest_rows(results: pa.Table) -> np.ndarray | None:
-    """The rows ``latest_results`` keeps, in order; None for all of them. The ids are
-    numbered by a hash pass and sorted as integers: a job's results are a million rows, and
-    sorting their strings cost seconds on every step."""
-    encoded = whole(results["custom_id"]).dictionary_encode()
-    if len(encoded.dictionary) == len(encoded):
+def latest_rows(results: pa.Table, codes: np.ndarray | None = None) -> np.ndarray | None:
+    """The rows ``latest_results`` keeps, in order; None for all of them. ``codes`` numbers
+    each row's custom_id (the same id, the same number >= 0; e.g. its position among a job's
+    ids); without them the ids are numbered by a hash pass. Numbers are sorted as integers: a
+    job's results are a million rows, and sorting their strings cost seconds on every step."""
+    if results.num_rows == 0:
+        return None
+    if codes is None:
+        encoded = whole(results["custom_id"]).dictionary_encode()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+    if np.bincount(codes).max() <= 1:
         return None  # one attempt each (the usual case): every row is the latest
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
     rank = pc.if_else(pc.equal(results["type"], "succeeded"), 0, 1).fill_null(1)
     when = results["batch_created_at"].fill_null(0.0)
     # lexsort is stable and sorts by its last key first: id, then success, then newest first.
@@ -113,33 +118,64 @@ def open_requests(
     in_flight: Collection[str] | pa.Array,
     max_attempts: int,
     resend_canceled: bool = False,
-    latest: pa.Table | None = None,
 ) -> pa.Array:
-    """The custom_ids among ``needed`` to send now, in their order.
+    """The custom_ids among ``needed`` (each once) to send now, in their order.
 
-    ``results`` holds every result of every attempt for these ids (lost ones included);
-    ``latest``, when given, is ``latest_results(results)``.
+    ``results`` holds every result of every attempt for these ids (lost ones included; rows of
+    other ids are ignored); ``in_flight``: the ids some batch may hold in flight.
     """
-    if latest is None:
-        latest = latest_results(results)
-    # The ids alone are filtered: a filter of the table would copy every answer, each step.
-    final = pc.filter(latest["custom_id"], pc.invert(_retry_mask(latest, resend_canceled)))
-    if latest.num_rows == results.num_rows and max_attempts > 1:
-        # One attempt each (the usual job): none has spent its attempts, nothing to count.
-        spent = pa.array([], pa.string())
-    else:
-        counted = results["custom_id"]
-        if resend_canceled:  # canceled sends are not counted
-            counted = pc.filter(
-                counted, pc.invert(pc.equal(results["type"], "canceled").fill_null(False))
-            )
-        counts = pc.value_counts(whole(counted))
-        spent = pc.filter(
-            counts.field("values"), pc.greater_equal(counts.field("counts"), max_attempts)
-        )
     if not isinstance(in_flight, pa.Array):
         in_flight = pa.array(list(in_flight), pa.string())
-    closed = pa.concat_arrays(
-        [whole(final).cast(pa.string()), spent.cast(pa.string()), in_flight.cast(pa.string())]
+    at = positions(needed, results["custom_id"])
+    if (at < 0).any():
+        results, at = results.filter(pa.array(at >= 0)), at[at >= 0]
+    rows = latest_rows(results, at)
+    latest, latest_at = (results, at) if rows is None else (results.take(rows), at[rows])
+    mask = open_mask(
+        len(needed),
+        results,
+        at,
+        latest,
+        latest_at,
+        positions(needed, in_flight),
+        max_attempts=max_attempts,
+        resend_canceled=resend_canceled,
     )
-    return pc.filter(needed, pc.invert(pc.is_in(needed, value_set=closed)))
+    return needed.filter(pa.array(mask))
+
+
+def open_mask(
+    n: int,
+    results: pa.Table,
+    at: np.ndarray,
+    latest: pa.Table,
+    latest_at: np.ndarray,
+    in_flight_at: np.ndarray,
+    *,
+    max_attempts: int,
+    resend_canceled: bool,
+) -> np.ndarray:
+    """Whether each of a job's ``n`` requests (numbered 0 to n - 1) is to be sent now.
+
+    ``results``: every result of every attempt of them, each of request ``at``; ``latest``:
+    the rows of ``latest_rows(results, at)``, each of request ``latest_at``; ``in_flight_at``:
+    the requests some batch may hold in flight (-1: not one of the job's)."""
+    closed = np.zeros(n, dtype=bool)
+    # The ids alone are marked: a filter of the table would copy every answer, each step.
+    final = ~whole(_retry_mask(latest, resend_canceled)).to_numpy(zero_copy_only=False)
+    closed[latest_at[final]] = True
+    if latest.num_rows != results.num_rows or max_attempts <= 1:
+        # Not one attempt each (the usual job, where none has spent its attempts): count them.
+        counted = at
+        if resend_canceled:  # canceled sends are not counted
+            canceled = pc.equal(results["type"], "canceled").fill_null(False)
+            counted = at[~whole(canceled).to_numpy(zero_copy_only=False)]
+        closed |= np.bincount(counted, minlength=n) >= max_attempts
+    closed[in_flight_at[in_flight_at >= 0]] = True
+    return ~closed
+
+
+def positions(ids: pa.Array, of: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The position in ``ids`` (distinct) of each of ``of``; -1 where it is not there."""
+    at = pc.index_in(of, value_set=ids).fill_null(-1)
+    return whole(at).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -47,8 +47,8 @@ from dsbatch._ledger import Ledger
 from dsbatch._map import find_origin, prepare
 from dsbatch._map import map as map_fn
 from dsbatch._options import MapOptions
-from dsbatch._plan import decide, stand_in_results, survey
-from dsbatch._policy import attempts, latest_results
+from dsbatch._plan import stand_in_results, survey
+from dsbatch._policy import attempts, latest_results, open_requests
 from dsbatch._retry import (
     Retrying,
     retry_if_exception,
@@ -148,9 +148,10 @@ def preview(
                 rendered.row_custom_ids[s][r] or "" for s, rows in chosen.items() for r in rows
             )
         )
-        to_buy = decide(
-            view,
+        to_buy = open_requests(
             pa.array(ids, pa.string()),
+            view.results,
+            in_flight=view.waiting_array,
             max_attempts=options.max_attempts,
             resend_canceled=options.resend_canceled,
         ).to_pylist()

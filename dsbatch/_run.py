@@ -33,7 +33,7 @@ from dsbatch._batch import BatchKeeper
 from dsbatch._cost import PRICED_COLUMNS, PriceBook, Pricer
 from dsbatch._lease import Holder
 from dsbatch._ledger import JobLedger
-from dsbatch._plan import View, chunk_requests, decide, queued, stand_in_results, survey
+from dsbatch._plan import View, chunk_requests, queued, stand_in_results, survey
 from dsbatch._priming import Primers
 from dsbatch._progress import ProgressBar
 from dsbatch._records import BatchRecord, BatchState
@@ -172,13 +172,11 @@ class JobLoop:
         )
 
     def to_send(self, view: View) -> list[str]:
-        """What of the job's requests ``decide`` would send, given what ``view`` saw."""
+        """What of the job's requests the step would send, given what ``view`` saw."""
         return self._open(view).to_pylist()
 
     def _open(self, view: View) -> pa.Array:
-        return decide(
-            view,
-            self.needed,
+        return view.open_ids(
             max_attempts=self.options.max_attempts,
             resend_canceled=self.options.resend_canceled,
         )
@@ -246,8 +244,9 @@ class JobLoop:
         open_ids = self._open(view)
         if len(open_ids) and self._canceled():
             # A canceled job sends nothing more: what it never sent ends canceled.
-            view.results = pa.concat_tables(
-                [view.results, stand_in_results(open_ids, kind="canceled")]
+            view.add(
+                stand_in_results(open_ids, kind="canceled"),
+                self.job.ledger.store.locate(open_ids, self.needed),
             )
             open_ids = open_ids.slice(0, 0)
         in_queue = sum(r.request_count for r in queued(view.records, self.origin))
@@ -327,7 +326,7 @@ class JobLoop:
         return Standing(
             len(self.needed),
             succeeded,
-            len(view.waiting_array),
+            len(view.waiting_at),
             sent,
             len(view.waiting),
             tuple((r.batch_id or f"#{r.seq}", r.job) for r, _ in others),

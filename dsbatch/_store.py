@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,7 @@ from dsbatch._files import append_entry, arrow_bytes, atomic_write, read_arrow, 
 __all__ = [
     "PREVIEW_PREFIX",
     "RESULT_SCHEMA",
+    "Found",
     "ResultsStore",
     "custom_id_key",
     "custom_id_keys",
@@ -151,7 +152,16 @@ class _Seen:
     stamp: tuple[int, int]  # (size, mtime_ns) of the Parquet file
     keys: np.ndarray  # sorted uint64
     rows: np.ndarray  # the row of each key
-    hits: dict[int, pa.Table] = field(default_factory=dict)  # needed's digest -> its rows
+    # needed's digest -> its rows, and the position in needed of each row's custom_id
+    hits: dict[int, tuple[pa.Table, np.ndarray]] = field(default_factory=dict)
+
+
+class Found(NamedTuple):
+    """What ``ResultsStore.results_for`` found for a job's custom_ids."""
+
+    results: pa.Table  # every stored result of every attempt of them (without ``raw``)
+    at: np.ndarray  # the position of each result's custom_id among the ids asked for
+    unreadable: set[str]  # batches whose results file cannot be read (downloaded again)
 
 
 @dataclass
@@ -164,26 +174,47 @@ class _Wanted:
     first: np.ndarray  # the first id of each key (its position in ``ids``)
     shared: np.ndarray  # whether several ids share the key (a request and its samples)
     sharing: pa.Array  # the ids whose key another id shares
+    sharing_at: np.ndarray  # their positions in ``ids``
+    # other ids' positions among these (``ResultsStore.locate``), by the other ids' digest
+    located: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def of(cls, ids: pa.Array, token: int) -> _Wanted:
         id_keys = custom_id_keys(ids)
         keys, first, counts = np.unique(id_keys, return_index=True, return_counts=True)
         shared = counts > 1
-        sharing = ids.filter(pa.array(np.isin(id_keys, keys[shared]))) if shared.any() else ids[:0]
-        return cls(token, ids, keys, first, shared, sharing)
+        if shared.any():
+            sharing_at = np.flatnonzero(np.isin(id_keys, keys[shared]))
+        else:
+            sharing_at = np.zeros(0, dtype=np.int64)
+        sharing = ids.take(pa.array(sharing_at, pa.int64()))
+        return cls(token, ids, keys, first, shared, sharing, sharing_at)
 
-    def holds(self, custom_ids: pa.ChunkedArray, which: np.ndarray) -> pa.Array:
-        """Whether each of ``custom_ids``, found by the key ``keys[which]``, is itself wanted
-        (a 64-bit key may be another id's): compared with the one wanted id of its key, or
-        looked up among the ids sharing their key. Never a lookup among all the wanted ids:
-        a job wants a million, and each new results file was checked against them all."""
-        same = pc.equal(custom_ids, self.ids.take(pa.array(self.first[which])))
-        shared = self.shared[which]
-        if not shared.any():
-            return same
-        among = pc.is_in(custom_ids, value_set=self.sharing)
-        return pc.or_(pc.and_(pa.array(shared), among), same)
+    def positions(self, custom_ids: pa.ChunkedArray | pa.Array, which: np.ndarray) -> np.ndarray:
+        """The position in ``ids`` of each of ``custom_ids``, found by the key ``keys[which]``;
+        -1 where the id itself is not wanted (a 64-bit key may be another id's): compared with
+        the one wanted id of its key, or looked up among the ids sharing their key. Never a
+        lookup among all the wanted ids: a job wants a million, and each new results file was
+        checked against them all."""
+        first = self.first[which]
+        same = pc.equal(custom_ids, self.ids.take(pa.array(first, pa.int64())))
+        at = np.where(whole(same).to_numpy(zero_copy_only=False), first, -1)
+        shared = np.flatnonzero(self.shared[which])
+        if len(shared):
+            among = pc.index_in(whole(custom_ids).take(pa.array(shared)), value_set=self.sharing)
+            found = among.fill_null(-1).to_numpy(zero_copy_only=False)
+            at[shared] = np.where(found >= 0, self.sharing_at[found], -1)
+        return at.astype(np.int64)
+
+    def locate(self, custom_ids: pa.Array) -> np.ndarray:
+        """The position in ``ids`` of each of ``custom_ids`` (-1: not one of them)."""
+        keys = custom_id_keys(custom_ids)
+        if len(self.keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        which = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        at = self.positions(custom_ids, which)
+        at[self.keys[which] != keys] = -1
+        return at
 
 
 class ResultsStore:
@@ -292,18 +323,15 @@ class ResultsStore:
         ids = pq.read_table(self.path(batch_id), columns=["custom_id"])["custom_id"]
         return self._write_index(batch_id, ids, stamp)
 
-    def results_for(self, custom_ids: pa.Array) -> tuple[pa.Table, set[str]]:
-        """Every stored result of every attempt for these custom_ids (without ``raw``), and the
-        ids of batches whose results file cannot be read (they are downloaded again).
+    def results_for(self, custom_ids: pa.Array) -> Found:
+        """Every stored result of every attempt for these custom_ids (without ``raw``), where
+        each result's id is among them, and the batches whose results file cannot be read.
 
         What was found for the same custom_ids in a file that has not changed is not read
         again (a job's steps ask the same every time)."""
-        value_set = pa.array(custom_ids, pa.string())
-        token = _digest(value_set)
-        if self._wanted is None or self._wanted.token != token:
-            self._wanted = _Wanted.of(value_set, token)
-        wanted = self._wanted
-        parts, unreadable = [], set()
+        wanted = self._wanted_for(custom_ids)
+        token = wanted.token
+        parts, at, unreadable = [], [], set()
         rdir = self.root / "results"
         for path in sorted(rdir.glob("*.parquet")) if rdir.is_dir() else []:
             batch_id = path.stem
@@ -314,19 +342,43 @@ class ResultsStore:
                 if hit is None:
                     hit = self._hits(path, batch_id, seen, wanted)
                     seen.hits = {token: hit}  # one job's at a time
-                if hit.num_rows:
-                    parts.append(hit)
+                if hit[0].num_rows:
+                    parts.append(hit[0])
+                    at.append(hit[1])
             except (OSError, pa.ArrowInvalid) as e:
                 log.warning("dsbatch: the results file %s cannot be read (%s)", path, e)
                 unreadable.add(batch_id)
                 self._seen.pop(batch_id, None)
         if not parts:
-            return RESULT_SCHEMA.empty_table().drop_columns(["raw"]), unreadable
-        return pa.concat_tables(parts), unreadable
+            return Found(_EMPTY, np.zeros(0, dtype=np.int64), unreadable)
+        return Found(pa.concat_tables(parts), np.concatenate(at), unreadable)
 
-    def _hits(self, path: Path, batch_id: str, seen: _Seen, wanted: _Wanted) -> pa.Table:
-        """The rows of one results file whose custom_id is wanted: taken from the rows this
-        process just wrote to it when it is that file, unchanged."""
+    def locate(self, custom_ids: pa.Array, among: pa.Array) -> np.ndarray:
+        """The position of each of ``custom_ids`` in ``among`` (-1: not there), found by their
+        keys as ``results_for`` finds results. A job asks for the same ids (those of its
+        batches in flight) on every step: the answer is kept for the same ``among``."""
+        wanted = self._wanted_for(among)
+        digest = _digest(pa.array(custom_ids, pa.string()))
+        at = wanted.located.get(digest)
+        if at is None:
+            if len(wanted.located) >= _LOCATED_KEPT:
+                wanted.located.clear()
+            at = wanted.located[digest] = wanted.locate(custom_ids)
+        return at
+
+    def _wanted_for(self, custom_ids: pa.Array) -> _Wanted:
+        value_set = pa.array(custom_ids, pa.string())
+        token = _digest(value_set)
+        if self._wanted is None or self._wanted.token != token:
+            self._wanted = _Wanted.of(value_set, token)
+        return self._wanted
+
+    def _hits(
+        self, path: Path, batch_id: str, seen: _Seen, wanted: _Wanted
+    ) -> tuple[pa.Table, np.ndarray]:
+        """The rows of one results file whose custom_id is wanted, and its position among the
+        wanted ids: taken from the rows this process just wrote to it when it is that file,
+        unchanged."""
         written = self._written
         if written is not None and written[0] == batch_id:
             self._written = None  # read once: its rows are then kept as hits
@@ -334,7 +386,7 @@ class ResultsStore:
         right = np.searchsorted(seen.keys, wanted.keys, side="right")
         found = right > left
         if not found.any():
-            return _EMPTY
+            return _EMPTY, np.zeros(0, dtype=np.int64)
         spans = _spans(left[found], right[found])
         # For each row found, the wanted key it was found by.
         which = np.repeat(np.flatnonzero(found), (right - left)[found])
@@ -345,7 +397,9 @@ class ResultsStore:
             table = written[2].take(rows)
         else:
             table = pq.read_table(path, columns=_KEY_COLUMNS, schema=RESULT_SCHEMA).take(rows)
-        return table.filter(wanted.holds(table["custom_id"], which))
+        at = wanted.positions(table["custom_id"], which)
+        mine = at >= 0
+        return table.filter(pa.array(mine)), at[mine]
 
     def table(self, batch_id: str, columns: Sequence[str] = ("custom_id", "type")) -> pa.Table:
         """Some columns of one batch's stored results."""
@@ -403,6 +457,8 @@ class ResultsStore:
 
 
 _EMPTY = RESULT_SCHEMA.empty_table().drop_columns(["raw"])
+# Answers of ``ResultsStore.locate`` kept for one job's ids: its batches in flight, and more.
+_LOCATED_KEPT = 64
 
 
 def _digest(ids: pa.Array) -> int:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from support import echo
 
 from dsbatch import _origin
 from dsbatch._origin import ANTHROPIC
+from dsbatch._plan import View
+from dsbatch._policy import positions
 from dsbatch.testing import Emulator
 
 
@@ -24,6 +28,26 @@ def _isolated(tmp_path):
                 mp.delenv(name)
         mp.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path / "anthropic-config"))
         yield
+
+
+@pytest.fixture(autouse=True)
+def _numbers_checked(monkeypatch):
+    """Every decision of every test is made on request numbers that are the ids': a job's
+    step numbers each result and each request in flight by its id's place among the job's ids
+    (found by their 64-bit keys, remembered across steps), then decides on the numbers. Each
+    number is checked here against a lookup of the id itself, before the decision."""
+    real = View.open_ids
+
+    def open_ids(self: View, **kwargs: object) -> pa.Array:
+        at = positions(self.needed, self.results["custom_id"])
+        assert self.at.tolist() == at.tolist(), "a result numbered as another request"
+        waiting = [ids for _, ids in self.waiting]
+        flying = positions(self.needed, pa.concat_arrays(waiting)) if waiting else at[:0]
+        expected = np.unique(flying[flying >= 0])
+        assert self.waiting_at.tolist() == expected.tolist(), "a request in flight misnumbered"
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(View, "open_ids", open_ids)
 
 
 @pytest.fixture

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -10,7 +13,10 @@ from dsbatch._policy import (
     LOST_ERROR,
     attempts,
     latest_results,
+    latest_rows,
+    open_mask,
     open_requests,
+    positions,
 )
 
 FINAL_OK, FINAL_FAIL, RETRY = "final, answered", "final, not answered", "sent again"
@@ -127,3 +133,98 @@ def test_the_latest_result_is_a_success_anywhere_else_the_newest_attempt():
 def test_skipped_is_not_a_failure():
     assert "skipped" not in FAILED_STATUSES and "succeeded" not in FAILED_STATUSES
     assert set(FAILED_STATUSES) == {"errored", "expired", "canceled", "parse_error"}
+
+
+# -- the decision on request numbers (``open_mask``), as a job's step makes it -----------------
+
+_OUTCOMES = [
+    ("succeeded", None),
+    ("errored", "invalid_request_error"),
+    ("errored", "overloaded_error"),
+    ("errored", LOST_ERROR),
+    ("expired", None),
+    ("canceled", None),
+]
+
+
+def _by_hand(needed, rows, in_flight, max_attempts, resend_canceled):
+    """The table above, applied one request at a time in plain Python."""
+    retry = {"expired"} | ({"canceled"} if resend_canceled else set())
+    out = []
+    for cid in needed:
+        mine = [r for r in rows if r[0] == cid]
+        counted = [r for r in mine if not (resend_canceled and r[1] == "canceled")]
+        if cid in in_flight or len(counted) >= max_attempts:
+            continue
+        if mine:
+            won = [r for r in mine if r[1] == "succeeded"]
+            # The newest attempt; of two at one moment, the first listed.
+            latest = won[0] if won else max(reversed(mine), key=lambda r: r[3])
+            kind, error = latest[1], latest[2]
+            if not (kind in retry or (kind == "errored" and error != "invalid_request_error")):
+                continue
+        out.append(cid)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_decision_on_request_numbers_is_the_table_one_request_at_a_time(seed):
+    rng = random.Random(seed)
+    needed = [f"r{i}" for i in range(rng.randint(1, 30))]
+    unrelated = ["other0", "other1"]  # results of ids the job does not need are ignored
+    rows = [
+        (rng.choice(needed + unrelated), *rng.choice(_OUTCOMES), float(rng.randint(1, 4)))
+        for _ in range(rng.randint(0, 60))
+    ]
+    # Most jobs see one attempt per request: that shortcut must agree too.
+    if seed % 4 == 0:
+        rows = list({r[0]: r for r in rows}.values())
+    in_flight = set(rng.sample(needed, rng.randint(0, len(needed) // 3)))
+    max_attempts, resend_canceled = rng.randint(1, 4), rng.random() < 0.5
+    expected = _by_hand(needed, rows, in_flight, max_attempts, resend_canceled)
+    history = results(*rows)
+    ids = pa.array(needed)
+    sent = open_requests(
+        ids,
+        history,
+        in_flight=in_flight,
+        max_attempts=max_attempts,
+        resend_canceled=resend_canceled,
+    )
+    assert sent.to_pylist() == expected
+    # As a step makes it: the rows of the job's ids, each by its number in ``needed``.
+    at = positions(ids, history["custom_id"])
+    mine = history.filter(pa.array(at >= 0))
+    at = at[at >= 0]
+    rows_kept = latest_rows(mine, at)
+    assert (rows_kept is None) == (latest_rows(mine) is None)
+    latest, latest_at = (mine, at) if rows_kept is None else (mine.take(rows_kept), at[rows_kept])
+    flying = positions(ids, pa.array(sorted(in_flight) + ["unknown"], pa.string()))
+    mask = open_mask(
+        len(needed),
+        mine,
+        at,
+        latest,
+        latest_at,
+        flying,
+        max_attempts=max_attempts,
+        resend_canceled=resend_canceled,
+    )
+    assert ids.filter(pa.array(mask)).to_pylist() == expected
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_latest_rows_are_the_same_whatever_numbers_the_ids_are_given(seed):
+    rng = random.Random(seed)
+    names = [f"r{i}" for i in range(12)]
+    rows = [
+        (rng.choice(names), *rng.choice(_OUTCOMES), float(rng.randint(1, 3))) for _ in range(40)
+    ]
+    history = results(*rows)
+    numbers = dict(zip(names, rng.sample(range(1000), len(names)), strict=True))
+    codes = np.array([numbers[r[0]] for r in rows])
+    kept = latest_rows(history, codes)
+    assert kept is not None and kept.tolist() == latest_rows(history).tolist()
+    assert history.take(kept).to_pylist() == latest_results(history).to_pylist()
+    once = results(*list({r[0]: r for r in rows}.values()))
+    assert latest_rows(once, np.arange(once.num_rows)[::-1].copy()) is None

@@ -47,8 +47,15 @@ def test_samples_and_other_ids_are_found_beside_plain_ones(tmp_path):
     store.write("msgbatch_a", results(plain, "msgbatch_a"))
     store.write("msgbatch_b", results([c + "_s1" for c in plain] + ["odd"], "msgbatch_b"))
     wanted = [*plain[:3], plain[0] + "_s1", "odd", plain[5] + "_s2"]
-    found, _ = ResultsStore(tmp_path).results_for(pa.array(wanted))
-    assert sorted(found["custom_id"].to_pylist()) == sorted(wanted[:5])
+    found = ResultsStore(tmp_path).results_for(pa.array(wanted))
+    assert sorted(found.results["custom_id"].to_pylist()) == sorted(wanted[:5])
+    assert_positions(found, wanted)
+
+
+def assert_positions(found, wanted):
+    """Each result's position among the ids asked for is its id's."""
+    assert found.at.dtype == np.int64
+    assert [wanted[i] for i in found.at] == found.results["custom_id"].to_pylist()
 
 
 def test_jobs_whose_ids_share_their_keys_each_get_only_their_own_results(tmp_path):
@@ -58,10 +65,13 @@ def test_jobs_whose_ids_share_their_keys_each_get_only_their_own_results(tmp_pat
     five = [c + s for c in plain for s in ("", "_s1", "_s2", "_s3", "_s4")]
     store.write("msgbatch_a", results(five, "msgbatch_a"))
     three = [c + s for c in plain for s in ("", "_s1", "_s2")]
-    found_five, _ = store.results_for(pa.array(five))
-    found_three, _ = store.results_for(pa.array(three))
-    assert sorted(found_five["custom_id"].to_pylist()) == sorted(five)
-    assert sorted(found_three["custom_id"].to_pylist()) == sorted(three)  # not the 20 of five
+    found_five = store.results_for(pa.array(five))
+    found_three = store.results_for(pa.array(three))
+    assert sorted(found_five.results["custom_id"].to_pylist()) == sorted(five)
+    assert sorted(found_three.results["custom_id"].to_pylist()) == sorted(three)  # not five's 20
+    assert_positions(found_five, five)
+    assert_positions(found_three, three)
+    assert_positions(store.results_for(pa.array(three)), three)  # the memo keeps them
     # A slice of the same buffers is other ids too.
     both = pa.array(five)
     assert store.results_for(both.slice(0, 5))[0].num_rows == 5
@@ -73,10 +83,28 @@ def test_the_index_finds_exactly_what_a_full_scan_finds(tmp_path):
     store.write("msgbatch_a", results(ids(500, "a"), "msgbatch_a"))
     store.write("msgbatch_b", results(ids(300, "b") + ids(50, "a"), "msgbatch_b", "errored"))
     wanted = ids(60, "a")[::2] + ids(10, "b") + ids(5, "never")
-    found, unreadable = ResultsStore(tmp_path).results_for(pa.array(wanted))  # a new process
+    found, _, unreadable = ResultsStore(tmp_path).results_for(pa.array(wanted))  # a new process
     assert not unreadable
     assert found.sort_by("custom_id").to_pylist() == full_scan(tmp_path, wanted)
     assert found.num_rows == 30 + 25 + 10  # ids a0..a58 (even) twice up to a48, b0..b9
+    assert_positions(ResultsStore(tmp_path).results_for(pa.array(wanted)), wanted)
+
+
+def test_ids_are_located_among_a_jobs_ids_by_their_keys_shared_keys_included(tmp_path):
+    store = ResultsStore(tmp_path)
+    plain = ids(6)
+    among = [c + s for c in plain for s in ("", "_s1", "_s2")] + ["odd", "other"]
+    asked = [among[7], "odd", plain[2] + "_s9", among[0], "never", among[2], ids(1, "x")[0]]
+    expected = [7, 18, -1, 0, -1, 2, -1]
+    assert store.locate(pa.array(asked), pa.array(among)).tolist() == expected
+    # Kept for the same ids among the same job's; other ids, or another job's, are looked up.
+    assert store.locate(pa.array(asked), pa.array(among)).tolist() == expected
+    assert store.locate(pa.array(asked[:2]), pa.array(among)).tolist() == expected[:2]
+    assert store.locate(pa.array(asked[::-1]), pa.array(among)).tolist() == expected[::-1]
+    assert store.locate(pa.array(asked), pa.array(among[1:])).tolist() == [
+        i - 1 if i > 0 else -1 for i in expected
+    ]
+    assert store.locate(pa.array(asked), pa.array([], pa.string())).tolist() == [-1] * 7
 
 
 def test_a_missing_damaged_or_stale_index_is_rebuilt_from_the_results(tmp_path):
