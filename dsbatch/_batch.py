@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsbatch._arrow import whole
-from dsbatch._backend import Backend, is_transient
+from dsbatch._backend import Backend, BatchInfo, is_transient
 from dsbatch._clock import Clock
 from dsbatch._errors import BatchAPIError, LedgerError
 from dsbatch._ingest import fetch_results, retry_download
@@ -75,6 +75,9 @@ class BatchKeeper:
         self.unseen: set[str] = set()
         # What ``advance`` did besides moving the record: results stored, an intent resolved.
         self._changes = 0
+        # Batches of this job seen ended by ``advance(..., later=True)``, whose results are
+        # downloaded by ``take_ended`` (their requests stay in flight until then).
+        self.ended: dict[tuple[str, int], tuple[JobLedger, BatchRecord, BatchInfo]] = {}
 
     def lease_until(self) -> float:
         return self.clock.now() + LEASE_SECONDS
@@ -84,18 +87,31 @@ class BatchKeeper:
         self._held[record.job, record.seq] = record
         return record
 
-    def advance(self, record: BatchRecord) -> bool:
+    def advance(self, record: BatchRecord, *, later: bool = False) -> bool:
         """Bring one batch forward, whichever job it belongs to (see the module's docstring).
         Returns whether the cache may now show something else: False only when the batch was
-        found as it was (still running, or an intent another call holds)."""
+        found as it was (still running, or an intent another call holds), or, with ``later``,
+        found ended: a batch of this job that ended is then noted in ``ended`` and its results
+        are downloaded by ``take_ended``, so that the step creates the next batches first."""
         job = self.job if record.job == self.job.fingerprint else self.ledger.job(record.job)
         before = record.to_json(), len(self.unseen), self._changes
         try:
-            self._advance(job, record)
+            self._advance(job, record, later=later and job is self.job)
         except StaleRecord as e:
             log.info("dsbatch: %s; reading what that call did", e)
             return True  # another call moved it
         return (record.to_json(), len(self.unseen), self._changes) != before
+
+    def take_ended(self) -> bool:
+        """Download and store the results of the batches ``advance`` found ended (``later``);
+        returns whether there were any."""
+        ended, self.ended = list(self.ended.values()), {}
+        for job, record, info in ended:
+            try:
+                self._take_results(job, record, info)
+            except StaleRecord as e:
+                log.info("dsbatch: %s; reading what that call did", e)
+        return bool(ended)
 
     def create(self, record: BatchRecord, *, resumed: bool) -> None:
         """Create an intent of this job that this call holds (``resumed``: an earlier call may
@@ -179,7 +195,7 @@ class BatchKeeper:
             or holder_gone(record.holder)
         )
 
-    def _advance(self, job: JobLedger, record: BatchRecord) -> None:
+    def _advance(self, job: JobLedger, record: BatchRecord, *, later: bool = False) -> None:
         if record.state is BatchState.INTENT:
             if self._lease_free(record):
                 self._changes += 1  # its batch is created, adopted or given up
@@ -212,6 +228,13 @@ class BatchKeeper:
         if not info.ended:
             job.note_missing(record, None)  # found again; its results are not due yet
             return
+        if later and record.state is BatchState.SUBMITTED:
+            self.ended[record.job, record.seq] = (job, record, info)
+            return
+        self._take_results(job, record, info)
+
+    def _take_results(self, job: JobLedger, record: BatchRecord, info: BatchInfo) -> None:
+        """Download an ended batch's results and store them, if they are its requests'."""
         table = fetch_results(self.backend, self.ledger.store, info, retrying=self.downloading)
         if table is None:
             self._missing(job, record, "its results can no longer be downloaded")

@@ -187,7 +187,14 @@ class JobLoop:
         under the lock: that polls and downloads), and decide under the lock again, from the
         same look when no one changed the cache meanwhile (advancing changed nothing, and no
         other call held the lock), else from a new one. A step that finds its batches still
-        running reads the cache once."""
+        running reads the cache once.
+
+        While requests wait for room in the processing queue (waves), a batch of this job
+        found ended is downloaded after the step has created the batches its room lets out
+        (``BatchKeeper.advance(later=True)``, ``take_ended``): the API works on the next wave
+        while this call downloads and stores the last. Its requests count as in flight until
+        its results are stored, never as open."""
+        later = self._held > 0
         if self._quiet is not None:
             # The last step sent nothing and changed nothing: poll the same batches, and while
             # they change nothing and no other call held the lock, the cache holds what that
@@ -197,22 +204,23 @@ class JobLoop:
             self._quiet = None
             changed = False
             for record in advance:
-                changed |= self.batches.advance(record)
-            if not changed:
+                changed |= self.batches.advance(record, later=later)
+            if not changed and not self.batches.ended:
                 with self.job.ledger.locked() as turn:
                     if turn is not None and turn == last_turn + 1:
                         self._quiet = (advance, turn, standing)
                         return standing
         with self.job.ledger.locked() as turn:
             view = self.survey()
-            advance = self._to_advance(view)
+            ended = self.batches.ended  # polled already: downloaded after this step's creates
+            advance = [r for r in self._to_advance(view) if (r.job, r.seq) not in ended]
             if not advance:
                 decision = self._decide(view)
         final_turn = turn
         if advance:
             changed = False
             for record in advance:
-                changed |= self.batches.advance(record)
+                changed |= self.batches.advance(record, later=later)
             with self.job.ledger.locked() as again:
                 if changed or turn is None or again != turn + 1:
                     view = self.survey()
@@ -220,6 +228,8 @@ class JobLoop:
             final_turn = again
         for record in decision.intents:
             self.batches.create(record, resumed=False)
+        if self.batches.take_ended() and not decision.intents:
+            return self.step()  # nothing went out meanwhile: decide on what was stored
         pending, held = decision.pending, decision.held
         self._view = view if not pending else None  # nothing sent: still what the cache holds
         self.last_view = view
@@ -249,7 +259,12 @@ class JobLoop:
                 self.job.ledger.store.locate(open_ids, self.needed),
             )
             open_ids = open_ids.slice(0, 0)
-        in_queue = sum(r.request_count for r in queued(view.records, self.origin))
+        ended = self.batches.ended  # out of the queue, not yet stored: still in flight here
+        in_queue = sum(
+            r.request_count
+            for r in queued(view.records, self.origin)
+            if (r.job, r.seq) not in ended
+        )
         room = max(0, self.options.max_queued_requests - in_queue)
         if self.primers.groups:
             pending = self.primers.hold(open_ids.to_pylist(), view)

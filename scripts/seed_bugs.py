@@ -568,9 +568,8 @@ BUGS = [
         "room = max(0, self.options.max_queued_requests - in_queue)", "room = 10**12",
         "max_queued_requests is ignored: everything is sent at once"),
     Bug("waves-count-own-job-only", "dsbatch/_run.py",
-        "in_queue = sum(r.request_count for r in queued(view.records, self.origin))",
-        "in_queue = sum(r.request_count for r in queued(view.records, self.origin) "
-        "if r.job == self.job.fingerprint)",
+        "            if (r.job, r.seq) not in ended\n",
+        "            if (r.job, r.seq) not in ended and r.job == self.job.fingerprint\n",
         "the queue limit counts only the job's own batches, not the cache's"),
     Bug("waves-held-counts-as-done", "dsbatch/_run.py",
         "return self.batches == 0 and self.sent == 0 and self.held == 0",
@@ -1097,6 +1096,24 @@ BUGS = [
         "            rows = latest_rows(self.results, self.at)\n",
         "            rows = latest_rows(self.results, np.arange(self.results.num_rows))\n",
         "a step takes every attempt as the latest: a success is bought again after a failure"),
+    # -- issue 15: the next wave goes out while the last one is downloaded ----------------------
+    Bug("wave-waits-for-download", "dsbatch/_run.py",
+        "        later = self._held > 0\n", "        later = False\n",
+        "a step downloads the batch that ended before creating the wave it made room for"),
+    Bug("ended-batch-fills-queue", "dsbatch/_run.py",
+        "            if (r.job, r.seq) not in ended\n", "            if True\n",
+        "a batch the API says ended still fills the queue until it is downloaded"),
+    Bug("emulator-works-when-looked-at", "dsbatch/_emulator/_server.py",
+        "        store.finish_when_due(batch)\n", "",
+        "a realtime emulator works on a batch only when a call looks at it"),
+    Bug("ended-batch-waits-for-the-lock", "dsbatch/_emulator/_server.py",
+        'ended = store.ended(batch_id, workspace) if endpoint == "retrieve" else None',
+        "ended = None",
+        "an ended batch is not retrieved while the emulator works on another"),
+    Bug("calls-counted-under-state-lock", "dsbatch/_emulator/_server.py",
+        "            with store.wire_lock:\n                store.calls[endpoint] += 1\n",
+        "            with store.lock:\n                store.calls[endpoint] += 1\n",
+        "every call waits for the emulator's background work before it is even counted"),
 ]  # fmt: skip
 
 

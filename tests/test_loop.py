@@ -306,10 +306,10 @@ def test_a_step_looks_again_before_deciding_when_another_call_decided_while_it_p
         real_advance = BatchKeeper.advance
         other = []
 
-        def advance(self, record):
+        def advance(self, record, **kwargs):
             if not other:
                 other.append(submit(emu, ["z"]))
-            return real_advance(self, record)
+            return real_advance(self, record, **kwargs)
 
         monkeypatch.setattr(BatchKeeper, "advance", advance)
         out = run(Dataset.from_dict({"text": ["x", "z"]}), emu, wait=60)

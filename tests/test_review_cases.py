@@ -174,13 +174,13 @@ def test_a_job_never_acts_on_its_stale_copy_of_a_record_another_process_just_cha
     real_advance = BatchKeeper.advance
     seen = []
 
-    def b_runs_first(self, record):
+    def b_runs_first(self, record, **kwargs):
         if record.job != self.job.fingerprint and not seen:
             seen.append(record.state.value)
             with pytest.raises(Died):
                 run(dataset(shared), emu, retries=0, poll_interval=dies_at_first_poll(emu))
             seen.append(records(b_job)[0]["state"])
-        return real_advance(self, record)
+        return real_advance(self, record, **kwargs)
 
     monkeypatch.setattr(BatchKeeper, "advance", b_runs_first)
     out = run(dataset(rows), emu, retries=0, poll_interval=patient(emu))

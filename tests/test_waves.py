@@ -136,3 +136,49 @@ def test_a_job_keeps_its_queue_limit_and_one_recorded_before_it_gets_the_default
     del kept["max_queued_requests"], kept["prices"]  # as written by an earlier dsbatch
     options, missing = MapOptions.from_json(kept)
     assert options.max_queued_requests == 100_000 and options.prices is None and not missing
+
+
+def test_the_next_wave_goes_out_before_the_batch_that_made_room_is_downloaded():
+    # Batches of 100 under a queue of 100, each ending 5 minutes after its create, polled every
+    # minute. The step that finds a batch ended creates the next one first (the API works on it
+    # meanwhile), then downloads; the last batch is downloaded at once and the job ends there.
+    with Emulator(delay=300, responder=echo) as emu:
+        events = []
+        store = emu._store
+        create, ready, results = store.create, store.ready_results, store.results
+
+        def created(requests, **kwargs):
+            batch = create(requests, **kwargs)
+            events.append(("create", batch.id))
+            return batch
+
+        def served_ready(batch_id, *args, **kwargs):  # an ended batch's, without the lock
+            served = ready(batch_id, *args, **kwargs)
+            if served is not None:
+                events.append(("download", batch_id))
+            return served
+
+        def served(batch_id, *args, **kwargs):
+            events.append(("download", batch_id))
+            return results(batch_id, *args, **kwargs)
+
+        store.create, store.ready_results, store.results = created, served_ready, served
+        values = texts(300)
+        start_at = emu.now()
+        out = dsbatch.map(
+            rows(values), lambda r: r["text"], model=MODEL, max_tokens=256, client=emu.client(),
+            poll_interval=virtual(emu, 60, factor=1.0), progress=False,
+            max_queued_requests=100, max_batch_requests=100,
+        )  # fmt: skip
+        assert list(out["response"]) == answers(values)
+        assert sent(emu) == dict.fromkeys(ids_of(values), 1)
+        assert emu.now() - start_at == 900  # three batches of five minutes, no poll more
+    first, second, third = [batch_id for kind, batch_id in events if kind == "create"]
+    assert events == [
+        ("create", first),
+        ("create", second),
+        ("download", first),
+        ("create", third),
+        ("download", second),
+        ("download", third),
+    ]

@@ -171,6 +171,7 @@ class Emulator:
         server.shutdown()
         server.close_connections()
         server.server_close()
+        self._store.close()
         if thread is not None:
             thread.join()
         self._server = self._thread = None
@@ -252,7 +253,9 @@ class Emulator:
 
     @property
     def lock(self) -> threading.RLock:
-        """The lock guarding the emulator's state (hold it to change faults atomically)."""
+        """The lock guarding the emulator's state (hold it to change faults atomically). Calls
+        are counted, and HTTP faults taken, under a lock of their own: a call is answered with
+        its fault while the emulator works on a batch."""
         return self._store.lock  # type: ignore[return-value]
 
     @property

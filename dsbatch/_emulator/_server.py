@@ -166,11 +166,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._read_body(self.server.config.max_bytes)
                 raise ApiError(404, f"Not found: {method} {split.path}")
             endpoint, batch_id = found
-            with store.lock:
+            # Not under the state's lock: a call is counted, and answered with a fault, while a
+            # realtime emulator works on a batch in the background (``Store.finish_when_due``).
+            with store.wire_lock:
                 store.calls[endpoint] += 1
             body = self._read_body(self.server.config.max_bytes)
             workspace = self._workspace()
-            with store.lock:
+            with store.wire_lock:
                 fault = store.faults.take_http(endpoint)
             if fault is not None:
                 error_type = error_type_for(fault.status)
@@ -310,8 +312,9 @@ class _Handler(BaseHTTPRequestHandler):
             answer = store.to_dict(batch, self._base_url())
         if lost:
             self.close_connection = True  # the batch exists, its answer never arrives
-            return
-        self._send_json(200, answer)
+        else:
+            self._send_json(200, answer)
+        store.finish_when_due(batch)
 
     def _list(self, query: dict[str, list[str]], workspace: str) -> None:
         raw_limit = query.get("limit", ["20"])[-1]
@@ -343,6 +346,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _by_id(self, endpoint: str, batch_id: str, workspace: str) -> None:
         store = self.server.store
+        ended = store.ended(batch_id, workspace) if endpoint == "retrieve" else None
+        if ended is not None:  # as it will stay: answered while another batch is worked on
+            self._send_json(200, store.to_dict(ended, self._base_url()))
+            return
         with store.lock:
             if endpoint == "delete":
                 store.delete(batch_id, workspace)
@@ -375,10 +382,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _results(self, batch_id: str, workspace: str, beta: bool) -> None:
         store = self.server.store
-        with store.lock:
-            stored = store.results(batch_id, workspace, beta=beta)
-            cut = store.faults.take_cut_results()
-            short = not cut and store.faults.take_short_results()
+        faults = store.faults
+        spoiled = faults.cut_results or faults.short_results  # a download fault to take
+        stored = None if spoiled else store.ready_results(batch_id, workspace, beta=beta)
+        cut = short = False
+        if stored is None:
+            with store.lock:
+                stored = store.results(batch_id, workspace, beta=beta)
+                cut = store.faults.take_cut_results()
+                short = not cut and store.faults.take_short_results()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-jsonl")
         self.send_header("Transfer-Encoding", "chunked")

@@ -16,6 +16,7 @@ absent as a deleted one. ``workspace=None`` sees every batch (the emulator's own
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
@@ -121,6 +122,8 @@ class Store:
         self.base_url = ""
         self.batches: dict[str, Batch] = {}
         self.calls: Counter[str] = Counter()
+        # Guards ``calls`` and the taking of HTTP faults, which every call does first.
+        self.wire_lock = threading.Lock()
         self.received: list[tuple[str, str]] = []
         self.duplicate_custom_ids: set[str] = set()
         self.last_create_body: Any = None
@@ -128,6 +131,7 @@ class Store:
         self.prompt_cache = PromptCache()
         self.messages_received: list[dict[str, Any]] = []  # bodies of POST /v1/messages
         self._times_seen: Counter[str] = Counter()
+        self._timers: set[threading.Timer] = set()  # batches finished when due (realtime)
         self._seq = 0
 
     # --- the API's operations -------------------------------------------------------------
@@ -167,6 +171,34 @@ class Store:
             )
             self.batches[batch_id] = batch
             return batch
+
+    def finish_when_due(self, batch: Batch) -> None:
+        """On a realtime clock, as the API does, work on a new batch in the background: it is
+        finished (answered, its results file written) when it is due, not when first looked
+        at; a look before then still brings it up to the clock itself. Called once the
+        create is answered (the work holds the lock). A virtual clock only moves when told:
+        its batches are finished when looked at."""
+        if not self.clock.realtime:
+            return
+        timer = threading.Timer(max(0.0, batch.delay), self._finish_if_due, args=(batch,))
+        timer.daemon = True
+        with self.lock:
+            self._timers = {t for t in self._timers if t.is_alive()} | {timer}
+        timer.start()
+
+    def _finish_if_due(self, batch: Batch) -> None:
+        with self.lock:
+            if self.batches.get(batch.id) is batch:  # not deleted meanwhile
+                # Errors are the next look's to report (it tries again).
+                with contextlib.suppress(Exception):
+                    self.settle(batch, observe_cancel=False)
+
+    def close(self) -> None:
+        """Stop the background work of ``_finish_when_due``."""
+        with self.lock:
+            timers, self._timers = self._timers, set()
+        for timer in timers:
+            timer.cancel()
 
     def get(self, batch_id: str, workspace: str | None = None) -> Batch:
         with self.lock:
@@ -244,6 +276,23 @@ class Store:
                     f"(processing_status: {batch.status}); results are available once it ends",
                 )
             return _results_file(batch, beta)
+
+    def ended(self, batch_id: str, workspace: str | None = None) -> Batch | None:
+        """The batch if it has ended (it no longer changes), read without the lock; None
+        otherwise (ask ``get``, under the lock). Retrieves and downloads of ended batches go
+        on while a realtime emulator works on another batch, as the API's do."""
+        batch = self.batches.get(batch_id)
+        if batch is None or workspace not in (None, batch.workspace) or batch.status != "ended":
+            return None
+        return batch
+
+    def ready_results(
+        self, batch_id: str, workspace: str | None = None, *, beta: bool = False
+    ) -> ResultsFile | None:
+        """``results`` of an ended batch whose file in this form is written, read without
+        the lock (``ended``); None otherwise (ask ``results``, under the lock)."""
+        batch = self.ended(batch_id, workspace)
+        return None if batch is None else batch.files.get(beta)  # set once the file is whole
 
     # --- time -----------------------------------------------------------------------------
 

@@ -192,3 +192,46 @@ def test_the_emulator_docstring_documents_the_endpoints_header_and_faults() -> N
         "cache_creation_input_tokens",
     ):
         assert phrase in doc
+
+
+def test_a_realtime_emulator_works_on_a_batch_in_the_background_once_created() -> None:
+    with Emulator(delay=0, realtime=True) as emu:
+        store = emu._store
+        finished = threading.Event()
+        real_finish = store._finish
+
+        def finish(*args: Any, **kwargs: Any) -> None:
+            real_finish(*args, **kwargs)
+            finished.set()
+
+        store._finish = finish  # type: ignore[method-assign]
+        client = emu.client(max_retries=0)
+        batch = client.messages.batches.create(requests=requests(3))
+        assert finished.wait(30), "the batch was not worked on until looked at"
+        assert emu.calls["retrieve"] == 0 and emu.calls["results"] == 0
+        ended = client.messages.batches.retrieve(batch.id)
+        assert ended.processing_status == "ended" and ended.request_counts.succeeded == 3
+        assert len(list(client.messages.batches.results(batch.id))) == 3
+
+
+def test_an_ended_batch_is_retrieved_and_downloaded_while_another_is_worked_on() -> None:
+    # The state's lock held, as while a realtime emulator works on a large batch: an ended
+    # batch is still answered (the API serves one batch's results while it works on the next),
+    # and the calls are counted; a batch still running waits for the lock (not asked here).
+    with Emulator(delay=0) as emu:
+        client = emu.client(max_retries=0)
+        batch = client.messages.batches.create(requests=requests(4))
+        assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
+        answers: list[Any] = []
+
+        def look() -> None:
+            answers.append(client.messages.batches.retrieve(batch.id).request_counts.succeeded)
+            answers.append(len(list(client.messages.batches.results(batch.id))))
+
+        with emu.lock:
+            calls = emu.calls["retrieve"]
+            looking = threading.Thread(target=look)
+            looking.start()
+            looking.join(30)
+            assert answers == [4, 4]
+            assert emu.calls["retrieve"] == calls + 2  # the download looks the batch up first
