@@ -60,6 +60,9 @@ def test_every_download_of_a_batch_serves_the_bytes_encoded_when_it_ended(
         assert built[0] == 7  # the file is written once, when the batch ends
         first, second = _body(client, batch.id), _body(client, batch.id)
         assert built[0] == 7  # a download builds nothing
+        emu.faults.short_results = 1  # a download that takes a fault (under the state's lock)
+        assert _body(client, batch.id).count(b"\n") == 3
+        assert built[0] == 7  # builds nothing either
         assert first == second and first.count(b"\n") == 7 and first.endswith(b"\n")
         assert [json.loads(line) for line in first.splitlines()] == emu.results_of(batch.id)
         assert len({json.loads(line)["custom_id"] for line in first.splitlines()}) == 7
