@@ -1114,6 +1114,11 @@ BUGS = [
         "            with store.wire_lock:\n                store.calls[endpoint] += 1\n",
         "            with store.lock:\n                store.calls[endpoint] += 1\n",
         "every call waits for the emulator's background work before it is even counted"),
+    Bug("emulator-ended-before-written", "dsbatch/_emulator/_state.py",
+        "        batch.ended_at = ended_at\n        _results_file(batch, beta=False)\n",
+        "        batch.ended_at = ended_at\n        batch.status = \"ended\"\n"
+        "        _results_file(batch, beta=False)\n",
+        "a batch is seen ended before its results are written: its download waits for the lock"),
 ]  # fmt: skip
 
 

@@ -363,8 +363,9 @@ class Store:
         batch.outcomes, batch.order = outcomes, order
         batch.counts = {"processing": 0, **counts}
         batch.ended_at = ended_at
-        batch.status = "ended"
         _results_file(batch, beta=False)
+        # Last: a look without the lock (``ended``) finds it ended with its results written.
+        batch.status = "ended"
 
     def _outcome(
         self, batch: Batch, index: int, endpoint: Endpoint, moment: float

@@ -156,3 +156,25 @@ def test_a_file_past_the_spool_size_is_the_same_bytes_as_one_in_memory(
             on_disk = emu._store.batches[batch.id].files[False]._file is not None
             assert on_disk == (spool == 300)
     assert bodies[0] == bodies[1] and bodies[0].count(b"\n") == 20
+
+
+def test_a_batch_is_seen_ended_only_once_its_results_file_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Retrieves and downloads of an ended batch do not wait for the emulator's lock: a batch
+    # seen ended has its file whole, or a download would wait for the lock after all.
+    seen: list[Any] = []
+    real = _state._results_file
+
+    def writing(batch: Any, beta: bool) -> Any:
+        seen.append((batch.status, emu._store.ended(batch.id)))
+        return real(batch, beta)
+
+    monkeypatch.setattr(_state, "_results_file", writing)
+    with Emulator(delay=10) as emu:
+        client = emu.client()
+        batch = client.messages.batches.create(requests=requests(2))
+        emu.advance(10)
+        assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
+        assert seen == [("in_progress", None)]
+        assert emu._store.ready_results(batch.id) is not None
