@@ -198,3 +198,28 @@ def test_the_sdks_own_messages_lose_their_closing_full_stop():
 
     assert str(error) == "checking batch msgbatch_1 failed: Connection error"
     assert not isinstance(error, Unreachable)  # a lost answer is not a refused connection
+
+
+def test_a_wrong_base_url_fails_in_seconds_when_no_origin_check_reached_it_first():
+    # A client that says it is the emulator's needs no call to know its origin: the first call
+    # is the one that dates the first batch's intent, and it gives up as early.
+    url = f"http://127.0.0.1:{closed_port()}"
+    time = VirtualTime()
+    client = anthropic.Anthropic(
+        base_url=url, api_key="test-key", default_headers={"x-dsbatch-emulator": "1"}
+    )
+    with pytest.raises(BatchAPIError) as info:
+        dsbatch.map(
+            Dataset.from_dict({"text": ["a", "b"]}),
+            prompt,
+            model=MODEL,
+            client=client,
+            poll_interval=time.schedule(),
+            progress=False,
+        )
+    assert time.waits == [1.0, 2.0, 4.0]
+    message = str(info.value)
+    assert message.startswith("could not create batch #")
+    assert f"cannot connect to {url}" in message
+    assert message.endswith("Nothing was bought: fix the cause and run the same call again.")
+    assert_clean(message)

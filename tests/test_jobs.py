@@ -224,6 +224,35 @@ def test_a_canceled_job_sends_nothing_more_and_its_unsent_requests_end_canceled(
         assert extra.result()["response"][-1] == "echo: one more"
 
 
+def test_a_canceled_job_still_finds_and_reads_the_batch_a_stopped_call_created(monkeypatch):
+    # A call stops (Ctrl-C, a kill) after its create went out, before it recorded the batch,
+    # and the job is canceled meanwhile. Whoever resumes it looks for that batch before giving
+    # its intent up: the batch was paid for, and its answers are read, never lost.
+    rows = texts(10)
+    real_create = Backend.create
+
+    def stops(self, body, betas=()):
+        real_create(self, body, betas)
+        raise KeyboardInterrupt
+
+    with Emulator(delay=600, responder=echo) as emu:
+        monkeypatch.setattr(Backend, "create", stops)
+        with pytest.raises(KeyboardInterrupt):
+            submit(emu, Dataset.from_dict({"text": rows}))
+        monkeypatch.setattr(Backend, "create", real_create)
+        (made,) = emu.batches
+        (job,) = dsbatch.jobs()
+        status = load(job, emu).cancel()
+        assert status.state == "canceled" and [b.state for b in status.batches] == ["creating"]
+        emu.advance(600)
+        out = load(job, emu).result()
+        assert out["response"] == answers(rows)
+        assert [s["status"] for s in out["dsbatch"]] == ["succeeded"] * 10
+        assert emu.calls["create"] == 1 and sent(emu) == dict.fromkeys(ids_of(rows), 1)
+        (batch,) = load(job, emu).status().batches
+        assert (batch.state, batch.id) == ("ended", made)
+
+
 def test_load_takes_a_unique_prefix_and_says_what_is_ambiguous_or_unknown(emu):
     jobs = [submit(emu, Dataset.from_dict({"text": texts(2, f"set {i}")})) for i in range(20)]
     full = jobs[0].fingerprint
