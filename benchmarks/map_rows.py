@@ -65,6 +65,10 @@ from dsbatch._ingest import fetch_results, retry_download
 from dsbatch._poll import PollSchedule, call_retrying
 from dsbatch._store import ResultsStore
 
+# Imported before anything is timed, as the floor's modules are: a first run measures the work,
+# not the import of ``dsbatch.map``'s modules (which ``import dsbatch`` defers).
+MAP = dsbatch.map
+
 WORDS = [
     "batch",
     "dataset",
@@ -299,7 +303,7 @@ def main() -> None:
         before = rss_mb()
 
         def run(client: anthropic.Anthropic, cache: str, **kwargs: Any) -> Any:
-            return dsbatch.map(
+            return MAP(
                 ds,
                 summarize,
                 model=MODEL,

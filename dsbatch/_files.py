@@ -26,6 +26,7 @@ __all__ = [
     "read_arrow",
     "read_entries",
     "read_json",
+    "stamp",
     "write_json",
 ]
 
@@ -86,6 +87,12 @@ def _write(
     except OSError as e:
         raise LedgerError(f"cannot write {path}: {e}", path=str(path)) from e
     return path
+
+
+def stamp(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime_ns) of a file: a file replaced (written anew) gets another."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def read_json(path: Path) -> Any:

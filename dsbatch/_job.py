@@ -502,8 +502,10 @@ class _Requests(Mapping[str, bytes]):
         same = pc.equal(self.custom_ids().take(pa.array(at)), wanted).to_numpy(zero_copy_only=False)
         for i in np.flatnonzero(~same).tolist():
             at[i] = self._row(custom_ids[i])
-        order = np.argsort(at, kind="stable")
         starts = np.asarray(self._starts, dtype=np.int64)
+        if at[-1] - at[0] == len(at) - 1 and bool(np.all(np.diff(at) == 1)):
+            return self._rows_between(int(at[0]), int(at[-1]) + 1, starts, column)
+        order = np.argsort(at, kind="stable")
         groups = np.searchsorted(starts, at[order], side="right") - 1
         parts = []
         for group in np.unique(groups).tolist():
@@ -512,6 +514,18 @@ class _Requests(Mapping[str, bytes]):
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return pa.concat_arrays(parts).take(pa.array(inverse))
+
+    def _rows_between(self, first: int, end: int, starts: np.ndarray, column: str) -> pa.Array:
+        """One column of the file's rows ``first`` to ``end`` (a batch cut in the file's order,
+        the usual one): slices of its row groups, without sorting or taking."""
+        parts = []
+        group = int(np.searchsorted(starts, first, side="right")) - 1
+        while group < len(starts) - 1 and starts[group] < end:
+            start, values = self._group_column(group, column)
+            low, high = max(first - start, 0), min(end - start, len(values))
+            parts.append(values.slice(low, high - low))
+            group += 1
+        return pa.concat_arrays(parts)
 
     def _group_column(self, group: int, column: str) -> tuple[int, pa.Array]:
         """(first row, values) of one column of one row group: the last one read is kept."""

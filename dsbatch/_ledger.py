@@ -99,6 +99,9 @@ class Ledger:
         self.root = resolve_cache_dir(cache_dir)
         self.jobs_dir = self.root / "jobs"
         self.store = ResultsStore(self.root)
+        # job fingerprint -> its ids files checked by this process (``JobLedger``): each step
+        # reads the ids of the batches in flight through a new ``job()``.
+        self.ids_checked: dict[str, dict[int, tuple[tuple[int, int, int], str]]] = {}
         self._open()
 
     def _open(self) -> None:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from dsbatch._errors import LedgerError
-from dsbatch._files import arrow_bytes, atomic_write, atomic_write_named, read_arrow
+from dsbatch._files import arrow_bytes, atomic_write, atomic_write_named, read_arrow, stamp
 
 __all__ = ["REQUEST_GROUP_ROWS", "JobData", "RequestModels"]
 
@@ -42,6 +42,20 @@ _T = TypeVar("_T")
 
 # Requests per row group of a job's requests file: what a step reads to send a batch's part.
 REQUEST_GROUP_ROWS = 16_384
+# The process that writes a job's requests keeps their columns while they are at most this many
+# bytes (a job of 100,000 short requests): its steps and its join read them from memory, not
+# back from the file just written. A larger job's are read from the file a row group at a
+# time, so that its memory follows its batches, not its rows.
+KEPT_REQUEST_BYTES = 64 * 2**20
+
+_REQUESTS_SCHEMA = pa.schema(
+    [
+        ("custom_id", pa.string()),
+        ("params", pa.binary()),
+        ("model", pa.string()),
+        ("size", pa.int32()),
+    ]
+)
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
@@ -61,6 +75,10 @@ class JobData:
         self.dir = dir
         self.fingerprint = fingerprint
         self.rows_dir = dir / "rows"
+        # The requests file's row groups as this object wrote them (``KEPT_REQUEST_BYTES``),
+        # and the file's stamp then: a file written anew since is read.
+        self._kept: list[pa.Table] | None = None
+        self._kept_stamp: tuple[int, int, int] | None = None
 
     # -- requests and rows --------------------------------------------------------------------
     def has_requests(self) -> bool:
@@ -71,18 +89,17 @@ class JobData:
         alone, without them, to price its answer), and the params' size (read alone to cut
         batches). Written a row group at a time (``REQUEST_GROUP_ROWS``), in the order given,
         which is the order batches are cut in: a step reads the groups of the batch it sends
-        (``read_request_group``), and no copy of every body is ever made."""
-        schema = pa.schema(
-            [
-                ("custom_id", pa.string()),
-                ("params", pa.binary()),
-                ("model", pa.string()),
-                ("size", pa.int32()),
-            ]
-        )
+        (``read_request_group``). Only a job under ``KEPT_REQUEST_BYTES`` is kept in memory
+        once written; no other copy of every body is ever made."""
+        schema = _REQUESTS_SCHEMA
+        kept: list[pa.Table] | None = []
 
         def write(f: BinaryIO) -> None:
-            with pq.ParquetWriter(f, schema) as writer:
+            nonlocal kept
+            held = 0
+            # Dictionaries only where values repeat (the model): tried on every unique id and
+            # body, they were built and thrown away a page at a time.
+            with pq.ParquetWriter(f, schema, use_dictionary=["model"]) as writer:
                 it = iter(requests)
                 while group := list(itertools.islice(it, REQUEST_GROUP_ROWS)):
                     # Not zip(*group): its iterator per request, each a tracked object alive
@@ -95,11 +112,31 @@ class JobData:
                         pa.array([r[2] for r in group], pa.string()),
                         pc.binary_length(params),
                     ]
-                    writer.write_table(
-                        pa.table(columns, schema=schema), row_group_size=REQUEST_GROUP_ROWS
-                    )
+                    table = pa.table(columns, schema=schema)
+                    writer.write_table(table, row_group_size=REQUEST_GROUP_ROWS)
+                    held += table.nbytes
+                    if kept is not None and held <= KEPT_REQUEST_BYTES:
+                        kept.append(table)
+                    else:
+                        kept = None
 
-        atomic_write(self.dir / "requests.parquet", write)
+        self._kept = None
+        path = self.dir / "requests.parquet"
+        atomic_write(path, write)
+        with suppress(OSError):
+            self._kept_stamp, self._kept = stamp(path), kept
+
+    def _kept_groups(self) -> list[pa.Table] | None:
+        """The row groups this object wrote, while the file is still the one it wrote."""
+        if self._kept is None:
+            return None
+        try:
+            if stamp(self.dir / "requests.parquet") == self._kept_stamp:
+                return self._kept
+        except OSError:
+            pass
+        self._kept = None
+        return None
 
     def _requests_file(self, read: Callable[[Path], _T]) -> _T:
         """What ``read`` gets of the job's requests file; a LedgerError naming it if it cannot."""
@@ -114,6 +151,8 @@ class JobData:
 
     def request_groups(self) -> list[int]:
         """The number of requests in each row group of the requests file."""
+        if (kept := self._kept_groups()) is not None:
+            return [group.num_rows for group in kept]
         meta = self._requests_file(pq.read_metadata)
         return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
@@ -127,6 +166,8 @@ class JobData:
 
     def read_request_column(self, group: int, column: str) -> pa.Array:
         """One column (``params``, ``size``) of one row group of the requests file."""
+        if (kept := self._kept_groups()) is not None:
+            return kept[group][column].combine_chunks()
         table = self._requests_file(
             lambda path: pq.ParquetFile(path).read_row_group(group, columns=[column])
         )
@@ -135,6 +176,8 @@ class JobData:
     def requests_have_sizes(self) -> bool:
         """Whether the requests file keeps each request's size (one of an older dsbatch does
         not: its sizes are read from the params)."""
+        if self._kept_groups() is not None:
+            return True
         schema = self._requests_file(pq.read_schema)
         return "size" in schema.names
 
@@ -146,6 +189,8 @@ class JobData:
     def request_ids(self) -> pa.Array | None:
         """Every custom_id the job asks for (None if its requests file cannot be read): a bound
         on what any of its batches holds."""
+        if (kept := self._kept_groups()) is not None:
+            return _column_of(kept, "custom_id")
         try:
             table = pq.read_table(self.dir / "requests.parquet", columns=["custom_id"])
         except (OSError, pa.ArrowInvalid):
@@ -155,6 +200,8 @@ class JobData:
     def request_models(self) -> RequestModels | None:
         """custom_id -> the model of every request of the job, read without the params; None
         when the requests file holds no models (a job of an older dsbatch) or cannot be read."""
+        if (kept := self._kept_groups()) is not None:
+            return RequestModels(_column_of(kept, "custom_id"), _column_of(kept, "model"))
         try:
             table = pq.read_table(self.dir / "requests.parquet", columns=["custom_id", "model"])
         except (OSError, pa.ArrowInvalid, KeyError):
@@ -164,6 +211,8 @@ class JobData:
     def request_model_column(self) -> pa.Array | None:
         """The model of every request, as one Arrow column; None when the requests file holds
         no models (a job of an older dsbatch) or cannot be read."""
+        if (kept := self._kept_groups()) is not None:
+            return _column_of(kept, "model")
         try:
             table = pq.read_table(self.dir / "requests.parquet", columns=["model"])
         except (OSError, pa.ArrowInvalid, KeyError):
@@ -286,6 +335,12 @@ class _Hashing:
 
     def flush(self) -> None:
         self.out.flush()
+
+
+def _column_of(groups: list[pa.Table], column: str) -> pa.Array:
+    """One column of the requests' row groups, as one array."""
+    chunks = [chunk for group in groups for chunk in group[column].chunks]
+    return pa.chunked_array(chunks, _REQUESTS_SCHEMA.field(column).type).combine_chunks()
 
 
 class RequestModels(Mapping[str, "str | None"]):

@@ -30,7 +30,15 @@ import xxhash
 
 from dsbatch._arrow import whole
 from dsbatch._errors import LedgerError
-from dsbatch._files import arrow_bytes, atomic_write, hold_lock, read_arrow, read_json, write_json
+from dsbatch._files import (
+    arrow_bytes,
+    atomic_write,
+    hold_lock,
+    read_arrow,
+    read_json,
+    stamp,
+    write_json,
+)
 from dsbatch._ledger_data import JobData
 from dsbatch._records import BatchRecord, BatchState, Manifest, RecordError, record_from_journal
 
@@ -63,12 +71,6 @@ def ids_digest(custom_ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
-    """(inode, size, mtime_ns) of a file: a file replaced (written anew) gets another."""
-    stat = path.stat()
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
 def mentioned_batch_ids(path: Path) -> set[str]:
     """Every batch id a record file mentions, read as bytes: what a record too damaged to read
     may hold (nothing when the file cannot be read at all)."""
@@ -93,7 +95,7 @@ class JobLedger(JobData):
         self.records_dir = self.dir / "batches"
         # seq -> (the ids file's stamp, the digest it was found to match): a file unchanged
         # since this process wrote or checked it is not sorted and hashed again at every step.
-        self._checked: dict[int, tuple[tuple[int, int, int], str]] = {}
+        self._checked = ledger.ids_checked.setdefault(fingerprint, {})
 
     # -- manifest -----------------------------------------------------------------------------
     def read_manifest(self) -> Manifest | None:
@@ -225,24 +227,24 @@ class JobLedger(JobData):
         """``record_ids`` as one Arrow array (no Python object per id)."""
         path = self._ids_path(record.seq)
         try:
-            stamp = _stamp(path)
+            seen = stamp(path)
         except FileNotFoundError:
             return None
         except OSError:
-            stamp = None
+            seen = None
         try:
             ids = whole(read_arrow(path)["custom_id"])
             problem = ""
         except (OSError, pa.ArrowInvalid, KeyError) as e:
             ids, problem = pa.array([], pa.string()), str(e)
-        checked = stamp is not None and self._checked.get(record.seq) == (stamp, record.ids_digest)
+        checked = seen is not None and self._checked.get(record.seq) == (seen, record.ids_digest)
         if not problem and (
             len(ids) != record.request_count
             or (not checked and ids_digest(ids) != record.ids_digest)
         ):
             problem = f"it holds {len(ids)} custom_ids that do not match the record"
-        if not problem and stamp is not None:
-            self._checked[record.seq] = (stamp, record.ids_digest)
+        if not problem and seen is not None:
+            self._checked[record.seq] = (seen, record.ids_digest)
         if problem:
             raise LedgerError(
                 f"the custom_ids file {path} of batch {record.name} is damaged ({problem}). "
@@ -271,7 +273,7 @@ class JobLedger(JobData):
         atomic_write(path, arrow_bytes(table))
         if digest is not None:
             with contextlib.suppress(OSError):
-                self._checked[seq] = (_stamp(path), digest)
+                self._checked[seq] = (stamp(path), digest)
 
     # -- transitions: each checked against the record as stored, and persisted atomically --
     def change(

@@ -1058,7 +1058,7 @@ BUGS = [
         "        if len(shared):\n", "        if False:\n",
         "of ids sharing a key (a request and its samples), only the first finds its results"),
     Bug("ids-check-kept-after-change", "dsbatch/_ledger_job.py",
-        "self._checked.get(record.seq) == (stamp, record.ids_digest)",
+        "self._checked.get(record.seq) == (seen, record.ids_digest)",
         "record.seq in self._checked",
         "an ids file damaged after this process checked it is still trusted"),
     Bug("not-utf8-line-misnumbered", "dsbatch/_ingest.py",
@@ -1119,6 +1119,27 @@ BUGS = [
         "        batch.ended_at = ended_at\n        batch.status = \"ended\"\n"
         "        _results_file(batch, beta=False)\n",
         "a batch is seen ended before its results are written: its download waits for the lock"),
+    # -- issue 15: a job's requests kept by the process that wrote them ------------------------
+    Bug("kept-requests-after-rewrite", "dsbatch/_ledger_data.py",
+        "            if stamp(self.dir / \"requests.parquet\") == self._kept_stamp:\n",
+        "            if True:\n",
+        "a job's requests kept in memory are served after another process wrote the file anew"),
+    Bug("kept-requests-past-budget", "dsbatch/_ledger_data.py",
+        "                    if kept is not None and held <= KEPT_REQUEST_BYTES:\n",
+        "                    if kept is not None:\n",
+        "every job's requests are kept in memory, a million rows' too"),
+    Bug("rows-between-last-cut", "dsbatch/_job.py",
+        "            low, high = max(first - start, 0), min(end - start, len(values))\n",
+        "            low, high = max(first - start, 0), min(end - start, len(values) - 1)\n",
+        "a batch cut in the file's order loses the last request of each row group"),
+    Bug("rows-between-any-order", "dsbatch/_job.py",
+        "        if at[-1] - at[0] == len(at) - 1 and bool(np.all(np.diff(at) == 1)):\n",
+        "        if at[-1] - at[0] == len(at) - 1:\n",
+        "requests whose rows span as many as they are, in another order, get their neighbours'"),
+    Bug("ids-checked-per-job-object", "dsbatch/_ledger_job.py",
+        "        self._checked = ledger.ids_checked.setdefault(fingerprint, {})\n",
+        "        self._checked: dict[int, tuple[tuple[int, int, int], str]] = {}\n",
+        "each step sorts and hashes the ids of every batch in flight again"),
 ]  # fmt: skip
 
 

@@ -90,17 +90,28 @@ def test_a_job_whose_bodies_spill_sends_and_answers_the_same(emu, monkeypatch, t
     assert [(s["custom_id"], s["status"]) for s in spilled["dsbatch"]] == ids
 
 
-def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monkeypatch):
+def _written(tmp_path, fingerprint, requests, where):
+    """A job's requests written; read back by the process that wrote them (``memory``) or by
+    another one, from the file (``file``)."""
+    from dsbatch._ledger import Ledger
+
+    job = Ledger(str(tmp_path)).job(fingerprint)
+    job.write_requests(requests)
+    return job if where == "memory" else Ledger(str(tmp_path)).job(fingerprint)
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monkeypatch, where):
     # A request and its samples share their 64-bit key: each id still gets its own body, from
     # any row group, and an id the job does not have is a KeyError, not a neighbour's body.
     from dsbatch._job import _Requests
-    from dsbatch._ledger import Ledger
 
     monkeypatch.setattr(dsbatch._ledger_data, "REQUEST_GROUP_ROWS", 4)
     base = "dsb_" + "0123456789abcdef" * 2
     ids = [base, *(f"{base}_s{i}" for i in range(1, 6)), "dsb_" + "f" * 32, "plain-id"]
-    job = Ledger(str(tmp_path)).job("f" * 32)
-    job.write_requests((c, f'{{"n":{n}}}'.encode(), "m") for n, c in enumerate(ids))
+    given = ((c, f'{{"n":{n}}}'.encode(), "m") for n, c in enumerate(ids))
+    job = _written(tmp_path, "f" * 32, given, where)
+    assert (job._kept is not None) == (where == "memory")
     requests = _Requests(job)
     for n, custom_id in reversed(list(enumerate(ids))):
         assert requests[custom_id] == f'{{"n":{n}}}'.encode()
@@ -113,6 +124,13 @@ def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monke
     shuffled = ids[::-1] + ids[3:5]
     assert requests.params(shuffled).to_pylist() == [requests[c] for c in shuffled]
     assert requests.params([]).to_pylist() == []
+    # Runs in the file's order (a batch cut as the file is: slices of its row groups).
+    mixed = [ids[2], ids[4], ids[3], ids[5]]  # rows 2 to 5, not in their order
+    for order in (ids, ids[2:7], ids[3:4], ids[4:8], ids[6:], ids[5:] + ids[:1], mixed):
+        assert requests.params(order).to_pylist() == [
+            f'{{"n":{ids.index(c)}}}'.encode() for c in order
+        ]
+        assert requests.sizes(order).tolist() == [len(requests[c]) for c in order]
     with pytest.raises(KeyError):
         requests.params([ids[0], f"{base}_s9"])
     plain = {c: requests[c] for c in ids}
@@ -129,19 +147,18 @@ def test_a_jobs_requests_are_found_by_id_among_ids_sharing_a_key(tmp_path, monke
     assert list(chunk_requests(shuffled, requests, max_bytes=150)) != plans  # sizes are read
 
 
+@pytest.mark.parametrize("where", ["memory", "file"])
 def test_batches_are_cut_by_the_sizes_the_requests_file_keeps_or_by_the_params_of_an_older_one(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, where
 ):
     import pyarrow.parquet as pq
 
     from dsbatch._job import _Requests
-    from dsbatch._ledger import Ledger
 
     monkeypatch.setattr(dsbatch._ledger_data, "REQUEST_GROUP_ROWS", 4)
     ids = [f"dsb_{i:02d}" for i in range(11)]
     bodies = {c: b'{"n":"' + b"x" * (i * 7 % 23) + b'"}' for i, c in enumerate(ids)}
-    job = Ledger(str(tmp_path)).job("e" * 32)
-    job.write_requests((c, bodies[c], "m") for c in ids)
+    job = _written(tmp_path, "e" * 32, ((c, bodies[c], "m") for c in ids), where)
     requests = _Requests(job)
     shuffled = ids[::-3] + ids[:5]
     assert requests.sizes(shuffled).tolist() == [len(bodies[c]) for c in shuffled]
@@ -159,3 +176,51 @@ def test_batches_are_cut_by_the_sizes_the_requests_file_keeps_or_by_the_params_o
     older = _Requests(job)
     assert older.sizes(shuffled).tolist() == [len(bodies[c]) for c in shuffled]
     assert list(chunk_requests(shuffled, older, **cuts)) == plans
+
+
+def test_the_process_that_wrote_a_jobs_requests_reads_them_from_memory_until_the_file_changes(
+    tmp_path, monkeypatch
+):
+    import pyarrow.parquet as pq
+
+    from dsbatch._job import _Requests
+    from dsbatch._ledger import Ledger
+
+    monkeypatch.setattr(dsbatch._ledger_data, "REQUEST_GROUP_ROWS", 4)
+    ids = [f"dsb_{i:02d}" for i in range(10)]
+    job = Ledger(str(tmp_path)).job("d" * 32)
+    job.write_requests((c, f'{{"n":{i}}}'.encode(), f"m{i % 3}") for i, c in enumerate(ids))
+    on_disk = pq.read_table(job.dir / "requests.parquet")
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the requests file was read")
+
+    with monkeypatch.context() as m:
+        for name in ("ParquetFile", "read_table", "read_metadata", "read_schema"):
+            m.setattr(dsbatch._ledger_data.pq, name, unread)
+        requests = _Requests(job)
+        assert requests.params(ids[::-1]).to_pylist() == on_disk["params"].to_pylist()[::-1]
+        assert requests.sizes(ids).tolist() == on_disk["size"].to_pylist()
+        assert job.request_groups() == [4, 4, 2]
+        assert job.request_ids().to_pylist() == ids
+        assert job.request_models() == {c: f"m{i % 3}" for i, c in enumerate(ids)}
+        assert job.request_model_column().to_pylist() == on_disk["model"].to_pylist()
+        assert job.read_request_params(2).to_pylist() == [b'{"n":8}', b'{"n":9}']
+    # Written anew by another process (other bodies): this one reads the file, not its memory.
+    Ledger(str(tmp_path)).job("d" * 32).write_requests(
+        (c, f'{{"n":{-i}}}'.encode(), "other") for i, c in enumerate(ids[:6])
+    )
+    assert job.request_groups() == [4, 2]
+    assert job.request_ids().to_pylist() == ids[:6]
+    assert _Requests(job).params(ids[:6]).to_pylist() == [
+        f'{{"n":{-i}}}'.encode() for i in range(6)
+    ]
+    assert job.request_model_column().to_pylist() == ["other"] * 6
+    # A job over the bytes kept is read from its file, a row group at a time.
+    monkeypatch.setattr(dsbatch._ledger_data, "KEPT_REQUEST_BYTES", 100)
+    large = Ledger(str(tmp_path)).job("c" * 32)
+    large.write_requests((c, f'{{"n":{i}}}'.encode(), "m") for i, c in enumerate(ids))
+    assert large._kept is None
+    monkeypatch.setattr(dsbatch._ledger_data.pq, "ParquetFile", unread)
+    with pytest.raises(AssertionError, match="was read"):
+        large.read_request_params(0)

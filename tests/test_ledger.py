@@ -141,6 +141,36 @@ def test_an_ids_file_checked_once_is_checked_again_when_it_changes(tmp_path, mon
     assert job.record_ids(record) == IDS and len(digests) == 4
 
 
+def test_an_ids_file_checked_through_one_job_object_is_not_hashed_again_through_another(
+    tmp_path, monkeypatch
+):
+    # Each step reads the ids of the batches in flight through a new ``ledger.job()``.
+    import dsbatch._ledger_job as ledger_job
+
+    ledger, job = fresh(tmp_path)
+    record = job.new_record(IDS, intent_at=1.0, key_hash="")
+    digests = []
+    real = ledger_job.ids_digest
+    monkeypatch.setattr(ledger_job, "ids_digest", lambda ids: digests.append(1) or real(ids))
+    for _ in range(3):
+        assert ledger.job("job-a").record_ids(record) == IDS
+    assert digests == []
+    path = job.dir / "batches" / "000000.ids.arrow"
+    data = path.read_bytes()
+    stat = path.stat()
+    path.write_bytes(data.replace(IDS[2].encode(), IDS[2][:-1].encode() + b"f"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    with pytest.raises(LedgerError, match="do not match the record"):
+        ledger.job("job-a").record_ids(record)
+    with pytest.raises(LedgerError, match="do not match the record"):
+        job.record_ids(record)
+    assert len(digests) == 2
+    # Another job's ids are checked on their own.
+    other = ledger.job("job-b")
+    other_record = other.new_record(IDS[:2], intent_at=1.0, key_hash="")  # its digest made
+    assert ledger.job("job-b").record_ids(other_record) == IDS[:2] and len(digests) == 3
+
+
 def test_a_deleted_record_is_rebuilt_from_the_journal_and_its_slot_never_reused(tmp_path):
     ledger, job = fresh(tmp_path)
     record = job.new_record(IDS, intent_at=1.0, key_hash="k")
