@@ -496,15 +496,17 @@ class _Requests(Mapping[str, bytes]):
             return pa.array([], pa.binary() if column == "params" else pa.int32())
         keys, rows = self._index()
         wanted = pa.array(custom_ids, pa.string())
+        starts = np.asarray(self._starts, dtype=np.int64)
+        # The usual batch is cut in the file's order: the rows from its first id's on.
+        first = self._row(custom_ids[0])
+        if self.custom_ids().slice(first, len(wanted)).equals(wanted):
+            return self._rows_between(first, first + len(wanted), starts, column)
         found = np.minimum(np.searchsorted(keys, custom_id_keys(wanted)), len(keys) - 1)
         at = rows[found]
         # The first id of each key is the usual match; others (samples) are looked up alone.
         same = pc.equal(self.custom_ids().take(pa.array(at)), wanted).to_numpy(zero_copy_only=False)
         for i in np.flatnonzero(~same).tolist():
             at[i] = self._row(custom_ids[i])
-        starts = np.asarray(self._starts, dtype=np.int64)
-        if at[-1] - at[0] == len(at) - 1 and bool(np.all(np.diff(at) == 1)):
-            return self._rows_between(int(at[0]), int(at[-1]) + 1, starts, column)
         order = np.argsort(at, kind="stable")
         groups = np.searchsorted(starts, at[order], side="right") - 1
         parts = []

@@ -1133,9 +1133,10 @@ BUGS = [
         "            low, high = max(first - start, 0), min(end - start, len(values) - 1)\n",
         "a batch cut in the file's order loses the last request of each row group"),
     Bug("rows-between-any-order", "dsbatch/_job.py",
-        "        if at[-1] - at[0] == len(at) - 1 and bool(np.all(np.diff(at) == 1)):\n",
-        "        if at[-1] - at[0] == len(at) - 1:\n",
-        "requests whose rows span as many as they are, in another order, get their neighbours'"),
+        "        if self.custom_ids().slice(first, len(wanted)).equals(wanted):\n",
+        "        if pc.all(pc.is_in(self.custom_ids().slice(first, len(wanted)), wanted)).as_py()"
+        ":\n",
+        "requests whose rows follow the first one's, in another order, get their neighbours'"),
     Bug("ids-checked-per-job-object", "dsbatch/_ledger_job.py",
         "        self._checked = ledger.ids_checked.setdefault(fingerprint, {})\n",
         "        self._checked: dict[int, tuple[tuple[int, int, int], str]] = {}\n",
