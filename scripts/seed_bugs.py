@@ -1141,6 +1141,9 @@ BUGS = [
         "        self._checked = ledger.ids_checked.setdefault(fingerprint, {})\n",
         "        self._checked: dict[int, tuple[tuple[int, int, int], str]] = {}\n",
         "each step sorts and hashes the ids of every batch in flight again"),
+    Bug("download-in-small-chunks", "dsbatch/_emulator/_server.py",
+        "_CHUNK = 8 * 2**20\n", "_CHUNK = 256 * 1024\n",
+        "a download served beside another batch's work waits for the interpreter at every 256 KB"),
 ]  # fmt: skip
 
 

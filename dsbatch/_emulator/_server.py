@@ -43,7 +43,9 @@ __all__ = ["ORIGIN_HEADER", "EmulatorHTTPServer", "ServerConfig", "route"]
 ORIGIN_HEADER = "x-dsbatch-emulator"
 _PREFIX = "/v1/messages/batches"
 _LIVE = {"/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens"}
-_CHUNK = 256 * 1024
+# A download's chunks: large, so that a download served while the emulator works on another
+# batch (its next wave) takes the interpreter's lock a few times, not thousands.
+_CHUNK = 8 * 2**20
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -420,4 +422,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     def _write_chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.wfile.write(b"%x\r\n" % len(data))
+        self.wfile.write(data)
+        self.wfile.write(b"\r\n")

@@ -178,3 +178,39 @@ def test_a_batch_is_seen_ended_only_once_its_results_file_is_written(
         assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
         assert seen == [("in_progress", None)]
         assert emu._store.ready_results(batch.id) is not None
+
+
+def _raw_chunks(base_url: str, path: str) -> list[int]:
+    """The sizes of the chunks of a chunked answer, read off the wire."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(base_url)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {where.netloc}\r\nx-api-key: test-key\r\n"
+            "anthropic-version: 2023-06-01\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b"".join(iter(lambda: sock.recv(1 << 20), b""))
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    sizes = []
+    while True:
+        line, _, body = body.partition(b"\r\n")
+        size = int(line, 16)
+        if size == 0:
+            return sizes
+        sizes.append(size)
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+
+
+def test_a_download_goes_out_in_a_few_large_chunks() -> None:
+    # Each chunk takes the interpreter's lock: a download served while the emulator works on
+    # another batch (the next wave) must not wait for it thousands of times.
+    with Emulator() as emu:
+        client = emu.client()
+        batch = client.messages.batches.create(requests=requests(600))
+        size = len(_body(client, batch.id))
+        assert 256 * 1024 < size < 8 * 2**20
+        assert _raw_chunks(emu.base_url, f"/v1/messages/batches/{batch.id}/results") == [size]
