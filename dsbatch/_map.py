@@ -253,11 +253,21 @@ def _start(
     # (custom_id, body, its model) of every request, as the requests file keeps them; the
     # models seen are the call's facts.
     models: set[str | None] = set()
-    requests = _with_models(rendered, options.model, models)
+    model = _template_model(rendered, options.model)
+    requests: Iterator[tuple[str, bytes, str | None]] = iter(())
+    if model is None:
+        requests = _with_models(rendered, options.model, models)
+    else:
+        models.add(model[0])
     if manifest is None or not manifest.options or not job.has_requests():
         if prepared.groups:  # before the requests: a job with its requests has its groups
             job.write_prefix_groups(prepared.groups)
-        job.write_requests(requests)
+        if model is not None:
+            (only,) = model
+            groups = rendered.bodies.column_groups(job.group_rows)
+            job.write_request_columns((ids, params, only) for ids, params in groups)
+        else:
+            job.write_requests(requests)
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
         give_back()  # the requests' columns, written
@@ -396,22 +406,25 @@ def _thinks(rendered: Rendered) -> bool:
     return any_thinks(rendered.bodies.values())
 
 
+def _template_model(rendered: Rendered, default: str | None) -> tuple[str | None] | None:
+    """(the model,) of bodies all made from one text template; None when they are not. Only
+    the messages differ, and a text there is a JSON string (``"model":`` cannot occur in it,
+    its quotes escaped): the model of one is the model of all, and the requests are written
+    as columns (``Bodies.column_groups``), without a Python object per request."""
+    templates = set(rendered.templates)
+    if len(templates) != 1 or rendered.from_template != len(rendered.bodies):
+        return None
+    ((head, tail),) = templates
+    return (model_of(head + b"[]" + tail, default),)
+
+
 def _with_models(
     rendered: Rendered, default: str | None, seen: set[str | None]
 ) -> Iterator[tuple[str, bytes, str | None]]:
     """(custom_id, body, ``model_of(body, default)``) of every body, adding each model to
     ``seen``. A body naming ``model`` once, as the default, is known without parsing (the key
-    made once, not per body); bodies all made from one text template have its model."""
-    bodies, templates = rendered.bodies, set(rendered.templates)
-    if len(templates) == 1 and rendered.from_template == len(bodies):
-        # Only the messages differ, and a text there is a JSON string ("model": cannot occur
-        # in it, its quotes escaped): the model of one is the model of all.
-        ((head, tail),) = templates
-        model = model_of(head + b"[]" + tail, default)
-        seen.add(model)
-        for custom_id, body in bodies.items():
-            yield custom_id, body, model
-        return
+    made once, not per body)."""
+    bodies = rendered.bodies
     named = None if default is None else b'"model":' + json.dumps(default).encode()
     for custom_id, body in bodies.items():
         at = -1 if named is None else body.find(named)

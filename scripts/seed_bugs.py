@@ -924,7 +924,7 @@ BUGS = [
         "if rendered.templates:",
         "a row whose own params ask for thinking, among text rows, gets no thinking column"),
     Bug("render2-models-template-default", "dsbatch/_map.py",
-        'model = model_of(head + b"[]" + tail, default)', "model = default",
+        'return (model_of(head + b"[]" + tail, default),)', "return (default,)",
         "requests of a template whose params name another model are priced as the default's"),
     Bug("join-in-order-assumed", "dsbatch/_join.py",
         "    in_order = _is_identity(index, latest.num_rows)\n", "    in_order = True\n",
@@ -1026,8 +1026,7 @@ BUGS = [
         "if known is not None and known.equals(ids):",
         "results that come in another order than the batch's ids are taken for another's"),
     Bug("request-size-plus-one", "dsbatch/_ledger_data.py",
-        "                        pc.binary_length(params),\n",
-        "                        pc.add(pc.binary_length(params), 1),\n",
+        "[*columns, pc.binary_length(params)]", "[*columns, pc.add(pc.binary_length(params), 1)]",
         "the requests file keeps each size one byte over: batches are cut smaller than they fit"),
     Bug("group-cache-ignores-column", "dsbatch/_job.py",
         "if self._group[:2] != (group, column):",
@@ -1144,6 +1143,20 @@ BUGS = [
     Bug("download-in-small-chunks", "dsbatch/_emulator/_server.py",
         "_CHUNK = 8 * 2**20\n", "_CHUNK = 256 * 1024\n",
         "a download served beside another batch's work waits for the interpreter at every 256 KB"),
+    # -- issue 15: a job's requests from one template written as columns ---------------------
+    Bug("columns-of-replaced-bodies", "dsbatch/_bodies.py",
+        "bool(np.all(offsets[1:] == offsets[:-1] + lengths[:-1]))", "True",
+        "a spilled body set again is written to the requests file as the bytes after the last"),
+    Bug("columns-lose-last-group", "dsbatch/_bodies.py",
+        "            while ids := list(itertools.islice(ids_left, rows)):\n"
+        "                yield ids, pa.array(",
+        "            while len(ids := list(itertools.islice(ids_left, rows))) == rows:\n"
+        "                yield ids, pa.array(",
+        "the last requests of a job rendered in memory are never written"),
+    Bug("template-model-of-other-bodies", "dsbatch/_map.py",
+        "    if len(templates) != 1 or rendered.from_template != len(rendered.bodies):\n",
+        "    if len(templates) != 1:\n",
+        "bodies not made from the job's one template are written with the template's model"),
 ]  # fmt: skip
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import pickle
 
+import pyarrow as pa
 import pytest
 from datasets import Dataset
-from support import answers, run, sent
+from support import MODEL, answers, run, sent
 
 import dsbatch._bodies
 import dsbatch._ledger_data
@@ -44,6 +45,25 @@ def test_a_spilled_store_rewrites_and_deletes_keeping_the_first_order():
     del store[keys[10]], plain[keys[10]]
     store["dsb_new"] = plain["dsb_new"] = b"{}"
     assert list(store.items()) == list(plain.items())
+
+
+@pytest.mark.parametrize("spill_bytes", [10**9, 200, 0])
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_store_gives_its_bodies_as_arrow_columns_a_group_at_a_time(spill_bytes, replaced):
+    store, plain = _filled(spill_bytes)
+    if replaced:  # a body set again: spilled, it is no longer where the order says
+        keys = list(plain)
+        store[keys[9]] = plain[keys[9]] = b'{"rewritten":"' + b"z" * 40 + b'"}'
+        del store[keys[20]], plain[keys[20]]
+    groups = list(store.column_groups(7))
+    sizes = [7] * (len(plain) // 7) + ([len(plain) % 7] if len(plain) % 7 else [])
+    assert [len(ids) for ids, _ in groups] == sizes
+    assert [c for ids, _ in groups for c in ids] == list(plain)
+    assert [b for _, params in groups for b in params.to_pylist()] == list(plain.values())
+    for _, params in groups:
+        params.validate(full=True)
+        assert params.type == pa.binary()
+    assert list(Bodies().column_groups(7)) == []
 
 
 def test_a_pass_over_every_body_reads_the_file_in_windows(monkeypatch):
@@ -224,3 +244,36 @@ def test_the_process_that_wrote_a_jobs_requests_reads_them_from_memory_until_the
     monkeypatch.setattr(dsbatch._ledger_data.pq, "ParquetFile", unread)
     with pytest.raises(AssertionError, match="was read"):
         large.read_request_params(0)
+
+
+@pytest.mark.parametrize("spill_bytes", [10**9, 300])
+def test_a_jobs_requests_from_one_template_are_written_as_columns_as_they_were_rendered(
+    emu, monkeypatch, tmp_path, spill_bytes
+):
+    import pyarrow.parquet as pq
+
+    from dsbatch._ledger import Ledger
+
+    monkeypatch.setattr(dsbatch._ledger_data, "REQUEST_GROUP_ROWS", 4)
+    monkeypatch.setattr(dsbatch._bodies, "SPILL_BYTES", spill_bytes)
+    written = []
+    real = dsbatch._ledger_data.JobData.write_request_columns
+    monkeypatch.setattr(
+        dsbatch._ledger_data.JobData,
+        "write_request_columns",
+        lambda self, groups: written.append(1) or real(self, groups),
+    )
+    texts = [f"text {i} " + "y" * (i % 5) for i in range(11)] * 2
+    out = run(Dataset.from_dict({"text": texts}), emu, cache_dir=tmp_path / "c")
+    assert out["response"] == answers(texts) and written == [1]
+    (fingerprint,) = Ledger(tmp_path / "c").job_fingerprints()
+    path = Ledger(tmp_path / "c").job(fingerprint).dir / "requests.parquet"
+    table = pq.read_table(path)
+    ids = [s["custom_id"] for s in out["dsbatch"][:11]]
+    assert table["custom_id"].to_pylist() == ids
+    bodies = [json.loads(b) for b in table["params"].to_pylist()]
+    assert [b["messages"][0]["content"] for b in bodies] == texts[:11]
+    assert table["model"].to_pylist() == [b["model"] for b in bodies] == [MODEL] * 11
+    assert table["size"].to_pylist() == [len(b) for b in table["params"].to_pylist()]
+    meta = pq.read_metadata(path)
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4, 4, 3]

@@ -15,7 +15,7 @@ from PIL import Image
 from dsbatch import PromptError
 from dsbatch._bodies import Bodies
 from dsbatch._cost import model_of
-from dsbatch._map import _with_models
+from dsbatch._map import _template_model, _with_models
 from dsbatch._prefix import TemplateMarks, plan_prefix_caching
 from dsbatch._provenance import _models
 from dsbatch._render import Rendered, RequestShape, custom_id_for, render_split
@@ -322,17 +322,31 @@ def test_whether_a_rendering_thinks_is_any_thinks_of_its_bodies(defaults, prompt
     assert _thinks(Rendered()) is False
 
 
+def _other_model(row):
+    # A dict row naming its own model among text rows made from the template.
+    if row["t"].startswith("list"):
+        return {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": row["t"]}]}
+    return row["t"]
+
+
 @pytest.mark.parametrize("default", [MODEL, "claude-opus-4-5", None])
 @pytest.mark.parametrize("model", [MODEL, "claude-opus-4-5"])
-@pytest.mark.parametrize("prompt", [_as_text, _mixed])
+@pytest.mark.parametrize("prompt", [_as_text, _mixed, _other_model])
 def test_the_model_of_requests_made_from_one_template_is_model_of_each_body(default, model, prompt):
     rendered = _render(
         {"a": ["list 0", *TRICKY]}, prompt, defaults={**DEFAULTS, "model": model}, samples=2
     )
     seen: set[str | None] = set()
-    kept = list(_with_models(rendered, default, seen))
+    only = _template_model(rendered, default)
+    # Bodies all from one template have its model (written as columns); others are read.
+    assert (only is None) == (prompt is not _as_text)
+    if only is None:
+        kept = list(_with_models(rendered, default, seen))
+    else:
+        kept, seen = [(c, b, only[0]) for c, b in rendered.bodies.items()], {only[0]}
     assert kept == [(c, b, model_of(b, default)) for c, b in rendered.bodies.items()]
-    assert seen == {model} and len(kept) == 22
+    models = {model, "claude-sonnet-4-5"} if prompt is _other_model else {model}
+    assert seen == models and len(kept) == 22
 
 
 def test_a_thinking_request_in_a_later_row_group_of_the_requests_file_is_found(
