@@ -130,7 +130,8 @@ class JobData:
                         models = pa.array([models] * len(ids), pa.string())
                     columns = [pa.array(ids, pa.string()), params, models]
                     table = pa.table([*columns, pc.binary_length(params)], schema=_REQUESTS_SCHEMA)
-                    writer.write_table(table, row_group_size=REQUEST_GROUP_ROWS)
+                    # One row group per group given: what is kept is the file's row groups.
+                    writer.write_table(table, row_group_size=max(table.num_rows, 1))
                     held += table.nbytes
                     if kept is not None and held <= KEPT_REQUEST_BYTES:
                         kept.append(table)
