@@ -104,11 +104,13 @@ class BatchKeeper:
 
     def take_ended(self) -> bool:
         """Download and store the results of the batches ``advance`` found ended (``later``);
-        returns whether there were any."""
+        returns whether there were any. Each is parsed on one core: the API works on the
+        batches the step just created meanwhile, and this call would only wait for them (an
+        emulator on this machine keeps the other core)."""
         ended, self.ended = list(self.ended.values()), {}
         for job, record, info in ended:
             try:
-                self._take_results(job, record, info)
+                self._take_results(job, record, info, use_threads=False)
             except StaleRecord as e:
                 log.info("dsbatch: %s; reading what that call did", e)
         return bool(ended)
@@ -233,9 +235,18 @@ class BatchKeeper:
             return
         self._take_results(job, record, info)
 
-    def _take_results(self, job: JobLedger, record: BatchRecord, info: BatchInfo) -> None:
-        """Download an ended batch's results and store them, if they are its requests'."""
-        table = fetch_results(self.backend, self.ledger.store, info, retrying=self.downloading)
+    def _take_results(
+        self, job: JobLedger, record: BatchRecord, info: BatchInfo, *, use_threads: bool = True
+    ) -> None:
+        """Download an ended batch's results and store them, if they are its requests'
+        (parsed on every core, or on one: ``parse_results``)."""
+        table = fetch_results(
+            self.backend,
+            self.ledger.store,
+            info,
+            retrying=self.downloading,
+            use_threads=use_threads,
+        )
         if table is None:
             self._missing(job, record, "its results can no longer be downloaded")
         elif self._ours(job, record, table["custom_id"]):

@@ -64,9 +64,14 @@ class UnreadableResults(BatchAPIError):
 
 
 def parse_results(
-    data: bytes | pa.Buffer, *, batch_id: str, batch_created_at: float | None = None
+    data: bytes | pa.Buffer,
+    *,
+    batch_id: str,
+    batch_created_at: float | None = None,
+    use_threads: bool = True,
 ) -> pa.Table:
-    """Parse a results download (bytes, or a memory-mapped buffer) into ``RESULT_SCHEMA`` rows.
+    """Parse a results download (bytes, or a memory-mapped buffer) into ``RESULT_SCHEMA`` rows,
+    on every core (``use_threads``, as pyarrow's readers say it) or on one.
 
     Raises ``IncompleteDownload`` when the last line is cut, ``UnreadableResults`` naming the
     batch and line when another line is not JSON or names no custom_id.
@@ -74,10 +79,12 @@ def parse_results(
     buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
     if buf.size == 0:
         return RESULT_SCHEMA.empty_table()
-    raw = _raw_lines(buf, batch_id)
+    raw = _raw_lines(buf, batch_id, use_threads)
     try:
         parsed = pj.read_json(
-            pa.BufferReader(buf), read_options=_read_options(buf.size, raw), parse_options=_PARSE
+            pa.BufferReader(buf),
+            read_options=_read_options(buf.size, raw, use_threads),
+            parse_options=_PARSE,
         )
         if parsed.num_rows != len(raw) or parsed["custom_id"].null_count:
             raise pa.ArrowInvalid("a line is not a result")
@@ -151,14 +158,17 @@ def _tool_inputs(content: pa.Array, raw: pa.ChunkedArray) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _read_options(size: int, raw: pa.ChunkedArray) -> pj.ReadOptions:
-    """Blocks of ``_BLOCK_BYTES`` parsed on every core, each large enough for the longest line
-    and its line end (a line is never split across blocks: the reader refuses that)."""
+def _read_options(size: int, raw: pa.ChunkedArray, use_threads: bool) -> pj.ReadOptions:
+    """Blocks of ``_BLOCK_BYTES`` (parsed on every core with ``use_threads``), each large enough
+    for the longest line and its line end (a line is never split across blocks: the reader
+    refuses that)."""
     longest = pc.max(pc.binary_length(raw)).as_py() or 0
-    return pj.ReadOptions(block_size=min(size + 1, max(_BLOCK_BYTES, longest + 2)))
+    return pj.ReadOptions(
+        use_threads=use_threads, block_size=min(size + 1, max(_BLOCK_BYTES, longest + 2))
+    )
 
 
-def _raw_lines(buf: pa.Buffer, batch_id: str) -> pa.ChunkedArray:
+def _raw_lines(buf: pa.Buffer, batch_id: str, use_threads: bool) -> pa.ChunkedArray:
     """Each non-blank line as a string, split in C++: the CSV reader with a delimiter that JSON
     text never holds raw (control characters are always escaped in JSON) and no quoting. Kept
     in the reader's chunks: joining them would copy every byte of the download once more.
@@ -166,7 +176,9 @@ def _raw_lines(buf: pa.Buffer, batch_id: str) -> pa.ChunkedArray:
     try:
         table = pacsv.read_csv(
             pa.BufferReader(buf),
-            read_options=pacsv.ReadOptions(column_names=["raw"], block_size=1 << 24),
+            read_options=pacsv.ReadOptions(
+                use_threads=use_threads, column_names=["raw"], block_size=1 << 24
+            ),
             parse_options=pacsv.ParseOptions(delimiter="\x01", quote_char=False, escape_char=False),
             convert_options=pacsv.ConvertOptions(column_types={"raw": pa.large_string()}),
         )
@@ -291,9 +303,15 @@ def _text(value: Any) -> str | None:
 
 
 def fetch_results(
-    backend: Backend, store: ResultsStore, info: BatchInfo, *, retrying: Retrying
+    backend: Backend,
+    store: ResultsStore,
+    info: BatchInfo,
+    *,
+    retrying: Retrying,
+    use_threads: bool = True,
 ) -> pa.Table | None:
     """An ended batch's results, downloaded whole; None when the API no longer has them.
+    ``use_threads``: parsed on every core, else on one (``parse_results``).
 
     Transient failures and incomplete downloads (a cut line, fewer lines than the batch has
     requests) are fetched again by ``retrying``; what still fails is raised. Whose results
@@ -302,7 +320,9 @@ def fetch_results(
 
     def download() -> pa.Table:
         data = store.store_download(info.id, backend.download(info))
-        table = parse_results(data, batch_id=info.id, batch_created_at=info.created_at)
+        table = parse_results(
+            data, batch_id=info.id, batch_created_at=info.created_at, use_threads=use_threads
+        )
         if table.num_rows < info.size:
             raise IncompleteDownload(
                 f"the results of batch {info.id} hold {table.num_rows} lines for "

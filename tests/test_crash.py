@@ -83,11 +83,11 @@ def test_death_while_ingesting_keeps_every_paid_result(monkeypatch):
     real_parse = _ingest.parse_results
     calls = []
 
-    def parse_then_die(data, *, batch_id, batch_created_at=None):
+    def parse_then_die(data, *, batch_id, batch_created_at=None, **kwargs):
         calls.append(batch_id)
         if len(calls) == 1:
             raise Died()
-        return real_parse(data, batch_id=batch_id, batch_created_at=batch_created_at)
+        return real_parse(data, batch_id=batch_id, batch_created_at=batch_created_at, **kwargs)
 
     with Emulator(delay=0, responder=echo) as emu:
         ds = Dataset.from_dict({"text": TEXTS})

@@ -230,7 +230,7 @@ def test_the_fast_parse_reads_every_readable_line_as_the_line_by_line_parse_does
     from dsbatch import _ingest
 
     data = jsonl(*READABLE)
-    lenient = _ingest._parse_lenient(_ingest._raw_lines(pa.py_buffer(data), "b"), "b", 5.0)
+    lenient = _ingest._parse_lenient(_ingest._raw_lines(pa.py_buffer(data), "b", True), "b", 5.0)
 
     def refuse(*args):
         raise AssertionError("the fast parse fell back to reading line by line")
@@ -265,6 +265,8 @@ def test_lines_spread_over_many_blocks_parse_as_one_block_does(monkeypatch):
     split = parse_results(data, batch_id="b")
     assert split.equals(whole) and split.num_rows == 40 * len(READABLE) == 360
     assert split["custom_id"].to_pylist() == [line["custom_id"] for line in lines]
+    # On one core (a download parsed while the next wave runs): the same rows, in order.
+    assert parse_results(data, batch_id="b", use_threads=False).equals(whole)
 
 
 def test_lines_of_spaces_are_dropped_and_a_line_longer_than_a_block_still_reads_fast(monkeypatch):
