@@ -181,9 +181,12 @@ def _with_schema(
 
 
 def _thinks(job: JobLedger, bodies: Mapping[str, bytes]) -> bool:
-    """Whether any request of the job thinks (``_reasoning.any_thinks`` of its bodies), read in
-    Arrow from its requests file: a model that always thinks, or one of the few bodies naming
-    a ``thinking`` object, parsed."""
+    """Whether any request of the job thinks (``_reasoning.any_thinks`` of its bodies): as its
+    requests file says; else (a file of an older dsbatch) read in Arrow from that file: a model
+    that always thinks, or one of the few bodies naming a ``thinking`` object, parsed."""
+    said = job.requests_think()
+    if said is not None:
+        return said
     models = job.request_model_column()
     if models is None:  # no models kept (an older dsbatch): every body read
         return any_thinks(bodies.values())

@@ -17,6 +17,7 @@ The job's manifest and batch records are ``JobLedger``'s (``_ledger_job``), whic
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import pickle
@@ -57,6 +58,10 @@ _REQUESTS_SCHEMA = pa.schema(
     ]
 )
 
+# The requests file's schema metadata: whether any of its requests asks for thinking (the join
+# then reads the thinking column), so that no one reads every body back to find out.
+_THINKS_KEY = b"dsbatch.thinks"
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
 
@@ -84,13 +89,17 @@ class JobData:
     def has_requests(self) -> bool:
         return (self.dir / "requests.parquet").exists()
 
-    def write_requests(self, requests: Iterable[tuple[str, bytes, str | None]]) -> None:
+    def write_requests(
+        self, requests: Iterable[tuple[str, bytes, str | None]], *, thinks: bool | None = None
+    ) -> None:
         """Keep every request: (custom_id, params, model), the model beside the params (read
         alone, without them, to price its answer), and the params' size (read alone to cut
-        batches). Written a row group at a time (``REQUEST_GROUP_ROWS``), in the order given,
-        which is the order batches are cut in: a step reads the groups of the batch it sends
-        (``read_request_group``). Only a job under ``KEPT_REQUEST_BYTES`` is kept in memory
-        once written; no other copy of every body is ever made."""
+        batches); and whether any of them asks for thinking (``thinks``; None: not known, read
+        from the bodies when asked, ``requests_think``). Written a row group at a time
+        (``REQUEST_GROUP_ROWS``), in the order given, which is the order batches are cut in: a
+        step reads the groups of the batch it sends (``read_request_group``). Only a job under
+        ``KEPT_REQUEST_BYTES`` is kept in memory once written; no other copy of every body is
+        ever made."""
 
         def groups() -> Iterator[tuple[list[str], pa.Array, pa.Array]]:
             it = iter(requests)
@@ -104,7 +113,7 @@ class JobData:
                     pa.array([r[2] for r in group], pa.string()),
                 )
 
-        self.write_request_columns(groups())
+        self.write_request_columns(groups(), thinks=thinks)
 
     @property
     def group_rows(self) -> int:
@@ -112,19 +121,25 @@ class JobData:
         return REQUEST_GROUP_ROWS
 
     def write_request_columns(
-        self, groups: Iterable[tuple[Sequence[str], pa.Array, pa.Array | str | None]]
+        self,
+        groups: Iterable[tuple[Sequence[str], pa.Array, pa.Array | str | None]],
+        *,
+        thinks: bool | None = None,
     ) -> None:
         """``write_requests`` given as columns, ``group_rows`` requests at a time (the last
         group fewer): (custom_ids, params, models), the models one array or one model for
         all."""
         kept: list[pa.Table] | None = []
+        schema = _REQUESTS_SCHEMA
+        if thinks is not None:
+            schema = schema.with_metadata({_THINKS_KEY: b"true" if thinks else b"false"})
 
         def write(f: BinaryIO) -> None:
             nonlocal kept
             held = 0
             # Dictionaries only where values repeat (the model): tried on every unique id and
             # body, they were built and thrown away a page at a time.
-            with pq.ParquetWriter(f, _REQUESTS_SCHEMA, use_dictionary=["model"]) as writer:
+            with pq.ParquetWriter(f, schema, use_dictionary=["model"]) as writer:
                 for ids, params, models in groups:
                     if not isinstance(models, pa.Array):
                         models = pa.array([models] * len(ids), pa.string())
@@ -191,6 +206,16 @@ class JobData:
         )
         return table[column].combine_chunks()
 
+    def requests_think(self) -> bool | None:
+        """Whether any request of the job asks for thinking, as its requests file says; None
+        when it does not say (written by an older dsbatch, or without knowing) or cannot be
+        read."""
+        try:
+            said = (pq.read_schema(self.dir / "requests.parquet").metadata or {}).get(_THINKS_KEY)
+        except (OSError, pa.ArrowInvalid):
+            return None
+        return None if said is None else said == b"true"
+
     def requests_have_sizes(self) -> bool:
         """Whether the requests file keeps each request's size (one of an older dsbatch does
         not: its sizes are read from the params)."""
@@ -218,13 +243,22 @@ class JobData:
     def request_models(self) -> RequestModels | None:
         """custom_id -> the model of every request of the job, read without the params; None
         when the requests file holds no models (a job of an older dsbatch) or cannot be read."""
-        if (kept := self._kept_groups()) is not None:
-            return RequestModels(_column_of(kept, "custom_id"), _column_of(kept, "model"))
-        try:
-            table = pq.read_table(self.dir / "requests.parquet", columns=["custom_id", "model"])
-        except (OSError, pa.ArrowInvalid, KeyError):
+        models = self.request_model_column()
+        if models is None:
             return None
-        return RequestModels(table["custom_id"].combine_chunks(), table["model"].combine_chunks())
+
+        def ids() -> pa.Array:
+            found = self.request_ids()
+            if found is None or len(found) != len(models):
+                raise LedgerError(
+                    f"cannot read the custom_ids of job {self.fingerprint}'s requests "
+                    f"({self.dir / 'requests.parquet'}): run the same dsbatch.map call again "
+                    "(it writes them back; nothing is bought again)",
+                    path=str(self.dir / "requests.parquet"),
+                )
+            return found
+
+        return RequestModels(ids, models)
 
     def request_model_column(self) -> pa.Array | None:
         """The model of every request, as one Arrow column; None when the requests file holds
@@ -366,12 +400,17 @@ class RequestModels(Mapping[str, "str | None"]):
     model (the usual) asks only which models there are (``distinct``); a dict of every
     custom_id is made only when a request is looked up."""
 
-    def __init__(self, ids: pa.Array, models: pa.Array) -> None:
-        self._ids, self._models = ids, models
+    def __init__(self, ids: Callable[[], pa.Array], models: pa.Array) -> None:
+        # The ids are read only when a request is looked up (a million took 0.1 s to read).
+        self._read_ids, self._models = ids, models
         self._lookup: dict[str, str | None] | None = None
 
     def distinct(self) -> set[str | None]:
         return set(pc.unique(self._models).to_pylist())
+
+    @functools.cached_property
+    def _ids(self) -> pa.Array:
+        return self._read_ids()
 
     def _dict(self) -> dict[str, str | None]:
         if self._lookup is None:
@@ -389,4 +428,4 @@ class RequestModels(Mapping[str, "str | None"]):
         return iter(self._ids.to_pylist())
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._models)

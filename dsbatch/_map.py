@@ -265,9 +265,11 @@ def _start(
         if model is not None:
             (only,) = model
             groups = rendered.bodies.column_groups(job.group_rows)
-            job.write_request_columns((ids, params, only) for ids, params in groups)
+            job.write_request_columns(
+                ((ids, params, only) for ids, params in groups), thinks=prepared.thinks
+            )
         else:
-            job.write_requests(requests)
+            job.write_requests(requests, thinks=prepared.thinks)
         for split, ids in rendered.row_custom_ids.items():
             job.write_rows(split, ids)
         give_back()  # the requests' columns, written
@@ -348,6 +350,8 @@ class Prepared:
 
     rendered: Rendered
     shape: RequestShape
+    # Whether any request asks for thinking (kept with the requests: the join reads it).
+    thinks: bool = False
     # custom_id -> prompt-cache prefix group (``_priming``) of the requests given a breakpoint
     groups: dict[str, int] = field(default_factory=dict)
     # What turns a rendering of some of the rows into the bytes the job sends (the breakpoints).
@@ -380,11 +384,12 @@ def prepare(
         text_only=options.conversation_column is not None,
         num_proc=options.num_proc,
     )
-    if options.thinking_column is not None and _thinks(rendered):
+    thinks = _thinks(rendered)
+    if options.thinking_column is not None and thinks:
         options.check_columns(
             {labels[s] or "": ds.column_names for s, ds in splits.items()}, thinks=True
         )
-    prepared = Prepared(rendered, shape)
+    prepared = Prepared(rendered, shape, thinks)
     caching = plan_prefix_caching(rendered, options.betas, marks) if marks is not None else None
     if caching is not None:
         prepared.groups = caching.apply(rendered)

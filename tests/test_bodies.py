@@ -261,7 +261,7 @@ def test_a_jobs_requests_from_one_template_are_written_as_columns_as_they_were_r
     monkeypatch.setattr(
         dsbatch._ledger_data.JobData,
         "write_request_columns",
-        lambda self, groups: written.append(1) or real(self, groups),
+        lambda self, groups, **kwargs: written.append(1) or real(self, groups, **kwargs),
     )
     texts = [f"text {i} " + "y" * (i % 5) for i in range(11)] * 2
     out = run(Dataset.from_dict({"text": texts}), emu, cache_dir=tmp_path / "c")

@@ -12,6 +12,7 @@ import pytest
 from datasets import Dataset
 from PIL import Image
 
+import dsbatch
 from dsbatch import PromptError
 from dsbatch._bodies import Bodies
 from dsbatch._cost import model_of
@@ -274,6 +275,7 @@ THINKING_CASES = [
 @pytest.mark.parametrize(("bodies", "thinks"), THINKING_CASES)
 @pytest.mark.parametrize("models_kept", [True, False])
 def test_whether_a_job_thinks_is_any_thinks_of_its_bodies(tmp_path, bodies, thinks, models_kept):
+    # A requests file that does not say (an older dsbatch's): its bodies are read.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -284,6 +286,7 @@ def test_whether_a_job_thinks_is_any_thinks_of_its_bodies(tmp_path, bodies, thin
     job = Ledger(tmp_path).job("job-a")
     requests = {f"id{i}": body for i, body in enumerate(bodies)}
     job.write_requests((c, b, model_of(b, MODEL)) for c, b in requests.items())
+    assert job.requests_think() is None
     if not models_kept:  # a requests file of an older dsbatch: no model column
         path = job.dir / "requests.parquet"
         pq.write_table(pq.read_table(path).drop_columns(["model"]), path)
@@ -292,6 +295,55 @@ def test_whether_a_job_thinks_is_any_thinks_of_its_bodies(tmp_path, bodies, thin
         assert isinstance(job.request_model_column(), pa.Array)
     assert any_thinks(requests.values()) is thinks
     assert _thinks(job, requests) is thinks
+
+
+@pytest.mark.parametrize("said", [True, False])
+def test_a_requests_file_that_says_whether_its_requests_think_is_believed(tmp_path, said):
+    # What the rendering found is kept with the requests: the join reads no body back (a million
+    # bodies took 0.67 s to read and search).
+    from dsbatch._collect import _thinks
+    from dsbatch._ledger import Ledger
+
+    job = Ledger(tmp_path).job("job-a")
+    body = b'{"model":"claude-haiku-4-5"}'
+    job.write_requests(((f"id{i}", body, MODEL) for i in range(3)), thinks=said)
+    assert job.requests_think() is said
+
+    def unread(*args):
+        raise AssertionError("a body was read")
+
+    job.read_request_params = unread
+    assert _thinks(job, {}) is said
+
+
+@pytest.mark.parametrize(
+    ("prompt", "params", "thinks"),
+    [
+        (lambda r: r["t"], {}, False),
+        (lambda r: r["t"], {"thinking": {"type": "enabled", "budget_tokens": 1024}}, True),
+        # Rows of their own shape (no template): their bodies are searched.
+        (lambda r: {"messages": [{"role": "user", "content": r["t"]}]}, {}, False),
+        (lambda r: r["t"] if r["t"] != "b" else {
+            "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": [{"role": "user", "content": "b"}]}, {}, True),
+    ],
+)  # fmt: skip
+def test_a_job_s_requests_file_says_whether_its_requests_think(tmp_path, prompt, params, thinks):
+    from dsbatch._ledger import Ledger
+    from dsbatch._reasoning import any_thinks
+    from dsbatch.testing import Emulator
+
+    with Emulator() as emu:
+        job = dsbatch.map(
+            Dataset.from_dict({"t": ["a", "b", "c"]}), prompt, model=MODEL, max_tokens=2048,
+            params=params, client=emu.client(), cache_dir=str(tmp_path), progress=False,
+            wait=False,
+        )  # fmt: skip
+        data = Ledger(tmp_path).job(job.fingerprint)
+        assert any_thinks(data.read_requests().values()) is thinks
+        assert data.requests_think() is thinks
+        out = job.result()
+    assert ("thinking" in out.column_names) is thinks
 
 
 TOOL = {"name": "t", "input_schema": {"type": "object", "properties": {"thinking": {}}}}
