@@ -92,3 +92,33 @@ def test_a_store_whose_largest_body_fits_is_not_read_body_by_body():
     check_sizes(store, max_bytes=15 + 5 + 109 + 26)  # the largest, with the longest id: fits
     with pytest.raises(RequestTooLargeError, match="custom_id dsb_9"):
         check_sizes(store, max_bytes=15 + 5 + 109 + 25)
+
+
+def test_a_job_s_fingerprint_is_the_one_every_earlier_dsbatch_gave():
+    # A fingerprint is where a job lives in users' caches: the same rows must give the same
+    # one, however it is computed. The reference is the id-by-id hashing it was first written
+    # as; the pinned value holds it to the same bytes across changes.
+    import xxhash
+
+    from dsbatch._plan import job_fingerprint
+
+    def reference(splits, origin, samples=1):
+        h = xxhash.xxh3_128(b"dsbatch-job-3\x00" + origin.encode())
+        if samples != 1:
+            h.update(b"\x00samples\x00" + str(samples).encode())
+        for split, ids in splits.items():
+            h.update(b"\x00split\x00" + split.encode() + b"\x00")
+            for custom_id in ids:
+                h.update(b"\x01" + (custom_id.encode() if custom_id else b"-"))
+        return h.hexdigest()
+
+    cases = [
+        ({"train": ["dsb_a", None, "dsb_b", "dsb_a"], "test": ["dsb_c"]}, "o", 1),
+        ({"train": ["dsb_a", "", "dsb_é"], "empty": []}, "http://127.0.0.1:1", 3),
+        ({"only": [None, None]}, "", 1),
+        ({}, "o", 1),
+    ]
+    prints = [job_fingerprint(splits, origin, samples) for splits, origin, samples in cases]
+    assert prints == [reference(*case) for case in cases]
+    assert len(set(prints)) == len(prints)
+    assert prints[0] == "0fa4aae08e02b081cd2082b963cb93df"  # by the code before this one
