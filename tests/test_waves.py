@@ -138,6 +138,19 @@ def test_a_job_keeps_its_queue_limit_and_one_recorded_before_it_gets_the_default
     assert options.max_queued_requests == 100_000 and options.prices is None and not missing
 
 
+def three_waves(emu: Emulator) -> None:
+    """300 rows in batches of 100 under a queue of 100, polled every minute: three waves, each
+    answered and each request sent once."""
+    values = texts(300)
+    out = dsbatch.map(
+        rows(values), lambda r: r["text"], model=MODEL, max_tokens=256, client=emu.client(),
+        poll_interval=virtual(emu, 60, factor=1.0), progress=False,
+        max_queued_requests=100, max_batch_requests=100,
+    )  # fmt: skip
+    assert list(out["response"]) == answers(values)
+    assert sent(emu) == dict.fromkeys(ids_of(values), 1)
+
+
 def test_the_next_wave_goes_out_before_the_batch_that_made_room_is_downloaded():
     # Batches of 100 under a queue of 100, each ending 5 minutes after its create, polled every
     # minute. The step that finds a batch ended creates the next one first (the API works on it
@@ -163,15 +176,8 @@ def test_the_next_wave_goes_out_before_the_batch_that_made_room_is_downloaded():
             return results(batch_id, *args, **kwargs)
 
         store.create, store.ready_results, store.results = created, served_ready, served
-        values = texts(300)
         start_at = emu.now()
-        out = dsbatch.map(
-            rows(values), lambda r: r["text"], model=MODEL, max_tokens=256, client=emu.client(),
-            poll_interval=virtual(emu, 60, factor=1.0), progress=False,
-            max_queued_requests=100, max_batch_requests=100,
-        )  # fmt: skip
-        assert list(out["response"]) == answers(values)
-        assert sent(emu) == dict.fromkeys(ids_of(values), 1)
+        three_waves(emu)
         assert emu.now() - start_at == 900  # three batches of five minutes, no poll more
     first, second, third = [batch_id for kind, batch_id in events if kind == "create"]
     assert events == [
@@ -205,14 +211,7 @@ def test_a_batch_downloaded_while_the_next_wave_runs_is_parsed_on_one_core(monke
     monkeypatch.setattr(pj, "read_json", json_reader)
     monkeypatch.setattr(pacsv, "read_csv", csv_reader)
     with Emulator(delay=300, responder=echo) as emu:
-        values = texts(300)
-        out = dsbatch.map(
-            rows(values), lambda r: r["text"], model=MODEL, max_tokens=256, client=emu.client(),
-            poll_interval=virtual(emu, 60, factor=1.0), progress=False,
-            max_queued_requests=100, max_batch_requests=100,
-        )  # fmt: skip
-        assert list(out["response"]) == answers(values)
-        assert sent(emu) == dict.fromkeys(ids_of(values), 1)
+        three_waves(emu)
         assert emu.calls["create"] == 3 and emu.calls["results"] == 3
     one_core = [("lines", False), ("json", False)]
     assert readers == one_core + one_core + [("lines", True), ("json", True)]
